@@ -1,0 +1,139 @@
+//! The serve configuration (`manymodel serve --config FILE.toml`).
+//!
+//! Every struct refuses unknown keys, so a misspelt option is an error at start-up rather
+//! than a silently ignored line, and every field says why it exists.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::scoring::UnknownPartition;
+
+/// The whole serve configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServeConfig {
+    /// Where events come from and predictions go.
+    pub kafka: KafkaConfig,
+    /// Which bundle scores them.
+    pub model: ModelConfig,
+    /// Queue sizes, limits and deadlines of the pipeline.
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+}
+
+/// The Kafka side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// Consumer group; instances with the same group share the input's Kafka partitions.
+    pub group_id: String,
+    /// The topic of sales events.
+    pub input_topic: String,
+    /// The topic predictions are produced to, keyed by partition id.
+    pub output_topic: String,
+    /// The topic events that cannot be scored go to, with their reason in headers.
+    pub dlq_topic: String,
+    /// Extra librdkafka properties for both consumer and producer, passed through as they are
+    /// (e.g. `{ "fetch.min.bytes" = "1" }`); they override manymodel's defaults.
+    #[serde(default)]
+    pub librdkafka_options: BTreeMap<String, String>,
+    /// How often completed offsets are committed, in milliseconds.
+    #[serde(default = "default_commit_interval_ms")]
+    pub commit_interval_ms: u64,
+}
+
+fn default_commit_interval_ms() -> u64 {
+    1000
+}
+
+/// The model side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The bundle file to serve; relative paths are taken from the config file's folder.
+    pub bundle: PathBuf,
+    /// What to do with events whose partition has no model of its own.
+    #[serde(default)]
+    pub unknown_partition: UnknownPartition,
+}
+
+/// Pipeline tunables; the defaults suit most deployments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Events a partition actor may hold before the consumer waits for it (backpressure).
+    #[serde(default = "default_mailbox_capacity")]
+    pub mailbox_capacity: usize,
+    /// Records larger than this many bytes go to the dead-letter topic as `oversize`.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// On SIGINT/SIGTERM, how long to drain in-flight events before giving up, in seconds.
+    #[serde(default = "default_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
+}
+
+fn default_mailbox_capacity() -> usize {
+    1024
+}
+fn default_max_record_bytes() -> usize {
+    1 << 20
+}
+fn default_shutdown_timeout_secs() -> u64 {
+    30
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            mailbox_capacity: default_mailbox_capacity(),
+            max_record_bytes: default_max_record_bytes(),
+            shutdown_timeout_secs: default_shutdown_timeout_secs(),
+        }
+    }
+}
+
+impl ServeConfig {
+    /// Reads a config file; a relative bundle path is resolved against the file's folder.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut config = Self::parse(&text).map_err(|reason| Error::Config {
+            path: path.to_owned(),
+            reason,
+        })?;
+        if config.model.bundle.is_relative() {
+            if let Some(dir) = path.parent() {
+                config.model.bundle = dir.join(&config.model.bundle);
+            }
+        }
+        Ok(config)
+    }
+
+    /// Parses and checks config text.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let config: ServeConfig = toml::from_str(text).map_err(|e| e.to_string())?;
+        let k = &config.kafka;
+        for (name, value) in [
+            ("kafka.brokers", &k.brokers),
+            ("kafka.group_id", &k.group_id),
+            ("kafka.input_topic", &k.input_topic),
+            ("kafka.output_topic", &k.output_topic),
+            ("kafka.dlq_topic", &k.dlq_topic),
+        ] {
+            if value.trim().is_empty() {
+                return Err(format!("{name} is empty"));
+            }
+        }
+        if k.input_topic == k.output_topic || k.input_topic == k.dlq_topic {
+            return Err("kafka.input_topic must differ from output_topic and dlq_topic, or predictions would be read back as events".into());
+        }
+        if config.pipeline.mailbox_capacity == 0 {
+            return Err("pipeline.mailbox_capacity must be at least 1".into());
+        }
+        Ok(config)
+    }
+}

@@ -1,0 +1,168 @@
+//! The error types of the library.
+//!
+//! Two families: [`Error`] is what stops a command (a bad spec, a missing file, a broker that
+//! cannot be reached) and maps to a process exit code; [`RecordError`] is what is wrong with one
+//! input record, which never stops anything: training rejects the row, serving dead-letters the
+//! event. Every message names its input and, where one exists, what the user can do about it.
+
+use std::path::PathBuf;
+
+/// An error that ends a command.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The user asked for something that cannot work as given: a spec naming no valid feature, a
+    /// column missing from a file's header, an empty file. Exit code 2.
+    #[error("{0}")]
+    Usage(String),
+
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file involved.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+
+    /// A bundle file is not a valid manymodel bundle.
+    #[error("bundle {path}: {reason}")]
+    Bundle {
+        /// The bundle file (or `<control topic>` for bundles read from Kafka).
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// A configuration file is invalid.
+    #[error("config {path}: {reason}")]
+    Config {
+        /// The configuration file.
+        path: PathBuf,
+        /// What is wrong, as the TOML parser or the validator said it.
+        reason: String,
+    },
+
+    /// A record was rejected and `--strict` asked for that to be fatal.
+    #[error("{location}: {error} (rerun without --strict to skip bad rows)")]
+    Strict {
+        /// File and line of the record.
+        location: String,
+        /// What was wrong with it.
+        error: RecordError,
+    },
+
+    /// Kafka could not be set up or reached.
+    #[error("kafka: {0}")]
+    Kafka(String),
+
+    /// Something that should not happen did; the message says where.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    /// The process exit code for this error: 2 for mistakes in what the user gave, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Usage(_) | Error::Config { .. } | Error::Strict { .. } => 2,
+            Error::Bundle { .. } => 2,
+            Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 2,
+            _ => 1,
+        }
+    }
+
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl From<rdkafka::error::KafkaError> for Error {
+    fn from(e: rdkafka::error::KafkaError) -> Self {
+        Error::Kafka(e.to_string())
+    }
+}
+
+/// The kind of a [`RecordError`], a short stable name used as the `error-kind` header of a dead
+/// letter and as the `reason` label of the dead-letter counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RecordErrorKind {
+    /// The payload is not JSON, or not a JSON object.
+    InvalidJson,
+    /// The record is bigger than the configured limit.
+    Oversize,
+    /// The partition column is absent.
+    MissingKey,
+    /// The partition column is null or empty.
+    EmptyKey,
+    /// A feature column is absent or null.
+    MissingFeature,
+    /// A field has a type its feature cannot read (text where a number belongs, ...).
+    WrongType,
+    /// A number is NaN or infinite.
+    NotFinite,
+    /// A timestamp is not RFC 3339 text or epoch milliseconds.
+    BadTimestamp,
+    /// A timestamp outside 1900-01-01 .. 2200-01-01.
+    TimestampOutOfRange,
+    /// The partition has no model and `unknown_partition = "dlq"`.
+    UnknownPartition,
+}
+
+impl RecordErrorKind {
+    /// The stable name, e.g. `missing_feature`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordErrorKind::InvalidJson => "invalid_json",
+            RecordErrorKind::Oversize => "oversize",
+            RecordErrorKind::MissingKey => "missing_key",
+            RecordErrorKind::EmptyKey => "empty_key",
+            RecordErrorKind::MissingFeature => "missing_feature",
+            RecordErrorKind::WrongType => "wrong_type",
+            RecordErrorKind::NotFinite => "not_finite",
+            RecordErrorKind::BadTimestamp => "bad_timestamp",
+            RecordErrorKind::TimestampOutOfRange => "timestamp_out_of_range",
+            RecordErrorKind::UnknownPartition => "unknown_partition",
+        }
+    }
+
+    /// Every kind, for describing metrics up front.
+    pub const ALL: [RecordErrorKind; 10] = [
+        RecordErrorKind::InvalidJson,
+        RecordErrorKind::Oversize,
+        RecordErrorKind::MissingKey,
+        RecordErrorKind::EmptyKey,
+        RecordErrorKind::MissingFeature,
+        RecordErrorKind::WrongType,
+        RecordErrorKind::NotFinite,
+        RecordErrorKind::BadTimestamp,
+        RecordErrorKind::TimestampOutOfRange,
+        RecordErrorKind::UnknownPartition,
+    ];
+}
+
+/// What is wrong with one record (a history row or an event).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct RecordError {
+    /// The class of problem, for headers and metrics.
+    pub kind: RecordErrorKind,
+    /// A sentence naming the field and the value at fault.
+    pub message: String,
+}
+
+impl RecordError {
+    /// A new record error.
+    pub fn new(kind: RecordErrorKind, message: impl Into<String>) -> Self {
+        RecordError {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+/// The library's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,205 @@
+//! The one feature encoder, shared by training and serving.
+//!
+//! A [`FeatureEncoder`] is built from a spec whose one-hot categories are resolved and turns a
+//! record (looked up by column name) into the model's input vector. Training calls it on CSV
+//! rows, serving on JSON events: there is no second encoder that could drift from this one.
+
+use std::collections::HashMap;
+
+use crate::error::{RecordError, RecordErrorKind};
+use crate::field::{utc_parts, Field};
+use crate::spec::{FeatureKind, FeatureSpec};
+
+/// One feature, ready to encode.
+#[derive(Debug, Clone)]
+struct Encoding {
+    column: String,
+    kind: FeatureKind,
+    /// One-hot categories and their input slot, relative to `offset`.
+    index: HashMap<String, usize>,
+    /// Where this feature's inputs start in the input vector.
+    offset: usize,
+}
+
+/// Turns records into model inputs.
+#[derive(Debug, Clone)]
+pub struct FeatureEncoder {
+    encodings: Vec<Encoding>,
+    names: Vec<String>,
+}
+
+impl FeatureEncoder {
+    /// Builds the encoder; every `one_hot` feature must have its categories resolved.
+    pub fn new(features: &[FeatureSpec]) -> Result<Self, String> {
+        let mut encodings = Vec::with_capacity(features.len());
+        let mut names = Vec::new();
+        for f in features {
+            let offset = names.len();
+            let mut index = HashMap::new();
+            match f.kind {
+                FeatureKind::Numeric | FeatureKind::Bool => names.push(f.column.clone()),
+                FeatureKind::OneHot => {
+                    let cats = f.categories.as_ref().ok_or_else(|| {
+                        format!("one_hot feature {:?} has no categories", f.column)
+                    })?;
+                    for (i, c) in cats.iter().enumerate() {
+                        index.insert(c.clone(), i);
+                        names.push(format!("{}={}", f.column, c));
+                    }
+                }
+                FeatureKind::HourOfDay => {
+                    names.extend((0..24).map(|h| format!("{}.hour_of_day={h}", f.column)))
+                }
+                FeatureKind::DayOfWeek => {
+                    names.extend((0..7).map(|d| format!("{}.day_of_week={d}", f.column)))
+                }
+                FeatureKind::Month => {
+                    names.extend((1..=12).map(|m| format!("{}.month={m}", f.column)))
+                }
+            }
+            encodings.push(Encoding {
+                column: f.column.clone(),
+                kind: f.kind,
+                index,
+                offset,
+            });
+        }
+        Ok(FeatureEncoder { encodings, names })
+    }
+
+    /// The number of model inputs.
+    pub fn width(&self) -> usize {
+        self.names.len()
+    }
+
+    /// The name of each model input, e.g. `price`, `region=north`, `ts.hour_of_day=17`.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Encodes one record into `out` (cleared first). `get` looks a column up; `None` or a
+    /// missing value (empty cell, JSON null) is a missing feature.
+    pub fn encode<'a>(
+        &self,
+        get: impl Fn(&str) -> Option<Field<'a>>,
+        out: &mut Vec<f64>,
+    ) -> Result<(), RecordError> {
+        out.clear();
+        out.resize(self.names.len(), 0.0);
+        for e in &self.encodings {
+            let field = match get(&e.column) {
+                Some(f) if !f.is_missing() => f,
+                _ => {
+                    return Err(RecordError::new(
+                        RecordErrorKind::MissingFeature,
+                        format!("feature {:?} is missing", e.column),
+                    ))
+                }
+            };
+            match e.kind {
+                FeatureKind::Numeric => out[e.offset] = field.number(&e.column)?,
+                FeatureKind::Bool => out[e.offset] = f64::from(u8::from(field.boolean(&e.column)?)),
+                FeatureKind::OneHot => {
+                    // A category never seen in training sets no input: the model scores it as
+                    // the baseline, as scikit-learn's handle_unknown="ignore" does.
+                    if let Some(i) = e.index.get(field.category(&e.column)?.as_ref()) {
+                        out[e.offset + i] = 1.0;
+                    }
+                }
+                FeatureKind::HourOfDay | FeatureKind::DayOfWeek | FeatureKind::Month => {
+                    let parts = utc_parts(field.timestamp_ms(&e.column)?);
+                    let slot = match e.kind {
+                        FeatureKind::HourOfDay => parts.hour,
+                        FeatureKind::DayOfWeek => parts.weekday,
+                        _ => parts.month0,
+                    };
+                    out[e.offset + slot as usize] = 1.0;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec() -> Vec<FeatureSpec> {
+        vec![
+            FeatureSpec {
+                column: "price".into(),
+                kind: FeatureKind::Numeric,
+                categories: None,
+            },
+            FeatureSpec {
+                column: "promo".into(),
+                kind: FeatureKind::Bool,
+                categories: None,
+            },
+            FeatureSpec {
+                column: "region".into(),
+                kind: FeatureKind::OneHot,
+                categories: Some(vec!["north".into(), "south".into()]),
+            },
+            FeatureSpec {
+                column: "ts".into(),
+                kind: FeatureKind::HourOfDay,
+                categories: None,
+            },
+            FeatureSpec {
+                column: "ts".into(),
+                kind: FeatureKind::DayOfWeek,
+                categories: None,
+            },
+            FeatureSpec {
+                column: "ts".into(),
+                kind: FeatureKind::Month,
+                categories: None,
+            },
+        ]
+    }
+
+    #[test]
+    fn csv_rows_and_json_events_encode_to_the_same_inputs() {
+        let enc = FeatureEncoder::new(&spec()).unwrap();
+        assert_eq!(enc.width(), 1 + 1 + 2 + 24 + 7 + 12);
+        let csv: HashMap<&str, &str> = [
+            ("price", "9.5"),
+            ("promo", "1"),
+            ("region", "south"),
+            ("ts", "2024-03-05T12:30:00Z"),
+        ]
+        .into();
+        let mut a = Vec::new();
+        enc.encode(|c| csv.get(c).map(|s| Field::Text(s)), &mut a)
+            .unwrap();
+        let ev = json!({"price": 9.5, "promo": true, "region": "south", "ts": 1_709_641_800_000i64});
+        let mut b = Vec::new();
+        enc.encode(|c| ev.get(c).map(Field::Json), &mut b).unwrap();
+        assert_eq!(a, b);
+        assert_eq!(&a[..4], &[9.5, 1.0, 0.0, 1.0]);
+        assert_eq!(a[4 + 12], 1.0, "hour 12");
+        assert_eq!(a[4 + 24 + 1], 1.0, "Tuesday");
+        assert_eq!(a[4 + 24 + 7 + 2], 1.0, "March");
+        assert_eq!(a.iter().sum::<f64>(), 9.5 + 1.0 + 1.0 + 3.0);
+        assert_eq!(enc.names()[2], "region=north");
+        assert_eq!(enc.names()[4 + 17], "ts.hour_of_day=17");
+    }
+
+    #[test]
+    fn unseen_categories_set_no_input_and_missing_features_are_errors() {
+        let enc = FeatureEncoder::new(&spec()).unwrap();
+        let ev = json!({"price": 1, "promo": 0, "region": "east", "ts": "2024-01-01T00:00:00Z"});
+        let mut out = Vec::new();
+        enc.encode(|c| ev.get(c).map(Field::Json), &mut out).unwrap();
+        assert_eq!(&out[2..4], &[0.0, 0.0]);
+        let ev = json!({"price": 1, "promo": null, "region": "east", "ts": 0});
+        let err = enc
+            .encode(|c| ev.get(c).map(Field::Json), &mut out)
+            .unwrap_err();
+        assert_eq!(err.kind, RecordErrorKind::MissingFeature);
+        assert!(err.message.contains("promo"));
+    }
+}

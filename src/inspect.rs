@@ -1,0 +1,74 @@
+//! `manymodel inspect`: what a bundle holds, for people.
+
+use std::fmt::Write;
+
+use crate::model::bundle::{Bundle, PartitionModel};
+use crate::train::spread;
+
+/// The bundle summary: version, spec, partition count, fallback, metric spread.
+pub fn summary(b: &Bundle) -> String {
+    let mut s = String::new();
+    let created = chrono::DateTime::<chrono::Utc>::from_timestamp_millis(b.created_at_ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_else(|| b.created_at_ms.to_string());
+    let _ = writeln!(s, "version:          {}", b.version);
+    if let Some(base) = &b.base_version {
+        let _ = writeln!(s, "base version:     {base}");
+    }
+    let _ = writeln!(s, "created:          {created}");
+    let _ = writeln!(s, "partition column: {}", b.spec.partition_column);
+    let _ = writeln!(s, "target:           {}", b.spec.target);
+    let _ = write!(s, "model:            {}", b.spec.model.as_str());
+    if let Some(a) = b.spec.alpha {
+        let _ = write!(s, " (alpha {a})");
+    }
+    let _ = writeln!(s, "\nmin_rows:         {}", b.spec.min_rows);
+    let _ = writeln!(s, "features:");
+    for f in &b.spec.features {
+        let _ = write!(s, "  {} ({})", f.column, f.kind.as_str());
+        if let Some(c) = &f.categories {
+            let _ = write!(s, " categories: {}", c.join(", "));
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(s, "model inputs:     {}", b.encoder().width());
+    let _ = writeln!(
+        s,
+        "training rows:    {} used, {} rejected",
+        b.rows_used, b.rows_rejected
+    );
+    let _ = writeln!(s, "partitions:       {}", b.partitions.len());
+    let _ = writeln!(
+        s,
+        "fallback:         {} rows, in-sample RMSE {:.4}",
+        b.fallback.rows, b.fallback.rmse
+    );
+    let mut rmse: Vec<f64> = b.partitions.iter().map(|m| m.rmse).collect();
+    if let Some((lo, mid, hi)) = spread(&mut rmse) {
+        let _ = writeln!(
+            s,
+            "in-sample RMSE:   min {lo:.4}  median {mid:.4}  max {hi:.4}"
+        );
+    }
+    let mut rows: Vec<f64> = b.partitions.iter().map(|m| m.rows as f64).collect();
+    if let Some((lo, mid, hi)) = spread(&mut rows) {
+        let _ = writeln!(s, "rows per model:   min {lo}  median {mid}  max {hi}");
+    }
+    s
+}
+
+/// One partition's model, coefficient by coefficient.
+pub fn partition(b: &Bundle, m: &PartitionModel) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "partition:  {}", m.partition);
+    let _ = writeln!(s, "version:    {}", b.version);
+    let _ = writeln!(s, "rows:       {}", m.rows);
+    let _ = writeln!(s, "rmse:       {:.6}", m.rmse);
+    let _ = writeln!(s, "intercept:  {}", m.model.intercept);
+    let _ = writeln!(s, "coefficients:");
+    let width = b.encoder().names().iter().map(|n| n.len()).max().unwrap_or(0);
+    for (name, c) in b.encoder().names().iter().zip(&m.model.coefficients) {
+        let _ = writeln!(s, "  {name:<width$}  {c}");
+    }
+    s
+}

@@ -1,0 +1,6 @@
+//! Kafka plumbing: the consumer and its rebalances, the producer and its acknowledgements, and
+//! the offset tracker that connects the two.
+
+pub mod consumer;
+pub mod offsets;
+pub mod producer;

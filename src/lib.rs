@@ -1,0 +1,63 @@
+//! manymodel: serve thousands of small per-partition forecasting models over Kafka.
+//!
+//! One model is fitted per data partition (a store, a taxi zone, a bike station) and the
+//! models travel together as a versioned **bundle**. Each sales event is scored by the model of
+//! its own partition, partitions in parallel, and its prediction is stamped with the version
+//! that made it.
+//!
+//! # How an event travels
+//!
+//! 1. [`kafka::consumer`] reads a record; [`kafka::offsets`] registers its offset.
+//! 2. [`event`] decodes it (through [`features`], the one encoder training also uses) or
+//!    names what is wrong with it ([`error::RecordError`]), in which case
+//!    [`kafka::producer`] sends it to the dead-letter topic.
+//! 3. [`router`] hands it to the [`partition`] actor of its partition id, which scores it
+//!    ([`model`]) and writes the [`prediction`] record.
+//! 4. [`kafka::producer`] delivers the prediction; its acknowledgement finishes the offset and
+//!    [`serve`] commits the contiguous finished prefix.
+//!
+//! # Modules
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`spec`] | the training spec (`train.toml`) and its validation |
+//! | [`field`] | parsing one value: numbers, bools, timestamps, categories |
+//! | [`features`] | the feature encoder shared by training and serving |
+//! | [`train`] | `train`: history reading, per-partition fitting, the summary |
+//! | [`model`] | fitted linear models and the Avro bundle format |
+//! | [`event`] | a record's bytes → an event ready to score |
+//! | [`scoring`] | which model scores an event; unknown partitions |
+//! | [`prediction`] | the prediction record |
+//! | [`predict`] | `predict`: offline scoring of a JSONL file |
+//! | [`inspect`] | `inspect`: a bundle for people |
+//! | [`config`] | the serve configuration |
+//! | [`kafka`] | consumer, producer, offset tracking |
+//! | [`router`], [`partition`] | the per-partition actors |
+//! | [`serve`] | the daemon: wiring, commits, shutdown |
+//! | [`metrics`] | every metric name, described once, and the in-process tally |
+//! | [`generate`] | synthetic data |
+//! | [`demo`], [`bench`] | the self-contained demo and the end-to-end benchmark |
+//! | [`error`] | the error types |
+
+pub mod bench;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod event;
+pub mod features;
+pub mod field;
+pub mod generate;
+pub mod inspect;
+pub mod kafka;
+pub mod metrics;
+pub mod model;
+pub mod partition;
+pub mod predict;
+pub mod prediction;
+pub mod router;
+pub mod scoring;
+pub mod serve;
+pub mod spec;
+pub mod train;
+
+pub use error::{Error, Result};

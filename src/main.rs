@@ -1,0 +1,254 @@
+//! The `manymodel` command: flags in, library call out.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use manymodel::scoring::UnknownPartition;
+
+#[derive(Parser)]
+#[command(name = "manymodel", version, about = "Serve thousands of per-partition forecasting models over Kafka")]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fit one model per partition plus a fallback, and write a bundle.
+    Train {
+        /// The training spec (TOML).
+        #[arg(long)]
+        spec: PathBuf,
+        /// The sales history (CSV with a header).
+        #[arg(long)]
+        input: PathBuf,
+        /// The bundle file to write.
+        #[arg(long)]
+        output: PathBuf,
+        /// The bundle version (default: the UTC time, e.g. 20261125T081500Z).
+        #[arg(long)]
+        version: Option<String>,
+        /// Stop at the first bad row instead of skipping it.
+        #[arg(long)]
+        strict: bool,
+    },
+    /// Print what a bundle holds, or one partition's model.
+    Inspect {
+        /// The bundle file.
+        bundle: PathBuf,
+        /// Show this partition's model.
+        #[arg(long)]
+        partition: Option<String>,
+    },
+    /// Score a JSONL file of events offline, through the serving code.
+    Predict {
+        /// The bundle file.
+        #[arg(long)]
+        bundle: PathBuf,
+        /// One JSON event per line.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where to write one JSON prediction per line.
+        #[arg(long)]
+        output: PathBuf,
+        /// What to do with partitions that have no model: score with the fallback or reject.
+        #[arg(long, value_parser = ["fallback", "dlq"], default_value = "fallback")]
+        unknown_partition: String,
+    },
+    /// Run the daemon: score a Kafka topic until SIGINT or SIGTERM.
+    Serve {
+        /// The serve configuration (TOML).
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Write synthetic history.csv, events.jsonl and train.toml.
+    Generate {
+        /// Number of stores.
+        #[arg(long, default_value_t = 50)]
+        stores: usize,
+        /// Days of hourly history.
+        #[arg(long, default_value_t = 60)]
+        days: usize,
+        /// Events after the history.
+        #[arg(long, default_value_t = 10_000)]
+        events: usize,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Random seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Generate, train, serve and score on an in-process Kafka mock, and report.
+    Demo {
+        /// Number of stores.
+        #[arg(long, default_value_t = 200)]
+        stores: usize,
+        /// Events to stream.
+        #[arg(long, default_value_t = 50_000)]
+        events: usize,
+    },
+    /// Measure the serving path end to end against a passthrough baseline.
+    Bench {
+        /// Bootstrap servers; by default an in-process MockCluster.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Events to load for the throughput run.
+        #[arg(long, default_value_t = 200_000)]
+        events: usize,
+        /// Number of stores.
+        #[arg(long, default_value_t = 1000)]
+        stores: usize,
+        /// Kafka partitions of the input topic (topics are created when using the MockCluster;
+        /// against a real broker they must exist: bench-in-*, bench-out-*, bench-dlq).
+        #[arg(long, default_value_t = 6)]
+        kafka_partitions: i32,
+        /// Events per second for the latency run.
+        #[arg(long, default_value_t = 5000)]
+        latency_rate: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log_format);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn runtime() -> manymodel::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| manymodel::Error::Internal(format!("cannot start the async runtime: {e}")))
+}
+
+fn run(command: Command) -> manymodel::Result<()> {
+    match command {
+        Command::Train {
+            spec,
+            input,
+            output,
+            version,
+            strict,
+        } => {
+            let report = manymodel::train::run(&manymodel::train::TrainOptions {
+                spec,
+                input,
+                output,
+                version,
+                strict,
+                progress: std::io::stderr().is_terminal(),
+            })?;
+            print!("{report}");
+        }
+        Command::Inspect { bundle, partition } => {
+            let b = manymodel::model::bundle::Bundle::read(&bundle)?;
+            match partition {
+                None => print!("{}", manymodel::inspect::summary(&b)),
+                Some(id) => match b.partition(&id) {
+                    Some(m) => print!("{}", manymodel::inspect::partition(&b, m)),
+                    None => {
+                        return Err(manymodel::Error::Usage(format!(
+                            "{} has no model for partition {id:?}; it is scored by the fallback (inspect without --partition to see it)",
+                            bundle.display()
+                        )))
+                    }
+                },
+            }
+        }
+        Command::Predict {
+            bundle,
+            input,
+            output,
+            unknown_partition,
+        } => {
+            let unknown_partition = if unknown_partition == "dlq" {
+                UnknownPartition::Dlq
+            } else {
+                UnknownPartition::Fallback
+            };
+            let report = manymodel::predict::run(
+                &manymodel::predict::PredictOptions {
+                    bundle,
+                    input,
+                    output: output.clone(),
+                    unknown_partition,
+                },
+                &mut std::io::stderr(),
+            )?;
+            eprintln!(
+                "{} predictions ({} by the fallback) written to {}; {} lines rejected",
+                report.predicted,
+                report.fallback,
+                output.display(),
+                report.rejected
+            );
+        }
+        Command::Serve { config } => runtime()?.block_on(manymodel::serve::serve(&config))?,
+        Command::Generate {
+            stores,
+            days,
+            events,
+            out,
+            seed,
+        } => {
+            let r = manymodel::generate::run(&manymodel::generate::GenerateOptions {
+                stores,
+                days,
+                events,
+                out: out.clone(),
+                seed,
+            })?;
+            println!(
+                "wrote {} history rows, {} events and train.toml to {}",
+                r.history_rows,
+                r.events,
+                out.display()
+            );
+        }
+        Command::Demo { stores, events } => {
+            runtime()?.block_on(manymodel::demo::run(stores, events, &mut std::io::stdout()))?
+        }
+        Command::Bench {
+            brokers,
+            events,
+            stores,
+            kafka_partitions,
+            latency_rate,
+        } => runtime()?.block_on(manymodel::bench::run(
+            &manymodel::bench::BenchOptions {
+                brokers,
+                events,
+                stores,
+                kafka_partitions,
+                latency_rate,
+            },
+            &mut std::io::stdout(),
+        ))?,
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! Fitted models and the bundle that carries them.
+
+pub mod bundle;
+pub mod linear;

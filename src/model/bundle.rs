@@ -1,0 +1,443 @@
+//! The bundle: one versioned set of fitted models, and its file format.
+//!
+//! A bundle file is an Avro object container (schema `schemas/bundle.avsc`, embedded here so
+//! the two cannot drift) holding one `Bundle` datum, so any Avro library can read or write it.
+//! Loading validates everything serving relies on (the spec, coefficient counts, finite
+//! numbers, unique partition ids) and builds the lookup index once; a [`Bundle`] that exists is
+//! a bundle that can score.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use apache_avro::{Reader, Schema, Writer};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::features::FeatureEncoder;
+use crate::model::linear::LinearModel;
+use crate::spec::{FeatureKind, FeatureSpec, ModelKind, TrainSpec};
+
+/// The Avro schema of a bundle, as shipped in `schemas/bundle.avsc`.
+pub const BUNDLE_SCHEMA: &str = include_str!("../../schemas/bundle.avsc");
+
+/// The layout revision this code writes and reads.
+pub const FORMAT: i32 = 1;
+
+/// The partition id recorded for the fallback model.
+pub const FALLBACK_ID: &str = "*";
+
+fn schema() -> Result<&'static Schema> {
+    static SCHEMA: OnceLock<std::result::Result<Schema, String>> = OnceLock::new();
+    SCHEMA
+        .get_or_init(|| Schema::parse_str(BUNDLE_SCHEMA).map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| Error::Internal(format!("schemas/bundle.avsc does not parse: {e}")))
+}
+
+/// One partition's model and how it was fitted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PartitionModel {
+    /// The partition id, or `*` for the fallback.
+    pub partition: String,
+    /// Training rows.
+    pub rows: u64,
+    /// In-sample root mean squared error.
+    pub rmse: f64,
+    /// The fitted model.
+    pub model: LinearModel,
+}
+
+/// A loaded, validated bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// The version stamped on every prediction this bundle makes.
+    pub version: String,
+    /// For a delta bundle, the version it builds on.
+    pub base_version: Option<String>,
+    /// Creation time, epoch milliseconds UTC.
+    pub created_at_ms: i64,
+    /// The spec the models were trained with, one-hot categories resolved.
+    pub spec: TrainSpec,
+    /// History rows used and rejected by the training run.
+    pub rows_used: u64,
+    /// History rows rejected as bad.
+    pub rows_rejected: u64,
+    /// The model for partitions without one of their own.
+    pub fallback: PartitionModel,
+    /// Per-partition models, sorted by id.
+    pub partitions: Vec<PartitionModel>,
+    index: HashMap<String, usize>,
+    encoder: FeatureEncoder,
+}
+
+/// Which model scored an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelSource {
+    /// The partition's own model.
+    Partition,
+    /// The global fallback.
+    Fallback,
+}
+
+impl ModelSource {
+    /// `partition` or `fallback`, as prediction records spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelSource::Partition => "partition",
+            ModelSource::Fallback => "fallback",
+        }
+    }
+}
+
+impl Bundle {
+    /// Assembles and validates a bundle from its parts.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        version: String,
+        base_version: Option<String>,
+        created_at_ms: i64,
+        spec: TrainSpec,
+        rows_used: u64,
+        rows_rejected: u64,
+        fallback: PartitionModel,
+        mut partitions: Vec<PartitionModel>,
+    ) -> std::result::Result<Self, String> {
+        if version.trim().is_empty() {
+            return Err("the version is empty".into());
+        }
+        spec.validate()?;
+        let encoder = FeatureEncoder::new(&spec.features)?;
+        partitions.sort_by(|a, b| a.partition.cmp(&b.partition));
+        let width = encoder.width();
+        for m in std::iter::once(&fallback).chain(&partitions) {
+            if m.model.coefficients.len() != width {
+                return Err(format!(
+                    "partition {:?} has {} coefficients, the features give {width}",
+                    m.partition,
+                    m.model.coefficients.len()
+                ));
+            }
+            if !m.model.is_finite() {
+                return Err(format!(
+                    "partition {:?} has a non-finite coefficient",
+                    m.partition
+                ));
+            }
+        }
+        let mut index = HashMap::with_capacity(partitions.len());
+        for (i, m) in partitions.iter().enumerate() {
+            if index.insert(m.partition.clone(), i).is_some() {
+                return Err(format!("partition {:?} appears twice", m.partition));
+            }
+        }
+        Ok(Bundle {
+            version,
+            base_version,
+            created_at_ms,
+            spec,
+            rows_used,
+            rows_rejected,
+            fallback,
+            partitions,
+            index,
+            encoder,
+        })
+    }
+
+    /// The encoder for this bundle's features.
+    pub fn encoder(&self) -> &FeatureEncoder {
+        &self.encoder
+    }
+
+    /// The partition's own model, if it has one.
+    pub fn partition(&self, id: &str) -> Option<&PartitionModel> {
+        self.index.get(id).map(|&i| &self.partitions[i])
+    }
+
+    /// The model that scores `id`: its own, or the fallback.
+    pub fn model_for(&self, id: &str) -> (&PartitionModel, ModelSource) {
+        match self.partition(id) {
+            Some(m) => (m, ModelSource::Partition),
+            None => (&self.fallback, ModelSource::Fallback),
+        }
+    }
+
+    /// Writes the bundle as an Avro object container file.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let bytes = self.to_avro()?;
+        std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+    }
+
+    /// The bundle as Avro object container bytes.
+    pub fn to_avro(&self) -> Result<Vec<u8>> {
+        let record = BundleRecord::from(self);
+        let mut writer = Writer::with_codec(schema()?, Vec::new(), apache_avro::Codec::Deflate(Default::default()));
+        writer
+            .append_ser(record)
+            .map_err(|e| Error::Internal(format!("encoding bundle {}: {e}", self.version)))?;
+        writer
+            .into_inner()
+            .map_err(|e| Error::Internal(format!("encoding bundle {}: {e}", self.version)))
+    }
+
+    /// Reads and validates a bundle file.
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_avro(&bytes).map_err(|reason| Error::Bundle {
+            path: path.display().to_string(),
+            reason,
+        })
+    }
+
+    /// Decodes and validates bundle bytes; the error says what is wrong.
+    pub fn from_avro(bytes: &[u8]) -> std::result::Result<Self, String> {
+        let reader_schema = schema().map_err(|e| e.to_string())?;
+        let reader = Reader::with_schema(reader_schema, bytes)
+            .map_err(|e| format!("not an Avro object container with a bundle schema: {e}"))?;
+        let mut datum = None;
+        for value in reader {
+            let value = value.map_err(|e| format!("corrupt Avro data: {e}"))?;
+            if datum.replace(value).is_some() {
+                return Err("holds more than one Bundle datum".into());
+            }
+        }
+        let value = datum.ok_or("holds no Bundle datum")?;
+        let record: BundleRecord = apache_avro::from_value(&value)
+            .map_err(|e| format!("does not match schemas/bundle.avsc: {e}"))?;
+        record.into_bundle()
+    }
+}
+
+/// The Avro datum, field for field as in `schemas/bundle.avsc`.
+#[derive(Debug, Serialize, Deserialize)]
+struct BundleRecord {
+    format: i32,
+    version: String,
+    base_version: Option<String>,
+    created_at: i64,
+    spec: SpecRecord,
+    feature_names: Vec<String>,
+    rows_used: i64,
+    rows_rejected: i64,
+    fallback: ModelRecord,
+    partitions: Vec<ModelRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SpecRecord {
+    partition_column: String,
+    target: String,
+    model: String,
+    alpha: Option<f64>,
+    min_rows: i64,
+    features: Vec<FeatureRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FeatureRecord {
+    column: String,
+    kind: String,
+    categories: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ModelRecord {
+    partition: String,
+    rows: i64,
+    rmse: f64,
+    intercept: f64,
+    coefficients: Vec<f64>,
+}
+
+impl From<&PartitionModel> for ModelRecord {
+    fn from(m: &PartitionModel) -> Self {
+        ModelRecord {
+            partition: m.partition.clone(),
+            rows: m.rows as i64,
+            rmse: m.rmse,
+            intercept: m.model.intercept,
+            coefficients: m.model.coefficients.clone(),
+        }
+    }
+}
+
+impl From<ModelRecord> for PartitionModel {
+    fn from(r: ModelRecord) -> Self {
+        PartitionModel {
+            partition: r.partition,
+            rows: r.rows.max(0) as u64,
+            rmse: r.rmse,
+            model: LinearModel {
+                intercept: r.intercept,
+                coefficients: r.coefficients,
+            },
+        }
+    }
+}
+
+impl From<&Bundle> for BundleRecord {
+    fn from(b: &Bundle) -> Self {
+        BundleRecord {
+            format: FORMAT,
+            version: b.version.clone(),
+            base_version: b.base_version.clone(),
+            created_at: b.created_at_ms,
+            spec: SpecRecord {
+                partition_column: b.spec.partition_column.clone(),
+                target: b.spec.target.clone(),
+                model: b.spec.model.as_str().to_owned(),
+                alpha: b.spec.alpha,
+                min_rows: b.spec.min_rows as i64,
+                features: b
+                    .spec
+                    .features
+                    .iter()
+                    .map(|f| FeatureRecord {
+                        column: f.column.clone(),
+                        kind: f.kind.as_str().to_owned(),
+                        categories: f.categories.clone().unwrap_or_default(),
+                    })
+                    .collect(),
+            },
+            feature_names: b.encoder.names().to_vec(),
+            rows_used: b.rows_used as i64,
+            rows_rejected: b.rows_rejected as i64,
+            fallback: ModelRecord::from(&b.fallback),
+            partitions: b.partitions.iter().map(ModelRecord::from).collect(),
+        }
+    }
+}
+
+impl BundleRecord {
+    fn into_bundle(self) -> std::result::Result<Bundle, String> {
+        if self.format != FORMAT {
+            return Err(format!(
+                "bundle format {} is not supported by this manymodel (it reads format {FORMAT})",
+                self.format
+            ));
+        }
+        let model = match self.spec.model.as_str() {
+            "linear" => ModelKind::Linear,
+            "ridge" => ModelKind::Ridge,
+            other => return Err(format!("unknown model kind {other:?}")),
+        };
+        let mut features = Vec::with_capacity(self.spec.features.len());
+        for f in self.spec.features {
+            let kind = FeatureKind::parse(&f.kind)
+                .ok_or_else(|| format!("feature {:?} has unknown kind {:?}", f.column, f.kind))?;
+            let categories = (kind == FeatureKind::OneHot).then_some(f.categories);
+            features.push(FeatureSpec {
+                column: f.column,
+                kind,
+                categories,
+            });
+        }
+        let spec = TrainSpec {
+            partition_column: self.spec.partition_column,
+            target: self.spec.target,
+            model,
+            alpha: self.spec.alpha,
+            min_rows: self.spec.min_rows.max(0) as u64,
+            features,
+        };
+        let bundle = Bundle::new(
+            self.version,
+            self.base_version,
+            self.created_at,
+            spec,
+            self.rows_used.max(0) as u64,
+            self.rows_rejected.max(0) as u64,
+            self.fallback.into(),
+            self.partitions.into_iter().map(PartitionModel::from).collect(),
+        )?;
+        if bundle.encoder.names() != self.feature_names.as_slice() {
+            return Err("feature_names do not match what the spec's features encode to".into());
+        }
+        Ok(bundle)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A small valid bundle: numeric price, one-hot region; stores A and B.
+    pub(crate) fn sample(version: &str) -> Bundle {
+        let spec = TrainSpec::parse(
+            r#"
+            partition_column = "store_id"
+            target = "sales"
+            [[features]]
+            column = "price"
+            kind = "numeric"
+            [[features]]
+            column = "region"
+            kind = "one_hot"
+            categories = ["north", "south"]
+            "#,
+        )
+        .unwrap();
+        let model = |id: &str, b: f64| PartitionModel {
+            partition: id.into(),
+            rows: 40,
+            rmse: 1.5,
+            model: LinearModel {
+                intercept: b,
+                coefficients: vec![-2.0, 1.0, 3.0],
+            },
+        };
+        Bundle::new(
+            version.into(),
+            None,
+            1_700_000_000_000,
+            spec,
+            80,
+            2,
+            model(FALLBACK_ID, 50.0),
+            vec![model("B", 70.0), model("A", 60.0)],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_bundle_survives_the_avro_round_trip() {
+        let b = sample("v1");
+        let bytes = b.to_avro().unwrap();
+        let back = Bundle::from_avro(&bytes).unwrap();
+        assert_eq!(back.version, "v1");
+        assert_eq!(back.spec, b.spec);
+        assert_eq!(back.partitions, b.partitions);
+        assert_eq!(back.fallback, b.fallback);
+        assert_eq!(back.created_at_ms, b.created_at_ms);
+        assert_eq!(back.partition("A").unwrap().model.intercept, 60.0);
+        assert_eq!(back.model_for("Z").1, ModelSource::Fallback);
+    }
+
+    #[test]
+    fn truncated_or_foreign_bytes_are_refused_with_a_reason() {
+        let bytes = sample("v1").to_avro().unwrap();
+        assert!(Bundle::from_avro(&bytes[..bytes.len() / 2]).is_err());
+        assert!(Bundle::from_avro(b"not avro at all").is_err());
+        assert!(Bundle::from_avro(&[]).is_err());
+    }
+
+    #[test]
+    fn bundles_with_wrong_coefficient_counts_are_refused() {
+        let b = sample("v1");
+        let mut bad = b.partitions.clone();
+        bad[0].model.coefficients.pop();
+        let err = Bundle::new(
+            "v2".into(),
+            None,
+            0,
+            b.spec.clone(),
+            0,
+            0,
+            b.fallback.clone(),
+            bad,
+        )
+        .unwrap_err();
+        assert!(err.contains("coefficients"), "{err}");
+    }
+}

@@ -1,0 +1,153 @@
+//! The per-partition actor: one per store, created on first use, holding that store's model.
+//!
+//! The rest of the program talks to it through a cheap, cloneable [`PartitionHandle`] over a
+//! bounded queue: a full queue makes the router wait, which is the backpressure that keeps
+//! memory bounded. The actor scores its events in arrival order and enqueues their
+//! predictions in that order, and the producer keeps per-key order, so one store's
+//! predictions leave in the order its events arrived.
+
+use std::sync::Arc;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::Event;
+use crate::kafka::offsets::Ack;
+use crate::kafka::producer::{Delivery, Output, OutputProducer};
+use crate::metrics::PipelineStats;
+use crate::model::bundle::{Bundle, ModelSource};
+use crate::prediction::{write_json, VERSION_HEADER};
+
+/// Events the actor takes from its queue per wake-up.
+const BATCH: usize = 64;
+
+/// One event to score, with the offset it finishes.
+#[derive(Debug)]
+pub struct Job {
+    /// The decoded event.
+    pub event: Event,
+    /// The input offset, finished when the prediction is acknowledged.
+    pub ack: Ack,
+    /// The input record's Kafka timestamp, for end-to-end latency.
+    pub timestamp_ms: Option<i64>,
+}
+
+/// What an actor needs besides its queue.
+#[derive(Clone)]
+pub struct ActorContext {
+    /// The bundle the actor scores with.
+    pub bundle: Arc<Bundle>,
+    /// Where predictions go.
+    pub producer: OutputProducer,
+    /// The output topic.
+    pub output_topic: Arc<str>,
+    /// The pipeline's tally.
+    pub stats: Arc<PipelineStats>,
+    /// Cancelled when the drain deadline passed: stop at once.
+    pub cancel: CancellationToken,
+}
+
+/// The handle the router holds.
+#[derive(Clone)]
+pub struct PartitionHandle {
+    tx: mpsc::Sender<Job>,
+}
+
+impl PartitionHandle {
+    /// Starts the actor for `partition` on `tasks`.
+    pub fn spawn(
+        partition: &str,
+        capacity: usize,
+        ctx: ActorContext,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(capacity);
+        let (_, source) = ctx.bundle.model_for(partition);
+        let actor = PartitionActor {
+            rx,
+            source,
+            ctx,
+            buf: Vec::with_capacity(256),
+        };
+        tasks.spawn(actor.run());
+        PartitionHandle { tx }
+    }
+
+    /// Queues a job, waiting while the queue is full. Gives the job back if the actor is gone.
+    pub async fn send(&self, job: Job) -> Result<(), Job> {
+        self.tx.send(job).await.map_err(|e| e.0)
+    }
+
+    /// Jobs waiting in the queue.
+    pub fn depth(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+}
+
+struct PartitionActor {
+    rx: mpsc::Receiver<Job>,
+    source: ModelSource,
+    ctx: ActorContext,
+    buf: Vec<u8>,
+}
+
+impl PartitionActor {
+    async fn run(mut self) {
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.ctx.cancel.cancelled() => break,
+                n = self.rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        // Every handle is gone and the queue is drained: a clean stop.
+                        break;
+                    }
+                    for job in batch.drain(..) {
+                        self.score(job).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn score(&mut self, job: Job) {
+        let bundle = &self.ctx.bundle;
+        let model = match self.source {
+            ModelSource::Partition => bundle.partition(&job.event.partition),
+            ModelSource::Fallback => None,
+        }
+        .unwrap_or(&bundle.fallback);
+        let value = model.model.predict(&job.event.inputs);
+        self.ctx.stats.scored(self.source);
+        self.buf.clear();
+        write_json(
+            &mut self.buf,
+            &bundle.spec.partition_column,
+            &job.event,
+            value,
+            &bundle.version,
+            self.source,
+        );
+        let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
+            key: VERSION_HEADER,
+            value: Some(bundle.version.as_str()),
+        });
+        let delivery = Box::new(Delivery {
+            ack: job.ack,
+            output: Output::Prediction(self.source),
+            source_timestamp_ms: job.timestamp_ms,
+        });
+        self.ctx
+            .producer
+            .send(
+                &self.ctx.output_topic,
+                Some(job.event.partition.as_bytes()),
+                Some(&self.buf),
+                Some(headers),
+                delivery,
+            )
+            .await;
+    }
+}

@@ -1,0 +1,41 @@
+//! Scoring one event with a bundle: the partition's own model, else the fallback or a dead
+//! letter, as `unknown_partition` says. Offline `predict` and the partition actors both call
+//! [`score`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{RecordError, RecordErrorKind};
+use crate::event::Event;
+use crate::model::bundle::{Bundle, ModelSource};
+
+/// What to do with an event whose partition has no model of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownPartition {
+    /// Score it with the global fallback model.
+    #[default]
+    Fallback,
+    /// Send it to the dead-letter topic with reason `unknown_partition`.
+    Dlq,
+}
+
+/// Scores `event`; an unknown partition under [`UnknownPartition::Dlq`] is an error.
+pub fn score(
+    bundle: &Bundle,
+    event: &Event,
+    policy: UnknownPartition,
+) -> Result<(f64, ModelSource), RecordError> {
+    let (model, source) = bundle.model_for(&event.partition);
+    if source == ModelSource::Fallback && policy == UnknownPartition::Dlq {
+        return Err(unknown(&event.partition));
+    }
+    Ok((model.model.predict(&event.inputs), source))
+}
+
+/// The error for a partition the bundle has no model for.
+pub fn unknown(partition: &str) -> RecordError {
+    RecordError::new(
+        RecordErrorKind::UnknownPartition,
+        format!("partition {partition:?} has no model and unknown_partition = \"dlq\""),
+    )
+}

@@ -1,0 +1,295 @@
+//! `manymodel serve`: the long-lived pipeline.
+//!
+//! ```text
+//!  Kafka input ──▶ consumer loop ──decode──▶ router ──▶ partition actor (one per store)
+//!                     │  (offset tracker: begin)            │ score, encode
+//!                     └──bad record──▶ dead letter          ▼
+//!                                            producer ──▶ output topic
+//!                                               │ acknowledged
+//!                                               └──▶ offset tracker: finish ──▶ commit
+//! ```
+//!
+//! The consumer loop is the only reader of Kafka and the only owner of the router. Every
+//! record read is registered with the offset tracker before anything else happens to it, and
+//! its offset finishes only when its prediction or dead letter is acknowledged; commits take
+//! the contiguous finished prefix, periodically and at shutdown.
+//!
+//! Shutdown (SIGINT/SIGTERM, or the caller's token): stop reading, close the router so every
+//! actor drains its queue, flush the producer, commit synchronously. If the drain deadline
+//! passes first, nothing more is committed and [`run`] returns an error.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::CommitMode;
+use rdkafka::message::{Message, Timestamp};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServeConfig;
+use crate::error::{Error, RecordError, RecordErrorKind, Result};
+use crate::event::decode_json;
+use crate::kafka::consumer::{self, InputConsumer};
+use crate::kafka::offsets::OffsetTracker;
+use crate::kafka::producer::{producer_config, Delivery, Output, OutputProducer};
+use crate::metrics::PipelineStats;
+use crate::model::bundle::Bundle;
+use crate::partition::{ActorContext, Job};
+use crate::router::Router;
+use crate::scoring::{self, UnknownPartition};
+
+/// What the pipeline does with each record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Decode, score and produce a prediction: the product.
+    #[default]
+    Score,
+    /// Copy each record to the output unchanged, through the same consumer, producer and
+    /// offset handling: the benchmark's baseline.
+    Passthrough,
+}
+
+/// Runs the pipeline until `shutdown` is cancelled, then drains and commits.
+pub async fn run(
+    config: &ServeConfig,
+    bundle: Arc<Bundle>,
+    mode: Mode,
+    stats: Arc<PipelineStats>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let k = &config.kafka;
+    let tracker = Arc::new(OffsetTracker::default());
+    let producer = OutputProducer::new(
+        &producer_config(&k.brokers, &k.librdkafka_options),
+        stats.clone(),
+    )?;
+    let consumer = Arc::new(consumer::create(
+        &k.brokers,
+        &k.group_id,
+        &k.input_topic,
+        &k.librdkafka_options,
+        tracker.clone(),
+        stats.clone(),
+    )?);
+    let hard_stop = CancellationToken::new();
+    let router = Router::new(
+        ActorContext {
+            bundle: bundle.clone(),
+            producer: producer.clone(),
+            output_topic: Arc::from(k.output_topic.as_str()),
+            stats: stats.clone(),
+            cancel: hard_stop.clone(),
+        },
+        config.pipeline.mailbox_capacity,
+    );
+    tracing::info!(
+        version = %bundle.version,
+        partitions = bundle.partitions.len(),
+        input = %k.input_topic,
+        output = %k.output_topic,
+        "serving"
+    );
+
+    let committer = tokio::spawn(commit_periodically(
+        consumer.clone(),
+        k.input_topic.clone(),
+        tracker.clone(),
+        Duration::from_millis(k.commit_interval_ms.max(10)),
+        shutdown.clone(),
+    ));
+
+    let reader = Reader {
+        config,
+        bundle: &bundle,
+        producer: &producer,
+        tracker: &tracker,
+        stats: &stats,
+        router,
+        mode,
+    };
+    let router = reader.read_until(&consumer, &shutdown).await;
+
+    // Drain: actors first (they enqueue the last predictions), then the producer.
+    let deadline = Instant::now() + Duration::from_secs(config.pipeline.shutdown_timeout_secs);
+    let actors = router.actors();
+    let drained = router.close(deadline.saturating_duration_since(Instant::now())).await;
+    let flushed = drained
+        && producer
+            .flush(deadline.saturating_duration_since(Instant::now()))
+            .is_ok();
+    let _ = committer.await;
+    if !flushed {
+        hard_stop.cancel();
+        return Err(Error::Kafka(format!(
+            "shutdown deadline of {}s passed with {} events in flight; their offsets were not committed and will be read again",
+            config.pipeline.shutdown_timeout_secs,
+            tracker.in_flight()
+        )));
+    }
+    let positions = tracker.take_committable();
+    consumer::commit(&consumer, &k.input_topic, &positions, CommitMode::Sync)
+        .map_err(|e| Error::Kafka(format!("final offset commit failed: {e}")))?;
+    tracing::info!(actors, committed = ?positions, "stopped cleanly");
+    Ok(())
+}
+
+/// The consumer loop's state.
+struct Reader<'a> {
+    config: &'a ServeConfig,
+    bundle: &'a Bundle,
+    producer: &'a OutputProducer,
+    tracker: &'a OffsetTracker,
+    stats: &'a PipelineStats,
+    router: Router,
+    mode: Mode,
+}
+
+impl Reader<'_> {
+    /// Reads until `shutdown`, then hands back the router for draining.
+    async fn read_until(mut self, consumer: &InputConsumer, shutdown: &CancellationToken) -> Router {
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                message = consumer.recv() => match message {
+                    Ok(m) => self.handle(&m).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "Kafka consumer error");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
+            }
+        }
+        self.router
+    }
+
+    async fn handle(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
+        self.stats.consumed();
+        let ack = self.tracker.begin(m.partition(), m.offset());
+        let timestamp_ms = match m.timestamp() {
+            Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
+            Timestamp::NotAvailable => None,
+        };
+        let payload = m.payload();
+        let k = &self.config.kafka;
+        if self.mode == Mode::Passthrough {
+            let delivery = Box::new(Delivery {
+                ack,
+                output: Output::Copy,
+                source_timestamp_ms: timestamp_ms,
+            });
+            self.producer
+                .send(&k.output_topic, m.key(), payload, None, delivery)
+                .await;
+            return;
+        }
+        let bytes = payload.unwrap_or_default();
+        let decoded = if bytes.len() > self.config.pipeline.max_record_bytes {
+            Err(RecordError::new(
+                RecordErrorKind::Oversize,
+                format!(
+                    "record of {} bytes exceeds pipeline.max_record_bytes = {}",
+                    bytes.len(),
+                    self.config.pipeline.max_record_bytes
+                ),
+            ))
+        } else {
+            decode_json(bytes, &self.bundle.spec.partition_column, self.bundle.encoder()).and_then(|event| {
+                let unknown = self.config.model.unknown_partition == UnknownPartition::Dlq
+                    && self.bundle.partition(&event.partition).is_none();
+                if unknown {
+                    Err(scoring::unknown(&event.partition))
+                } else {
+                    Ok(event)
+                }
+            })
+        };
+        match decoded {
+            Ok(event) => {
+                self.router
+                    .route(Job {
+                        event,
+                        ack,
+                        timestamp_ms,
+                    })
+                    .await
+            }
+            Err(error) => {
+                tracing::debug!(
+                    topic = m.topic(),
+                    kafka_partition = m.partition(),
+                    offset = m.offset(),
+                    %error,
+                    "dead-lettering record"
+                );
+                self.producer
+                    .dead_letter(&k.dlq_topic, m.topic(), m.key(), payload, &error, ack)
+                    .await;
+            }
+        }
+    }
+}
+
+/// Commits the tracker's finished positions every `every` until `shutdown`.
+async fn commit_periodically(
+    consumer: Arc<InputConsumer>,
+    topic: String,
+    tracker: Arc<OffsetTracker>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                let positions = tracker.take_committable();
+                if let Err(e) = consumer::commit(&consumer, &topic, &positions, CommitMode::Async) {
+                    tracing::warn!(error = %e, "offset commit could not be sent");
+                }
+            }
+        }
+    }
+}
+
+/// Loads the config and bundle and serves until SIGINT or SIGTERM.
+pub async fn serve(config_path: &std::path::Path) -> Result<()> {
+    let config = ServeConfig::load(config_path)?;
+    let bundle = Arc::new(Bundle::read(&config.model.bundle)?);
+    crate::metrics::describe();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    run(
+        &config,
+        bundle,
+        Mode::Score,
+        Arc::new(PipelineStats::default()),
+        shutdown,
+    )
+    .await
+}
+
+/// Cancels `token` on the first SIGINT or SIGTERM.
+pub async fn cancel_on_signal(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown requested: draining in-flight events");
+    token.cancel();
+}
