@@ -129,10 +129,22 @@ mod tests {
         assert_eq!(kind("{not json"), RecordErrorKind::InvalidJson);
         assert_eq!(kind("[1,2]"), RecordErrorKind::InvalidJson);
         assert_eq!(kind(r#"{"price":1}"#), RecordErrorKind::MissingKey);
-        assert_eq!(kind(r#"{"store_id":null,"price":1}"#), RecordErrorKind::EmptyKey);
-        assert_eq!(kind(r#"{"store_id":"","price":1}"#), RecordErrorKind::EmptyKey);
-        assert_eq!(kind(r#"{"store_id":"S","price":"x"}"#), RecordErrorKind::WrongType);
+        assert_eq!(
+            kind(r#"{"store_id":null,"price":1}"#),
+            RecordErrorKind::EmptyKey
+        );
+        assert_eq!(
+            kind(r#"{"store_id":"","price":1}"#),
+            RecordErrorKind::EmptyKey
+        );
+        assert_eq!(
+            kind(r#"{"store_id":"S","price":"x"}"#),
+            RecordErrorKind::WrongType
+        );
         assert_eq!(kind(r#"{"store_id":"S"}"#), RecordErrorKind::MissingFeature);
-        assert_eq!(kind(r#"{"store_id":"S","price":1e999}"#), RecordErrorKind::InvalidJson);
+        assert_eq!(
+            kind(r#"{"store_id":"S","price":1e999}"#),
+            RecordErrorKind::InvalidJson
+        );
     }
 }

@@ -175,7 +175,8 @@ mod tests {
         let mut a = Vec::new();
         enc.encode(|c| csv.get(c).map(|s| Field::Text(s)), &mut a)
             .unwrap();
-        let ev = json!({"price": 9.5, "promo": true, "region": "south", "ts": 1_709_641_800_000i64});
+        let ev =
+            json!({"price": 9.5, "promo": true, "region": "south", "ts": 1_709_641_800_000i64});
         let mut b = Vec::new();
         enc.encode(|c| ev.get(c).map(Field::Json), &mut b).unwrap();
         assert_eq!(a, b);
@@ -193,7 +194,8 @@ mod tests {
         let enc = FeatureEncoder::new(&spec()).unwrap();
         let ev = json!({"price": 1, "promo": 0, "region": "east", "ts": "2024-01-01T00:00:00Z"});
         let mut out = Vec::new();
-        enc.encode(|c| ev.get(c).map(Field::Json), &mut out).unwrap();
+        enc.encode(|c| ev.get(c).map(Field::Json), &mut out)
+            .unwrap();
         assert_eq!(&out[2..4], &[0.0, 0.0]);
         let ev = json!({"price": 1, "promo": null, "region": "east", "ts": 0});
         let err = enc

@@ -190,7 +190,9 @@ pub fn utc_parts(ms: i64) -> UtcParts {
 pub fn partition_id(value: &Value) -> Option<std::borrow::Cow<'_, str>> {
     match value {
         Value::String(s) => Some(std::borrow::Cow::Borrowed(s.as_str())),
-        Value::Number(n) if n.is_i64() || n.is_u64() => Some(std::borrow::Cow::Owned(n.to_string())),
+        Value::Number(n) if n.is_i64() || n.is_u64() => {
+            Some(std::borrow::Cow::Owned(n.to_string()))
+        }
         _ => None,
     }
 }
@@ -220,9 +222,13 @@ mod tests {
     fn bad_and_out_of_range_timestamps_are_told_apart() {
         let e = Field::Text("yesterday").timestamp_ms("ts").unwrap_err();
         assert_eq!(e.kind, RecordErrorKind::BadTimestamp);
-        let e = Field::Text("99999999999999999999").timestamp_ms("ts").unwrap_err();
+        let e = Field::Text("99999999999999999999")
+            .timestamp_ms("ts")
+            .unwrap_err();
         assert_eq!(e.kind, RecordErrorKind::TimestampOutOfRange);
-        let e = Field::Text("2500-01-01T00:00:00Z").timestamp_ms("ts").unwrap_err();
+        let e = Field::Text("2500-01-01T00:00:00Z")
+            .timestamp_ms("ts")
+            .unwrap_err();
         assert_eq!(e.kind, RecordErrorKind::TimestampOutOfRange);
         let j = json!(1e30);
         let e = Field::Json(&j).timestamp_ms("ts").unwrap_err();

@@ -107,7 +107,11 @@ impl Store {
             elasticity: rng.random_range(-9.0..-2.0),
             promo_lift: rng.random_range(8.0..40.0),
             temp_effect: rng.random_range(-1.5..2.5),
-            weather: [0.0, rng.random_range(-10.0..5.0), rng.random_range(-25.0..0.0)],
+            weather: [
+                0.0,
+                rng.random_range(-10.0..5.0),
+                rng.random_range(-25.0..0.0),
+            ],
             weekday: std::array::from_fn(|d| if d >= 5 { 20.0 } else { 0.0 } + wd.sample(rng)),
             hour_scale: rng.random_range(0.5..1.6),
             noise: rng.random_range(3.0..9.0),
@@ -130,12 +134,19 @@ impl Store {
         let day = (ts_ms - START_MS) as f64 / (24.0 * HOUR_MS as f64);
         let hour = (ts_ms / HOUR_MS).rem_euclid(24) as f64;
         let promo = rng.random_bool(0.2);
-        let discount = if promo { rng.random_range(0.7..0.9) } else { 1.0 };
+        let discount = if promo {
+            rng.random_range(0.7..0.9)
+        } else {
+            1.0
+        };
         Row {
             ts_ms,
-            price: (self.list_price * discount * rng.random_range(0.95..1.05) * 100.0).round() / 100.0,
+            price: (self.list_price * discount * rng.random_range(0.95..1.05) * 100.0).round()
+                / 100.0,
             promo,
-            temperature: ((12.0 + 8.0 * (day / 58.0).sin() + 4.0 * ((hour - 14.0) / 4.0).cos()
+            temperature: ((12.0
+                + 8.0 * (day / 58.0).sin()
+                + 4.0 * ((hour - 14.0) / 4.0).cos()
                 + rng.random_range(-3.0..3.0))
                 * 10.0)
                 .round()

@@ -66,7 +66,13 @@ pub fn partition(b: &Bundle, m: &PartitionModel) -> String {
     let _ = writeln!(s, "rmse:       {:.6}", m.rmse);
     let _ = writeln!(s, "intercept:  {}", m.model.intercept);
     let _ = writeln!(s, "coefficients:");
-    let width = b.encoder().names().iter().map(|n| n.len()).max().unwrap_or(0);
+    let width = b
+        .encoder()
+        .names()
+        .iter()
+        .map(|n| n.len())
+        .max()
+        .unwrap_or(0);
     for (name, c) in b.encoder().names().iter().zip(&m.model.coefficients) {
         let _ = writeln!(s, "  {name:<width$}  {c}");
     }

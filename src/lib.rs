@@ -37,6 +37,7 @@
 //! | [`metrics`] | every metric name, described once, and the in-process tally |
 //! | [`generate`] | synthetic data |
 //! | [`demo`], [`bench`] | the self-contained demo and the end-to-end benchmark |
+//! | [`local`] | Kafka helpers for the demo, the benchmark and the tests |
 //! | [`error`] | the error types |
 
 pub mod bench;
@@ -49,6 +50,7 @@ pub mod field;
 pub mod generate;
 pub mod inspect;
 pub mod kafka;
+pub mod local;
 pub mod metrics;
 pub mod model;
 pub mod partition;

@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use manymodel::scoring::UnknownPartition;
 
 #[derive(Parser)]
-#[command(name = "manymodel", version, about = "Serve thousands of per-partition forecasting models over Kafka")]
+#[command(
+    name = "manymodel",
+    version,
+    about = "Serve thousands of per-partition forecasting models over Kafka"
+)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
-use metrics::{counter, describe_counter, describe_histogram, histogram, Unit};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 
 use crate::error::RecordErrorKind;
 use crate::model::bundle::ModelSource;
@@ -25,12 +27,18 @@ pub const EVENTS_DEAD_LETTERED: &str = "manymodel_events_dead_lettered_total";
 pub const DELIVERY_FAILURES: &str = "manymodel_delivery_failures_total";
 /// Offset commits, by `result`.
 pub const OFFSET_COMMITS: &str = "manymodel_offset_commits_total";
+/// Kafka partitions of the input topic assigned to this instance.
+pub const ASSIGNED_PARTITIONS: &str = "manymodel_assigned_kafka_partitions";
 /// Event timestamp to prediction acknowledged.
 pub const END_TO_END_LATENCY: &str = "manymodel_end_to_end_latency_seconds";
 
 /// Describes every metric to the installed recorder.
 pub fn describe() {
-    describe_counter!(EVENTS_CONSUMED, Unit::Count, "Input records read from Kafka.");
+    describe_counter!(
+        EVENTS_CONSUMED,
+        Unit::Count,
+        "Input records read from Kafka."
+    );
     describe_counter!(
         EVENTS_SCORED,
         Unit::Count,
@@ -52,6 +60,11 @@ pub fn describe() {
         "Predictions or dead letters the broker did not acknowledge."
     );
     describe_counter!(OFFSET_COMMITS, Unit::Count, "Offset commits, by result.");
+    describe_gauge!(
+        ASSIGNED_PARTITIONS,
+        Unit::Count,
+        "Kafka partitions of the input topic assigned to this instance."
+    );
     describe_histogram!(
         END_TO_END_LATENCY,
         Unit::Seconds,
@@ -72,6 +85,8 @@ pub struct PipelineStats {
     pub dead_lettered: AtomicU64,
     /// Outputs the broker refused or timed out.
     pub delivery_failures: AtomicU64,
+    /// Kafka partitions of the input topic currently assigned to this instance.
+    pub assigned: AtomicU64,
     /// Event timestamp to acknowledgement, in microseconds.
     latency_us: Mutex<Histogram<u64>>,
 }
@@ -84,6 +99,7 @@ impl Default for PipelineStats {
             fallback: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             delivery_failures: AtomicU64::new(0),
+            assigned: AtomicU64::new(0),
             // Three significant figures from 1 µs to an hour; this cannot fail.
             latency_us: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 3)
@@ -130,6 +146,22 @@ impl PipelineStats {
     pub fn delivery_failed(&self) {
         self.delivery_failures.fetch_add(1, Ordering::Relaxed);
         counter!(DELIVERY_FAILURES).increment(1);
+    }
+
+    /// The assignment changed by `delta` Kafka partitions.
+    pub fn assignment_changed(&self, delta: i64) {
+        let now = if delta >= 0 {
+            self.assigned.fetch_add(delta as u64, Ordering::Relaxed) + delta as u64
+        } else {
+            let d = delta.unsigned_abs();
+            self.assigned
+                .fetch_sub(
+                    d.min(self.assigned.load(Ordering::Relaxed)),
+                    Ordering::Relaxed,
+                )
+                .saturating_sub(d)
+        };
+        gauge!(ASSIGNED_PARTITIONS).set(now as f64);
     }
 
     /// An offset commit finished.

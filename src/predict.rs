@@ -65,7 +65,8 @@ pub fn run(opts: &PredictOptions, errors: &mut dyn Write) -> Result<PredictRepor
                     source,
                 );
                 buf.push(b'\n');
-                out.write_all(&buf).map_err(|e| Error::io(&opts.output, e))?;
+                out.write_all(&buf)
+                    .map_err(|e| Error::io(&opts.output, e))?;
                 report.predicted += 1;
                 report.fallback += u64::from(source == ModelSource::Fallback);
             }

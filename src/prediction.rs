@@ -56,7 +56,14 @@ mod tests {
             inputs: vec![],
         };
         let mut buf = Vec::new();
-        write_json(&mut buf, "store_id", &event, 123.4, "v7", ModelSource::Partition);
+        write_json(
+            &mut buf,
+            "store_id",
+            &event,
+            123.4,
+            "v7",
+            ModelSource::Partition,
+        );
         let v: serde_json::Value = serde_json::from_slice(&buf).unwrap();
         assert_eq!(
             v,

@@ -37,7 +37,8 @@ impl Router {
             Some(h) => h,
             None => {
                 let id = job.event.partition.clone();
-                let h = PartitionHandle::spawn(&id, self.capacity, self.ctx.clone(), &mut self.tasks);
+                let h =
+                    PartitionHandle::spawn(&id, self.capacity, self.ctx.clone(), &mut self.tasks);
                 self.actors.entry(id).or_insert(h)
             }
         };

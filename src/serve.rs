@@ -111,7 +111,9 @@ pub async fn run(
     // Drain: actors first (they enqueue the last predictions), then the producer.
     let deadline = Instant::now() + Duration::from_secs(config.pipeline.shutdown_timeout_secs);
     let actors = router.actors();
-    let drained = router.close(deadline.saturating_duration_since(Instant::now())).await;
+    let drained = router
+        .close(deadline.saturating_duration_since(Instant::now()))
+        .await;
     let flushed = drained
         && producer
             .flush(deadline.saturating_duration_since(Instant::now()))
@@ -125,7 +127,7 @@ pub async fn run(
             tracker.in_flight()
         )));
     }
-    let positions = tracker.take_committable();
+    let positions = tracker.all_committable();
     consumer::commit(&consumer, &k.input_topic, &positions, CommitMode::Sync)
         .map_err(|e| Error::Kafka(format!("final offset commit failed: {e}")))?;
     tracing::info!(actors, committed = ?positions, "stopped cleanly");
@@ -145,7 +147,11 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     /// Reads until `shutdown`, then hands back the router for draining.
-    async fn read_until(mut self, consumer: &InputConsumer, shutdown: &CancellationToken) -> Router {
+    async fn read_until(
+        mut self,
+        consumer: &InputConsumer,
+        shutdown: &CancellationToken,
+    ) -> Router {
         loop {
             tokio::select! {
                 biased;
@@ -193,7 +199,12 @@ impl Reader<'_> {
                 ),
             ))
         } else {
-            decode_json(bytes, &self.bundle.spec.partition_column, self.bundle.encoder()).and_then(|event| {
+            decode_json(
+                bytes,
+                &self.bundle.spec.partition_column,
+                self.bundle.encoder(),
+            )
+            .and_then(|event| {
                 let unknown = self.config.model.unknown_partition == UnknownPartition::Dlq
                     && self.bundle.partition(&event.partition).is_none();
                 if unknown {

@@ -162,7 +162,10 @@ impl TrainSpec {
                 return Err(format!("alpha must be a positive number, got {a}"))
             }
             (ModelKind::Linear, Some(_)) => {
-                return Err("alpha is only used with model = \"ridge\"; remove it or set model = \"ridge\"".into())
+                return Err(
+                    "alpha is only used with model = \"ridge\"; remove it or set model = \"ridge\""
+                        .into(),
+                )
             }
             _ => {}
         }

@@ -176,13 +176,22 @@ pub fn spread(values: &mut [f64]) -> Option<(f64, f64, f64)> {
         return None;
     }
     values.sort_by(|a, b| a.total_cmp(b));
-    Some((values[0], values[values.len() / 2], values[values.len() - 1]))
+    Some((
+        values[0],
+        values[values.len() / 2],
+        values[values.len() - 1],
+    ))
 }
 
 impl fmt::Display for TrainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = &self.bundle;
-        writeln!(f, "bundle {} written to {}", b.version, self.output.display())?;
+        writeln!(
+            f,
+            "bundle {} written to {}",
+            b.version,
+            self.output.display()
+        )?;
         writeln!(
             f,
             "  partitions fitted: {}   skipped: {}   inputs per model: {}   ({:.2}s)",
@@ -209,7 +218,11 @@ impl fmt::Display for TrainReport {
             b.fallback.rows, b.fallback.rmse
         )?;
         for s in self.skipped.iter().take(10) {
-            writeln!(f, "  skipped {:?}: {} rows, {}", s.partition, s.rows, s.reason)?;
+            writeln!(
+                f,
+                "  skipped {:?}: {} rows, {}",
+                s.partition, s.rows, s.reason
+            )?;
         }
         if self.skipped.len() > 10 {
             writeln!(f, "  ... and {} more skipped", self.skipped.len() - 10)?;

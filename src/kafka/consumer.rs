@@ -9,7 +9,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
+};
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -37,9 +39,14 @@ impl ConsumerContext for RebalanceContext {
             for elem in tpl.elements_for_topic(&self.topic) {
                 revoked.push(elem.partition());
                 if let Some(pos) = self.tracker.revoke(elem.partition()) {
-                    let _ = commit.add_partition_offset(&self.topic, elem.partition(), Offset::Offset(pos));
+                    let _ = commit.add_partition_offset(
+                        &self.topic,
+                        elem.partition(),
+                        Offset::Offset(pos),
+                    );
                 }
             }
+            self.stats.assignment_changed(-(revoked.len() as i64));
             tracing::info!(topic = %self.topic, kafka_partitions = ?revoked, "Kafka partitions revoked");
             if commit.count() > 0 {
                 let ok = consumer.commit(&commit, CommitMode::Sync).is_ok();
@@ -59,6 +66,7 @@ impl ConsumerContext for RebalanceContext {
                 for &p in &assigned {
                     self.tracker.assign(p);
                 }
+                self.stats.assignment_changed(assigned.len() as i64);
                 tracing::info!(topic = %self.topic, kafka_partitions = ?assigned, "Kafka partitions assigned");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -128,7 +136,12 @@ fn is_consumer_option(key: &str) -> bool {
 }
 
 /// Commits `positions` (Kafka partition, next offset) of `topic`.
-pub fn commit(consumer: &InputConsumer, topic: &str, positions: &[(i32, i64)], mode: CommitMode) -> KafkaResult<()> {
+pub fn commit(
+    consumer: &InputConsumer,
+    topic: &str,
+    positions: &[(i32, i64)],
+    mode: CommitMode,
+) -> KafkaResult<()> {
     if positions.is_empty() {
         return Ok(());
     }

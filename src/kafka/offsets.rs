@@ -154,6 +154,23 @@ impl OffsetTracker {
         out
     }
 
+    /// Every owned Kafka partition's committable position, whether or not it moved: for the
+    /// final, synchronous commit.
+    pub fn all_committable(&self) -> Vec<(i32, i64)> {
+        let partitions: Vec<Arc<PartitionOffsets>> = self.lock().values().cloned().collect();
+        let mut out: Vec<(i32, i64)> = partitions
+            .iter()
+            .filter_map(|p| {
+                let mut s = p.lock();
+                let c = s.committable.filter(|_| !s.revoked)?;
+                s.committed = Some(c);
+                Some((p.partition, c))
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
     /// Events read and not yet finished, over all owned Kafka partitions.
     pub fn in_flight(&self) -> usize {
         self.lock().values().map(|p| p.in_flight()).sum()

@@ -60,8 +60,7 @@ impl ProducerContext for DeliveryContext {
         } = *delivery;
         match result {
             Ok(_) => {
-                let latency_us =
-                    source_timestamp_ms.map(|t| (now_ms() - t).max(0) as u64 * 1000);
+                let latency_us = source_timestamp_ms.map(|t| (now_ms() - t).max(0) as u64 * 1000);
                 match output {
                     Output::Prediction(source) => self.stats.produced(source, latency_us),
                     Output::Copy => self.stats.produced(ModelSource::Partition, latency_us),
@@ -97,7 +96,10 @@ pub struct OutputProducer {
 }
 
 /// The producer settings manymodel relies on; user options override them.
-pub fn producer_config(brokers: &str, options: &std::collections::BTreeMap<String, String>) -> ClientConfig {
+pub fn producer_config(
+    brokers: &str,
+    options: &std::collections::BTreeMap<String, String>,
+) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
@@ -219,7 +221,8 @@ impl OutputProducer {
             output: Output::DeadLetter(error.kind),
             source_timestamp_ms: None,
         });
-        self.send(dlq_topic, key, value, Some(headers), delivery).await;
+        self.send(dlq_topic, key, value, Some(headers), delivery)
+            .await;
     }
 
     /// Waits until every enqueued record is acknowledged or `timeout` passes.

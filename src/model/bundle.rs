@@ -172,7 +172,11 @@ impl Bundle {
     /// The bundle as Avro object container bytes.
     pub fn to_avro(&self) -> Result<Vec<u8>> {
         let record = BundleRecord::from(self);
-        let mut writer = Writer::with_codec(schema()?, Vec::new(), apache_avro::Codec::Deflate(Default::default()));
+        let mut writer = Writer::with_codec(
+            schema()?,
+            Vec::new(),
+            apache_avro::Codec::Deflate(Default::default()),
+        );
         writer
             .append_ser(record)
             .map_err(|e| Error::Internal(format!("encoding bundle {}: {e}", self.version)))?;
@@ -349,7 +353,10 @@ impl BundleRecord {
             self.rows_used.max(0) as u64,
             self.rows_rejected.max(0) as u64,
             self.fallback.into(),
-            self.partitions.into_iter().map(PartitionModel::from).collect(),
+            self.partitions
+                .into_iter()
+                .map(PartitionModel::from)
+                .collect(),
         )?;
         if bundle.encoder.names() != self.feature_names.as_slice() {
             return Err("feature_names do not match what the spec's features encode to".into());

@@ -92,8 +92,11 @@ pub fn read(path: &Path, spec: &TrainSpec, strict: bool) -> Result<History> {
             spec.columns().join(", ")
         )));
     }
-    let column_index: HashMap<&str, usize> =
-        headers.iter().enumerate().map(|(i, h)| (h.trim(), i)).collect();
+    let column_index: HashMap<&str, usize> = headers
+        .iter()
+        .enumerate()
+        .map(|(i, h)| (h.trim(), i))
+        .collect();
     let missing: Vec<&str> = spec
         .columns()
         .into_iter()
@@ -115,7 +118,8 @@ pub fn read(path: &Path, spec: &TrainSpec, strict: bool) -> Result<History> {
             Ok(r) => records.push(r),
             Err(e) => {
                 let line = e.position().map(|p| p.line()).unwrap_or(0);
-                let err = RecordError::new(RecordErrorKind::WrongType, format!("unreadable row: {e}"));
+                let err =
+                    RecordError::new(RecordErrorKind::WrongType, format!("unreadable row: {e}"));
                 if strict {
                     return Err(Error::Strict {
                         location: format!("{} line {line}", path.display()),
@@ -226,7 +230,12 @@ fn encode_row(
         }
     };
     encoder.encode(
-        |c| column_index.get(c).and_then(|&i| record.get(i)).map(Field::Text),
+        |c| {
+            column_index
+                .get(c)
+                .and_then(|&i| record.get(i))
+                .map(Field::Text)
+        },
         buf,
     )?;
     Ok((id, target))

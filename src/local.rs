@@ -1,0 +1,195 @@
+//! Kafka helpers for the demo, the benchmark and the tests: an in-process MockCluster, topic
+//! creation, loading events, reading a topic back. Never used by `serve`.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::types::RDKafkaErrorCode as Code;
+
+use crate::config::{KafkaConfig, ModelConfig, PipelineConfig, ServeConfig};
+use crate::error::{Error, Result};
+use crate::kafka::producer::now_ms;
+
+/// Creates topics with the given Kafka partition counts; existing topics are left as they are.
+pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .map_err(|e| Error::Kafka(format!("admin client for {brokers}: {e}")))?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1)))
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let results = admin
+        .create_topics(&new, &opts)
+        .await
+        .map_err(|e| Error::Kafka(format!("creating topics on {brokers}: {e}")))?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, Code::TopicAlreadyExists)) => {}
+            Err((name, code)) => {
+                return Err(Error::Kafka(format!("creating topic {name}: {code}")))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Produces each payload to `topic` with the current time as its timestamp, keyed by
+/// `key(payload)`, at most `rate` per second when given; returns once all are acknowledged.
+pub fn produce(
+    brokers: &str,
+    topic: &str,
+    payloads: &[Vec<u8>],
+    key: impl Fn(&[u8]) -> Option<Vec<u8>>,
+    rate: Option<u64>,
+) -> Result<()> {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "500000")
+        .create()
+        .map_err(|e| Error::Kafka(format!("producer for {brokers}: {e}")))?;
+    let started = Instant::now();
+    for (i, payload) in payloads.iter().enumerate() {
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64(i as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                producer.poll(Duration::ZERO);
+                std::thread::sleep(wait);
+            }
+        }
+        let k = key(payload);
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic)
+            .payload(payload.as_slice())
+            .timestamp(now_ms());
+        if let Some(k) = &k {
+            record = record.key(k.as_slice());
+        }
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(5));
+                }
+                Err((e, _)) => return Err(Error::Kafka(format!("producing to {topic}: {e}"))),
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer
+        .flush(Duration::from_secs(60))
+        .map_err(|e| Error::Kafka(format!("flushing to {topic}: {e}")))
+}
+
+/// One record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The Kafka partition.
+    pub partition: i32,
+    /// The offset.
+    pub offset: i64,
+    /// The key.
+    pub key: Option<Vec<u8>>,
+    /// The value.
+    pub value: Vec<u8>,
+    /// Header name → value (text).
+    pub headers: BTreeMap<String, String>,
+}
+
+/// Reads `topic` from the beginning until `count` records arrived or `timeout` passed.
+pub async fn read(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> Result<Vec<Record>> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set(
+            "group.id",
+            format!("manymodel-reader-{}-{}", std::process::id(), now_ms()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(|e| Error::Kafka(format!("reader for {brokers}: {e}")))?;
+    consumer
+        .subscribe(&[topic])
+        .map_err(|e| Error::Kafka(format!("subscribing to {topic}: {e}")))?;
+    let mut out = Vec::with_capacity(count);
+    let deadline = tokio::time::Instant::now() + timeout;
+    while out.len() < count {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Err(_) => break,
+            Ok(Err(e)) => tracing::debug!(error = %e, "reader error"),
+            Ok(Ok(m)) => {
+                let headers = m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| {
+                                (
+                                    h.key.to_owned(),
+                                    String::from_utf8_lossy(h.value.unwrap_or_default())
+                                        .into_owned(),
+                                )
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A serve configuration for the local topics `input`, `output` and `dlq`.
+pub fn serve_config(
+    brokers: &str,
+    group: &str,
+    input: &str,
+    output: &str,
+    dlq: &str,
+) -> ServeConfig {
+    ServeConfig {
+        kafka: KafkaConfig {
+            brokers: brokers.to_owned(),
+            group_id: group.to_owned(),
+            input_topic: input.to_owned(),
+            output_topic: output.to_owned(),
+            dlq_topic: dlq.to_owned(),
+            librdkafka_options: BTreeMap::new(),
+            commit_interval_ms: 500,
+        },
+        model: ModelConfig {
+            bundle: "in-memory".into(),
+            unknown_partition: Default::default(),
+        },
+        pipeline: PipelineConfig::default(),
+    }
+}
+
+/// The value of `field` in a JSON payload, as key bytes (the partition id).
+pub fn json_key(field: &str) -> impl Fn(&[u8]) -> Option<Vec<u8>> + '_ {
+    move |payload| {
+        let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+        crate::field::partition_id(v.get(field)?).map(|s| s.as_bytes().to_vec())
+    }
+}
