@@ -1,0 +1,167 @@
+//! train, inspect and predict as a user runs them: summaries, rejections, exit codes.
+
+mod common;
+
+use common::{run, run_ok};
+
+const SPEC: &str = r#"
+partition_column = "store_id"
+target = "sales"
+min_rows = 3
+[[features]]
+column = "price"
+kind = "numeric"
+[[features]]
+column = "ts"
+kind = "hour_of_day"
+"#;
+
+fn write(dir: &std::path::Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_str().unwrap().to_owned()
+}
+
+#[test]
+fn bad_rows_are_rejected_with_their_lines_and_strict_makes_them_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write(dir.path(), "spec.toml", SPEC);
+    let csv = write(
+        dir.path(),
+        "h.csv",
+        "store_id,ts,price,sales\nA,2025-01-01T10:00:00Z,1,10\nA,2025-01-01T11:00:00Z,2,12\nA,1735732800000,3,14\nA,not-a-time,4,16\nB,2025-01-01T10:00:00Z,abc,5\nB,2025-01-01T10:00:00Z,2\nB,2025-01-01T12:00:00Z,2,7\n",
+    );
+    let out = dir.path().join("b.avro");
+    let text = run_ok(&[
+        "train",
+        "--spec",
+        &spec,
+        "--input",
+        &csv,
+        "--output",
+        out.to_str().unwrap(),
+        "--version",
+        "v1",
+    ]);
+    assert!(text.contains("partitions fitted: 1"), "{text}");
+    assert!(text.contains("rows rejected: 3"), "{text}");
+    assert!(text.contains("line 5"), "bad timestamp on line 5: {text}");
+    assert!(text.contains("line 6"), "bad number on line 6: {text}");
+    assert!(text.contains("skipped \"B\""), "B has too few rows: {text}");
+
+    let strict = run(&[
+        "train",
+        "--spec",
+        &spec,
+        "--input",
+        &csv,
+        "--output",
+        out.to_str().unwrap(),
+        "--strict",
+    ]);
+    assert_eq!(strict.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&strict.stderr).contains("line 5"));
+
+    let inspect = run_ok(&["inspect", out.to_str().unwrap()]);
+    assert!(inspect.contains("version:          v1"), "{inspect}");
+    assert!(inspect.contains("partitions:       1"), "{inspect}");
+    let one = run_ok(&["inspect", out.to_str().unwrap(), "--partition", "A"]);
+    assert!(one.contains("ts.hour_of_day=10"), "{one}");
+    assert_eq!(
+        run(&["inspect", out.to_str().unwrap(), "--partition", "Z"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn missing_columns_empty_files_and_empty_specs_exit_with_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write(dir.path(), "spec.toml", SPEC);
+    let out = dir.path().join("b.avro");
+    let out = out.to_str().unwrap();
+    let no_price = write(
+        dir.path(),
+        "a.csv",
+        "store_id,ts,sales\nA,2025-01-01T10:00:00Z,1\n",
+    );
+    let r = run(&[
+        "train", "--spec", &spec, "--input", &no_price, "--output", out,
+    ]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("no column price"));
+
+    let empty = write(dir.path(), "e.csv", "");
+    let r = run(&["train", "--spec", &spec, "--input", &empty, "--output", out]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("empty"));
+
+    let nothing = write(
+        dir.path(),
+        "n.toml",
+        "partition_column = \"store_id\"\ntarget = \"sales\"\nfeatures = []\n",
+    );
+    let r = run(&[
+        "train", "--spec", &nothing, "--input", &no_price, "--output", out,
+    ]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("no feature"));
+}
+
+#[test]
+fn predict_scores_good_lines_and_reports_bad_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write(dir.path(), "spec.toml", SPEC);
+    let csv = write(
+        dir.path(),
+        "h.csv",
+        "store_id,ts,price,sales\nA,2025-01-01T10:00:00Z,1,10\nA,2025-01-01T11:00:00Z,2,12\nA,2025-01-01T10:00:00Z,3,14\n",
+    );
+    let bundle = dir.path().join("b.avro");
+    run_ok(&[
+        "train",
+        "--spec",
+        &spec,
+        "--input",
+        &csv,
+        "--output",
+        bundle.to_str().unwrap(),
+        "--version",
+        "v9",
+    ]);
+    let events = write(
+        dir.path(),
+        "ev.jsonl",
+        "{\"event_id\":1,\"store_id\":\"A\",\"ts\":\"2025-02-01T10:30:00Z\",\"price\":2}\n{\"store_id\":\"Q\",\"ts\":0,\"price\":2}\nnope\n",
+    );
+    let out = dir.path().join("p.jsonl");
+    let r = run(&[
+        "predict",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--input",
+        &events,
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert!(r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("line 3"));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["event_id"], 1);
+    assert_eq!(lines[0]["model"], "partition");
+    assert_eq!(lines[0]["model_version"], "v9");
+    // Rows at 10:00 with price 1 and 3 average to price 2 → sales 12 at hour 10.
+    assert!(
+        (lines[0]["prediction"].as_f64().unwrap() - 12.0).abs() < 1e-9,
+        "{:?}",
+        lines[0]
+    );
+    assert_eq!(lines[1]["model"], "fallback");
+    assert!(lines[1].get("event_id").is_none());
+}

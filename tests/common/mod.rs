@@ -1,0 +1,240 @@
+//! Shared test harness: a tansu broker per test binary, and the `manymodel` binary as a user
+//! runs it.
+#![allow(dead_code)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `manymodel` binary under test.
+pub fn manymodel() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_manymodel"))
+}
+
+/// Runs `manymodel args...` to completion.
+pub fn run(args: &[&str]) -> Output {
+    manymodel().args(args).output().expect("manymodel runs")
+}
+
+/// Runs and asserts success, returning stdout.
+pub fn run_ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "manymodel {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn tansu_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("TANSU") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cargo_bin = Path::new(&home).join(".cargo/bin/tansu");
+    if cargo_bin.exists() {
+        return cargo_bin;
+    }
+    PathBuf::from("tansu")
+}
+
+/// A tansu broker on a free port, killed on drop.
+pub struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Broker {
+    /// Starts a broker with in-memory storage and waits until it accepts connections.
+    pub fn start() -> Broker {
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let child = Command::new(tansu_binary())
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+                "--storage-engine",
+                "memory://tansu/",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tansu starts (scripts/test installs it)");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { child, port }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a topic with `partitions` Kafka partitions.
+    pub fn create_topic(&self, name: &str, partitions: i32) {
+        let out = Command::new(tansu_binary())
+            .args([
+                "topic",
+                "create",
+                name,
+                "--partitions",
+                &partitions.to_string(),
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+            ])
+            .output()
+            .expect("tansu topic create runs");
+        assert!(
+            out.status.success(),
+            "creating {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `manymodel serve`, stopped with SIGKILL on drop unless stopped before.
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `manymodel serve --config config`, logging to a file beside it.
+    pub fn start(config: &Path) -> Daemon {
+        let log = config.with_extension("log");
+        let file = std::fs::File::create(&log).expect("log file");
+        let child = manymodel()
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("manymodel serve starts");
+        Daemon { child, log }
+    }
+
+    /// Waits until the daemon logs that it has Kafka partitions assigned.
+    pub fn wait_assigned(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if text.contains("Kafka partitions assigned") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "daemon never got an assignment:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let status = self.child.wait().expect("daemon exits");
+        std::mem::forget(self);
+        status
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes a serve config for the given topics and bundle.
+pub fn write_config(
+    dir: &Path,
+    name: &str,
+    brokers: &str,
+    topics: (&str, &str, &str),
+    bundle: &Path,
+    unknown: &str,
+) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"[kafka]
+brokers = "{brokers}"
+group_id = "{name}"
+input_topic = "{}"
+output_topic = "{}"
+dlq_topic = "{}"
+commit_interval_ms = 200
+[model]
+bundle = "{}"
+unknown_partition = "{unknown}"
+"#,
+            topics.0,
+            topics.1,
+            topics.2,
+            bundle.display()
+        ),
+    )
+    .expect("config written");
+    path
+}
+
+/// Generates data and trains a bundle in `dir`; returns the bundle path.
+pub fn generate_and_train(dir: &Path, stores: usize, events: usize, version: &str) -> PathBuf {
+    let d = dir.to_str().expect("utf-8 temp dir");
+    run_ok(&[
+        "generate",
+        "--stores",
+        &stores.to_string(),
+        "--days",
+        "21",
+        "--events",
+        &events.to_string(),
+        "--out",
+        d,
+    ]);
+    let bundle = dir.join("bundle.avro");
+    run_ok(&[
+        "train",
+        "--spec",
+        &format!("{d}/train.toml"),
+        "--input",
+        &format!("{d}/history.csv"),
+        "--output",
+        bundle.to_str().expect("utf-8"),
+        "--version",
+        version,
+    ]);
+    bundle
+}

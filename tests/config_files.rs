@@ -1,0 +1,43 @@
+//! Every file in config/ loads, so the shipped examples never rot.
+
+use std::path::Path;
+
+use manymodel::config::ServeConfig;
+use manymodel::spec::TrainSpec;
+
+#[test]
+fn every_file_in_config_loads() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut loaded = 0;
+    for entry in std::fs::read_dir(&dir).expect("config/ exists") {
+        let path = entry.expect("entry").path();
+        let text = std::fs::read_to_string(&path).expect("readable");
+        if text.contains("[kafka]") {
+            ServeConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        } else {
+            TrainSpec::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        }
+        loaded += 1;
+    }
+    assert!(
+        loaded >= 2,
+        "config/ holds the serve config and the training spec"
+    );
+}
+
+#[test]
+fn the_generated_spec_is_the_shipped_one() {
+    let shipped =
+        TrainSpec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/train.toml")).unwrap();
+    let generated = TrainSpec::parse(manymodel::generate::TRAIN_TOML).unwrap();
+    assert_eq!(shipped, generated);
+}
+
+#[test]
+fn a_misspelt_serve_option_is_refused() {
+    let err = ServeConfig::parse(
+        "[kafka]\nbrokers=\"b\"\ngroup_id=\"g\"\ninput_topic=\"i\"\noutput_topic=\"o\"\ndlq_topic=\"d\"\ncomit_interval_ms=1\n[model]\nbundle=\"b.avro\"\n",
+    )
+    .unwrap_err();
+    assert!(err.contains("comit_interval_ms"), "{err}");
+}

@@ -1,0 +1,296 @@
+//! The daemon against a real broker (tansu): every event gets exactly one prediction, equal to
+//! what offline `predict` gives, stamped with the version, in per-store order; unknown stores
+//! and bad records go where the configuration says.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::time::Duration;
+
+use common::{generate_and_train, run_ok, write_config, Broker, Daemon};
+use manymodel::local;
+use serde_json::Value;
+
+fn read_lines(path: &Path) -> Vec<Vec<u8>> {
+    std::fs::read_to_string(path)
+        .expect("file readable")
+        .lines()
+        .map(|l| l.as_bytes().to_vec())
+        .collect()
+}
+
+async fn produce(brokers: &str, topic: &str, payloads: Vec<Vec<u8>>) {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        local::produce(
+            &brokers,
+            &topic,
+            &payloads,
+            local::json_key("store_id"),
+            None,
+        )
+    })
+    .await
+    .expect("producer thread")
+    .expect("events produced");
+}
+
+fn json(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes).expect("output is JSON")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_event_gets_one_prediction_equal_to_offline_predict_in_store_order() {
+    let broker = Broker::start();
+    broker.create_topic("sales", 3);
+    broker.create_topic("predictions", 3);
+    broker.create_topic("sales-dlq", 1);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let events = 20_000;
+    let bundle = generate_and_train(dir.path(), 50, events, "v-test");
+
+    // What offline scoring says, through the same decoder and scorer.
+    let offline = dir.path().join("offline.jsonl");
+    run_ok(&[
+        "predict",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--input",
+        dir.path().join("events.jsonl").to_str().unwrap(),
+        "--output",
+        offline.to_str().unwrap(),
+    ]);
+    let expected: HashMap<String, Value> = read_lines(&offline)
+        .iter()
+        .map(|l| {
+            let v = json(l);
+            (v["event_id"].as_str().unwrap().to_owned(), v)
+        })
+        .collect();
+    assert_eq!(expected.len(), events);
+
+    let config = write_config(
+        dir.path(),
+        "core",
+        &broker.brokers(),
+        ("sales", "predictions", "sales-dlq"),
+        &bundle,
+        "fallback",
+    );
+    let daemon = Daemon::start(&config);
+    daemon.wait_assigned();
+    produce(
+        &broker.brokers(),
+        "sales",
+        read_lines(&dir.path().join("events.jsonl")),
+    )
+    .await;
+
+    let records = local::read(
+        &broker.brokers(),
+        "predictions",
+        events + 1,
+        Duration::from_secs(120),
+    )
+    .await
+    .expect("predictions readable");
+    assert_eq!(
+        records.len(),
+        events,
+        "exactly one prediction per event:\n{}",
+        daemon.log_text()
+    );
+
+    let mut seen = HashSet::new();
+    let mut last_index: HashMap<String, u64> = HashMap::new();
+    for r in &records {
+        let p = json(&r.value);
+        let id = p["event_id"].as_str().expect("event_id echoed").to_owned();
+        assert!(seen.insert(id.clone()), "{id} predicted twice");
+        let want = &expected[&id];
+        assert_eq!(&p, want, "Kafka and offline predictions differ for {id}");
+        assert_eq!(p["model_version"], "v-test");
+        assert_eq!(
+            r.headers.get("model-version").map(String::as_str),
+            Some("v-test")
+        );
+        let store = p["store_id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            r.key.as_deref(),
+            Some(store.as_bytes()),
+            "keyed by the partition id"
+        );
+        // Events were produced in file order, so per store the indices must rise.
+        let index: u64 = id.trim_start_matches("ev-").parse().unwrap();
+        if let Some(prev) = last_index.insert(store.clone(), index) {
+            assert!(prev < index, "store {store}: {id} left after ev-{prev}");
+        }
+    }
+    assert_eq!(last_index.len(), 50);
+    let status = daemon.terminate();
+    assert!(status.success(), "SIGTERM exits 0, got {status:?}");
+}
+
+/// Events for a store the bundle has never seen: one known, one unknown.
+fn mixed_events() -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for i in 0..20 {
+        let store = if i % 2 == 0 { "S001" } else { "NEW-STORE" };
+        out.push(
+            serde_json::json!({"event_id": format!("m-{i}"), "store_id": store, "ts": "2025-03-01T12:00:00Z",
+                "price": 5.0, "promo": false, "temperature": 14.0, "weather": "sunny"})
+            .to_string()
+            .into_bytes(),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unknown_stores_get_the_fallback_or_the_dlq_as_configured() {
+    let broker = Broker::start();
+    for t in ["in-fb", "out-fb", "dlq-fb", "in-dlq", "out-dlq", "dlq-dlq"] {
+        broker.create_topic(t, 2);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bundle = generate_and_train(dir.path(), 5, 10, "v-unknown");
+
+    let fb = Daemon::start(&write_config(
+        dir.path(),
+        "fb",
+        &broker.brokers(),
+        ("in-fb", "out-fb", "dlq-fb"),
+        &bundle,
+        "fallback",
+    ));
+    let dl = Daemon::start(&write_config(
+        dir.path(),
+        "dl",
+        &broker.brokers(),
+        ("in-dlq", "out-dlq", "dlq-dlq"),
+        &bundle,
+        "dlq",
+    ));
+    fb.wait_assigned();
+    dl.wait_assigned();
+    produce(&broker.brokers(), "in-fb", mixed_events()).await;
+    produce(&broker.brokers(), "in-dlq", mixed_events()).await;
+
+    let out = local::read(&broker.brokers(), "out-fb", 20, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 20);
+    for r in &out {
+        let p = json(&r.value);
+        let want = if p["store_id"] == "NEW-STORE" {
+            "fallback"
+        } else {
+            "partition"
+        };
+        assert_eq!(p["model"], want);
+    }
+
+    let out = local::read(&broker.brokers(), "out-dlq", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 10);
+    assert!(out.iter().all(|r| json(&r.value)["store_id"] == "S001"));
+    let dead = local::read(&broker.brokers(), "dlq-dlq", 10, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 10);
+    let originals = mixed_events();
+    for r in &dead {
+        assert_eq!(r.headers["error-kind"], "unknown_partition");
+        assert_eq!(r.headers["source-topic"], "in-dlq");
+        assert!(r.headers["error-message"].contains("NEW-STORE"));
+        assert!(
+            originals.contains(&r.value),
+            "the original value, untouched"
+        );
+        assert_eq!(
+            r.key.as_deref(),
+            Some(&b"NEW-STORE"[..]),
+            "the original key, untouched"
+        );
+    }
+    assert!(fb.terminate().success());
+    assert!(dl.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_records_become_dead_letters_with_their_reason_and_the_daemon_keeps_scoring() {
+    let broker = Broker::start();
+    for t in ["in", "out", "dlq"] {
+        broker.create_topic(t, 1);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bundle = generate_and_train(dir.path(), 3, 10, "v-bad");
+    let daemon = Daemon::start(&write_config(
+        dir.path(),
+        "bad",
+        &broker.brokers(),
+        ("in", "out", "dlq"),
+        &bundle,
+        "fallback",
+    ));
+    daemon.wait_assigned();
+    let good = r#"{"event_id":"ok","store_id":"S001","ts":"2025-03-01T12:00:00Z","price":5,"promo":1,"temperature":9.5,"weather":"rainy"}"#;
+    let cases: Vec<(&str, &str)> = vec![
+        ("{not json", "invalid_json"),
+        ("[1,2,3]", "invalid_json"),
+        (
+            r#"{"ts":"2025-03-01T12:00:00Z","price":5,"promo":1,"temperature":9.5,"weather":"rainy"}"#,
+            "missing_key",
+        ),
+        (
+            r#"{"store_id":"","ts":"2025-03-01T12:00:00Z","price":5,"promo":1,"temperature":9.5,"weather":"rainy"}"#,
+            "empty_key",
+        ),
+        (
+            r#"{"store_id":"S001","ts":"2025-03-01T12:00:00Z","promo":1,"temperature":9.5,"weather":"rainy"}"#,
+            "missing_feature",
+        ),
+        (
+            r#"{"store_id":"S001","ts":"2025-03-01T12:00:00Z","price":"cheap","promo":1,"temperature":9.5,"weather":"rainy"}"#,
+            "wrong_type",
+        ),
+        (
+            r#"{"store_id":"S001","ts":"3000-01-01T00:00:00Z","price":5,"promo":1,"temperature":9.5,"weather":"rainy"}"#,
+            "timestamp_out_of_range",
+        ),
+        (
+            r#"{"store_id":"S001","ts":"soon","price":5,"promo":1,"temperature":9.5,"weather":"rainy"}"#,
+            "bad_timestamp",
+        ),
+    ];
+    let mut payloads: Vec<Vec<u8>> = cases.iter().map(|(p, _)| p.as_bytes().to_vec()).collect();
+    payloads.push(good.as_bytes().to_vec());
+    produce(&broker.brokers(), "in", payloads).await;
+
+    let dead = local::read(
+        &broker.brokers(),
+        "dlq",
+        cases.len(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(dead.len(), cases.len(), "{}", daemon.log_text());
+    for (r, (payload, kind)) in dead.iter().zip(&cases) {
+        assert_eq!(r.value, payload.as_bytes(), "value untouched");
+        assert_eq!(r.headers["error-kind"], *kind, "for {payload}");
+        assert_eq!(r.headers["source-partition"], "0");
+        assert_eq!(
+            r.headers["source-offset"].parse::<i64>().unwrap(),
+            r.offset,
+            "one DLQ record per input offset, in order"
+        );
+    }
+    let out = local::read(&broker.brokers(), "out", 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(json(&out[0].value)["event_id"], "ok");
+    assert!(daemon.terminate().success());
+}
