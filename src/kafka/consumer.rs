@@ -101,7 +101,10 @@ pub fn create(
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false");
+        .set("enable.partition.eof", "false")
+        // A fetch returns as soon as data is there; this caps the wait of an idle one, which
+        // bounds latency on brokers that hold fetches to the maximum.
+        .set("fetch.wait.max.ms", "20");
     for (k, v) in options {
         if is_consumer_option(k) {
             config.set(k, v);
