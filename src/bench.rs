@@ -58,9 +58,24 @@ struct Setup<'a> {
 }
 
 impl Setup<'_> {
-    async fn start(&self, mode: Mode, input: &str, output: &str) -> (Arc<PipelineStats>, CancellationToken, tokio::task::JoinHandle<Result<()>>) {
+    async fn start(
+        &self,
+        mode: Mode,
+        input: &str,
+        output: &str,
+    ) -> (
+        Arc<PipelineStats>,
+        CancellationToken,
+        tokio::task::JoinHandle<Result<()>>,
+    ) {
         let name = format!("bench-{mode:?}-{input}-{}", self.run_id).to_lowercase();
-        let config = local::serve_config(self.brokers, &name, input, output, &format!("bench-dlq-{}", self.run_id));
+        let config = local::serve_config(
+            self.brokers,
+            &name,
+            input,
+            output,
+            &format!("bench-dlq-{}", self.run_id),
+        );
         let stats = Arc::new(PipelineStats::default());
         let shutdown = CancellationToken::new();
         let handle = {
@@ -89,18 +104,34 @@ async fn wait_outputs(stats: &PipelineStats, n: u64, timeout: Duration) -> Resul
     Ok(())
 }
 
-async fn produce(brokers: &str, topic: &str, payloads: Arc<Vec<Vec<u8>>>, rate: Option<u64>) -> Result<()> {
+async fn produce(
+    brokers: &str,
+    topic: &str,
+    payloads: Arc<Vec<Vec<u8>>>,
+    rate: Option<u64>,
+) -> Result<()> {
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || local::produce(&brokers, &topic, &payloads, local::json_key("store_id"), rate))
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))?
+    tokio::task::spawn_blocking(move || {
+        local::produce(
+            &brokers,
+            &topic,
+            &payloads,
+            local::json_key("store_id"),
+            rate,
+        )
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))?
 }
 
 /// Runs the benchmark and prints its table to `out`.
 pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     let run_id = now_ms();
     let mock = match &opts.brokers {
-        None => Some(MockCluster::new(1).map_err(|e| Error::Kafka(format!("cannot start the MockCluster: {e}")))?),
+        None => Some(
+            MockCluster::new(1)
+                .map_err(|e| Error::Kafka(format!("cannot start the MockCluster: {e}")))?,
+        ),
         Some(_) => None,
     };
     let brokers = match (&mock, &opts.brokers) {
@@ -121,7 +152,8 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     match &mock {
         Some(m) => {
             for (name, n) in &topics {
-                m.create_topic(name, *n, 1).map_err(|e| Error::Kafka(format!("creating {name}: {e}")))?;
+                m.create_topic(name, *n, 1)
+                    .map_err(|e| Error::Kafka(format!("creating {name}: {e}")))?;
             }
         }
         None => {
@@ -131,7 +163,13 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     }
 
     let dir = std::env::temp_dir().join(format!("manymodel-bench-{}", std::process::id()));
-    generate::run(&GenerateOptions { stores: opts.stores, days: 14, events: opts.events.max(live_events), out: dir.clone(), seed: 11 })?;
+    generate::run(&GenerateOptions {
+        stores: opts.stores,
+        days: 14,
+        events: opts.events.max(live_events),
+        out: dir.clone(),
+        seed: 11,
+    })?;
     let report = train::run(&TrainOptions {
         spec: dir.join("train.toml"),
         input: dir.join("history.csv"),
@@ -141,21 +179,44 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         progress: false,
     })?;
     let bundle = Arc::new(report.bundle);
-    let text = std::fs::read_to_string(dir.join("events.jsonl")).map_err(|e| Error::io(dir.join("events.jsonl"), e))?;
+    let text = std::fs::read_to_string(dir.join("events.jsonl"))
+        .map_err(|e| Error::io(dir.join("events.jsonl"), e))?;
     let _ = std::fs::remove_dir_all(&dir);
     let lines: Vec<Vec<u8>> = text.lines().map(|l| l.as_bytes().to_vec()).collect();
     let backlog = Arc::new(lines[..opts.events].to_vec());
     let live = Arc::new(lines[..live_events].to_vec());
 
-    let _ = writeln!(out, "manymodel bench: {} events, {} stores, {} Kafka partitions, broker {}",
-        opts.events, opts.stores, opts.kafka_partitions, if mock.is_some() { "MockCluster (in-process)".to_owned() } else { brokers.clone() });
+    let _ = writeln!(
+        out,
+        "manymodel bench: {} events, {} stores, {} Kafka partitions, broker {}",
+        opts.events,
+        opts.stores,
+        opts.kafka_partitions,
+        if mock.is_some() {
+            "MockCluster (in-process)".to_owned()
+        } else {
+            brokers.clone()
+        }
+    );
     let load = Instant::now();
     produce(&brokers, &t("in"), backlog.clone(), None).await?;
-    let _ = writeln!(out, "loaded {} events in {:.2}s", opts.events, load.elapsed().as_secs_f64());
+    let _ = writeln!(
+        out,
+        "loaded {} events in {:.2}s",
+        opts.events,
+        load.elapsed().as_secs_f64()
+    );
 
-    let setup = Setup { brokers: &brokers, bundle, run_id };
+    let setup = Setup {
+        brokers: &brokers,
+        bundle,
+        run_id,
+    };
     let mut figures = Vec::new();
-    for (mode, output, live_in) in [(Mode::Passthrough, t("out-pass"), t("live-pass")), (Mode::Score, t("out-score"), t("live-score"))] {
+    for (mode, output, live_in) in [
+        (Mode::Passthrough, t("out-pass"), t("live-pass")),
+        (Mode::Score, t("out-score"), t("live-score")),
+    ] {
         let mut f = Figures::default();
         // Throughput: drain the backlog.
         let (stats, stop, handle) = setup.start(mode, &t("in"), &output).await;
@@ -180,10 +241,22 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         figures.push((mode, f));
     }
 
-    let _ = writeln!(out, "\n{:<12} {:>12} {:>10} {:>10}", "pipeline", "events/s", "p50 ms", "p99 ms");
+    let _ = writeln!(
+        out,
+        "\n{:<12} {:>12} {:>10} {:>10}",
+        "pipeline", "events/s", "p50 ms", "p99 ms"
+    );
     for (mode, f) in &figures {
-        let name = if *mode == Mode::Score { "scoring" } else { "passthrough" };
-        let _ = writeln!(out, "{name:<12} {:>12.0} {:>10.1} {:>10.1}", f.events_per_sec, f.p50_ms, f.p99_ms);
+        let name = if *mode == Mode::Score {
+            "scoring"
+        } else {
+            "passthrough"
+        };
+        let _ = writeln!(
+            out,
+            "{name:<12} {:>12.0} {:>10.1} {:>10.1}",
+            f.events_per_sec, f.p50_ms, f.p99_ms
+        );
     }
     let ratio = figures[1].1.events_per_sec / figures[0].1.events_per_sec;
     let _ = writeln!(
@@ -192,6 +265,10 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         ratio,
         (1.0 - ratio).max(0.0) * 100.0
     );
-    let _ = writeln!(out, "latency measured at {} events/s for {} events, from produce timestamp to acknowledgement", opts.latency_rate, live_events);
+    let _ = writeln!(
+        out,
+        "latency measured at {} events/s for {} events, from produce timestamp to acknowledgement",
+        opts.latency_rate, live_events
+    );
     Ok(())
 }

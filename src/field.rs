@@ -82,8 +82,8 @@ impl Field<'_> {
         let text = match self {
             Field::Json(Value::Bool(b)) => return Ok(*b),
             Field::Json(Value::Number(n)) => match n.as_f64() {
-                Some(x) if x == 1.0 => return Ok(true),
-                Some(x) if x == 0.0 => return Ok(false),
+                Some(1.0) => return Ok(true),
+                Some(0.0) => return Ok(false),
                 _ => return Err(wrong_type(column, "a bool (true/false or 1/0)", self)),
             },
             Field::Json(Value::String(s)) => s.as_str(),

@@ -143,7 +143,7 @@ pub fn read(path: &Path, spec: &TrainSpec, strict: bool) -> Result<History> {
     let tcol = column_index[spec.target.as_str()];
 
     // Encode in parallel, keep file order for the rejections.
-    let encoded: Vec<std::result::Result<(String, Vec<f64>, f64), (u64, RecordError)>> = records
+    let encoded: Vec<EncodedRow> = records
         .par_iter()
         .map_init(Vec::new, |buf: &mut Vec<f64>, record| {
             let line = record.position().map(|p| p.line()).unwrap_or(0);
@@ -195,6 +195,9 @@ pub fn read(path: &Path, spec: &TrainSpec, strict: bool) -> Result<History> {
         rejected,
     })
 }
+
+/// A row's partition id, inputs and target, or its line and what is wrong with it.
+type EncodedRow = std::result::Result<(String, Vec<f64>, f64), (u64, RecordError)>;
 
 fn encode_row(
     record: &csv::StringRecord,
