@@ -4,6 +4,7 @@
 //! file and a Kafka record with the same bytes become the same event, or the same
 //! [`RecordError`].
 
+use serde::Deserializer as _;
 use serde_json::Value;
 
 use crate::error::{RecordError, RecordErrorKind};
@@ -24,28 +25,36 @@ pub struct Event {
 }
 
 /// Decodes one JSON event: an object holding the partition column and the features.
+///
+/// Only the fields the bundle reads are materialised (the partition column, `event_id` and
+/// the feature columns); every other field is skipped without allocating.
 pub fn decode_json(
     bytes: &[u8],
     partition_column: &str,
     encoder: &FeatureEncoder,
 ) -> Result<Event, RecordError> {
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
-        RecordError::new(RecordErrorKind::InvalidJson, format!("not valid JSON: {e}"))
-    })?;
-    let Value::Object(mut object) = value else {
-        return Err(RecordError::new(
-            RecordErrorKind::InvalidJson,
-            format!("a JSON {} is not an event object", json_type(&value)),
-        ));
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let wanted = Wanted {
+        partition_column,
+        columns: encoder.columns(),
     };
-    let partition_value = match object.get(partition_column) {
+    let mut slots = de
+        .deserialize_map(wanted)
+        .and_then(|slots| de.end().map(|_| slots))
+        .map_err(|e| {
+            RecordError::new(
+                RecordErrorKind::InvalidJson,
+                format!("not a JSON event object: {e}"),
+            )
+        })?;
+    let partition_value = match slots[0].take() {
         None => {
             return Err(RecordError::new(
                 RecordErrorKind::MissingKey,
                 format!("partition column {partition_column:?} is missing"),
             ))
         }
-        Some(v) => v.clone(),
+        Some(v) => v,
     };
     let partition = match partition_id(&partition_value) {
         Some(id) if !id.trim().is_empty() => id.into_owned(),
@@ -61,15 +70,57 @@ pub fn decode_json(
             ))
         }
     };
+    let event_id = slots[1].take().filter(|v| !v.is_null());
+    let columns = encoder.columns();
     let mut inputs = Vec::with_capacity(encoder.width());
-    encoder.encode(|c| object.get(c).map(Field::Json), &mut inputs)?;
-    let event_id = object.remove("event_id").filter(|v| !v.is_null());
+    encoder.encode(
+        |c| {
+            let i = columns.iter().position(|name| name == c)?;
+            slots[2 + i].as_ref().map(Field::Json)
+        },
+        &mut inputs,
+    )?;
     Ok(Event {
         partition,
         partition_value,
         event_id,
         inputs,
     })
+}
+
+/// The fields of an event object that scoring reads: slot 0 is the partition column, slot 1
+/// `event_id`, then one slot per feature column.
+struct Wanted<'a> {
+    partition_column: &'a str,
+    columns: &'a [String],
+}
+
+impl<'de> serde::de::Visitor<'de> for Wanted<'_> {
+    type Value = Vec<Option<Value>>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut slots = vec![None; 2 + self.columns.len()];
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            let slot = if key == self.partition_column {
+                Some(0)
+            } else if key == "event_id" {
+                Some(1)
+            } else {
+                self.columns.iter().position(|c| *c == key).map(|i| 2 + i)
+            };
+            match slot {
+                Some(i) => slots[i] = Some(map.next_value::<Value>()?),
+                None => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(slots)
+    }
 }
 
 fn empty_key(partition_column: &str) -> RecordError {

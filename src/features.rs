@@ -26,6 +26,8 @@ struct Encoding {
 pub struct FeatureEncoder {
     encodings: Vec<Encoding>,
     names: Vec<String>,
+    /// The distinct input columns, in first-use order.
+    columns: Vec<String>,
 }
 
 impl FeatureEncoder {
@@ -64,7 +66,17 @@ impl FeatureEncoder {
                 offset,
             });
         }
-        Ok(FeatureEncoder { encodings, names })
+        let mut columns: Vec<String> = Vec::new();
+        for e in &encodings {
+            if !columns.contains(&e.column) {
+                columns.push(e.column.clone());
+            }
+        }
+        Ok(FeatureEncoder {
+            encodings,
+            names,
+            columns,
+        })
     }
 
     /// The number of model inputs.
@@ -75,6 +87,11 @@ impl FeatureEncoder {
     /// The name of each model input, e.g. `price`, `region=north`, `ts.hour_of_day=17`.
     pub fn names(&self) -> &[String] {
         &self.names
+    }
+
+    /// The distinct columns the features read, in first-use order.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
     }
 
     /// Encodes one record into `out` (cleared first). `get` looks a column up; `None` or a
