@@ -92,7 +92,17 @@ impl Setup<'_> {
 
 async fn wait_outputs(stats: &PipelineStats, n: u64, timeout: Duration) -> Result<()> {
     let deadline = Instant::now() + timeout;
+    let mut report = Instant::now();
     while stats.produced.load(Ordering::Relaxed) < n {
+        if report.elapsed() > Duration::from_secs(5) {
+            report = Instant::now();
+            tracing::info!(
+                consumed = stats.consumed.load(Ordering::Relaxed),
+                acknowledged = stats.produced.load(Ordering::Relaxed),
+                failed = stats.delivery_failures.load(Ordering::Relaxed),
+                "waiting for outputs"
+            );
+        }
         if Instant::now() > deadline {
             return Err(Error::Internal(format!(
                 "only {} of {n} outputs acknowledged within {timeout:?}",
@@ -124,6 +134,15 @@ async fn produce(
     .map_err(|e| Error::Internal(e.to_string()))?
 }
 
+async fn produce_owned(
+    brokers: String,
+    topic: String,
+    payloads: Arc<Vec<Vec<u8>>>,
+    rate: u64,
+) -> Result<()> {
+    produce(&brokers, &topic, payloads, Some(rate)).await
+}
+
 /// Runs the benchmark and prints its table to `out`.
 pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     let run_id = now_ms();
@@ -140,13 +159,21 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         (None, None) => unreachable!("one of the two is set above"),
     };
     let live_events = (opts.latency_rate * 5) as usize;
+    // librdkafka's MockCluster keeps at most 5 MB per Kafka partition and drops older records
+    // beyond that, which would strand a large backlog; spread it over enough partitions.
+    let kafka_partitions = if mock.is_some() {
+        let needed = (opts.events.max(live_events) * 200 / (4 << 20) + 1) as i32;
+        opts.kafka_partitions.max(needed)
+    } else {
+        opts.kafka_partitions
+    };
     let t = |s: &str| format!("bench-{s}-{run_id}");
     let topics = [
-        (t("in"), opts.kafka_partitions),
-        (t("out-score"), opts.kafka_partitions),
-        (t("out-pass"), opts.kafka_partitions),
-        (t("live-score"), opts.kafka_partitions),
-        (t("live-pass"), opts.kafka_partitions),
+        (t("in"), kafka_partitions),
+        (t("out-score"), kafka_partitions),
+        (t("out-pass"), kafka_partitions),
+        (t("live-score"), kafka_partitions),
+        (t("live-pass"), kafka_partitions),
         (t("dlq"), 1),
     ];
     match &mock {
@@ -229,9 +256,20 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         stop.cancel();
         handle.await.map_err(|e| Error::Internal(e.to_string()))??;
 
-        // Latency: a steady stream.
+        // Latency: a steady stream; the first fifth warms up (fetch positions, connections)
+        // and is not measured.
         let (stats, stop, handle) = setup.start(mode, &live_in, &output).await;
-        produce(&brokers, &live_in, live.clone(), Some(opts.latency_rate)).await?;
+        let producing = tokio::spawn(produce_owned(
+            brokers.clone(),
+            live_in.clone(),
+            live.clone(),
+            opts.latency_rate,
+        ));
+        wait_outputs(&stats, live_events as u64 / 5, Duration::from_secs(120)).await?;
+        stats.latency(true);
+        producing
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
         wait_outputs(&stats, live_events as u64, Duration::from_secs(120)).await?;
         let h = stats.latency(false);
         f.p50_ms = h.value_at_quantile(0.5) as f64 / 1000.0;

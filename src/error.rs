@@ -34,7 +34,7 @@ pub enum Error {
     },
 
     /// A configuration file is invalid.
-    #[error("config {path}: {reason}")]
+    #[error("{path}: {reason}")]
     Config {
         /// The configuration file.
         path: PathBuf,

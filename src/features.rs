@@ -103,6 +103,8 @@ impl FeatureEncoder {
     ) -> Result<(), RecordError> {
         out.clear();
         out.resize(self.names.len(), 0.0);
+        // Several time features usually read one timestamp column: parse it once.
+        let mut parsed: Option<(&str, i64)> = None;
         for e in &self.encodings {
             let field = match get(&e.column) {
                 Some(f) if !f.is_missing() => f,
@@ -124,7 +126,15 @@ impl FeatureEncoder {
                     }
                 }
                 FeatureKind::HourOfDay | FeatureKind::DayOfWeek | FeatureKind::Month => {
-                    let parts = utc_parts(field.timestamp_ms(&e.column)?);
+                    let ms = match parsed {
+                        Some((column, ms)) if column == e.column => ms,
+                        _ => {
+                            let ms = field.timestamp_ms(&e.column)?;
+                            parsed = Some((&e.column, ms));
+                            ms
+                        }
+                    };
+                    let parts = utc_parts(ms);
                     let slot = match e.kind {
                         FeatureKind::HourOfDay => parts.hour,
                         FeatureKind::DayOfWeek => parts.weekday,

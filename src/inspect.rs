@@ -64,7 +64,7 @@ pub fn partition(b: &Bundle, m: &PartitionModel) -> String {
     let _ = writeln!(s, "version:    {}", b.version);
     let _ = writeln!(s, "rows:       {}", m.rows);
     let _ = writeln!(s, "rmse:       {:.6}", m.rmse);
-    let _ = writeln!(s, "intercept:  {}", m.model.intercept);
+    let _ = writeln!(s, "intercept:  {}", number(m.model.intercept));
     let _ = writeln!(s, "coefficients:");
     let width = b
         .encoder()
@@ -74,7 +74,17 @@ pub fn partition(b: &Bundle, m: &PartitionModel) -> String {
         .max()
         .unwrap_or(0);
     for (name, c) in b.encoder().names().iter().zip(&m.model.coefficients) {
-        let _ = writeln!(s, "  {name:<width$}  {c}");
+        let _ = writeln!(s, "  {name:<width$}  {}", number(*c));
     }
     s
+}
+
+/// A coefficient for reading: plain decimals in the usual range, scientific notation for the
+/// tiny (round-off of an input never seen in training) and the huge.
+fn number(x: f64) -> String {
+    if x == 0.0 || (1e-4..1e9).contains(&x.abs()) {
+        format!("{x:.6}")
+    } else {
+        format!("{x:.6e}")
+    }
 }

@@ -135,7 +135,8 @@ fn init_logging(format: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if format == "json" {
         builder.json().init();
     } else {
@@ -204,7 +205,7 @@ fn run(command: Command) -> manymodel::Result<()> {
                 },
                 &mut std::io::stderr(),
             )?;
-            eprintln!(
+            println!(
                 "{} predictions ({} by the fallback) written to {}; {} lines rejected",
                 report.predicted,
                 report.fallback,

@@ -9,7 +9,8 @@ use std::sync::Mutex;
 
 use hdrhistogram::Histogram;
 use metrics::{
-    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
+    Gauge, Unit,
 };
 
 use crate::error::RecordErrorKind;
@@ -73,6 +74,9 @@ pub fn describe() {
 }
 
 /// The pipeline's running tally.
+///
+/// Metric handles are registered once, when the tally is made (after the exporter is
+/// installed), so the hot path only bumps atomics.
 #[derive(Debug)]
 pub struct PipelineStats {
     /// Records read.
@@ -89,6 +93,21 @@ pub struct PipelineStats {
     pub assigned: AtomicU64,
     /// Event timestamp to acknowledgement, in microseconds.
     latency_us: Mutex<Histogram<u64>>,
+    handles: Handles,
+}
+
+#[derive(Debug)]
+struct Handles {
+    consumed: Counter,
+    scored_partition: Counter,
+    scored_fallback: Counter,
+    produced: Counter,
+    dead_lettered: Vec<(RecordErrorKind, Counter)>,
+    delivery_failures: Counter,
+    commits_ok: Counter,
+    commits_failed: Counter,
+    assigned: Gauge,
+    latency: metrics::Histogram,
 }
 
 impl Default for PipelineStats {
@@ -100,11 +119,26 @@ impl Default for PipelineStats {
             dead_lettered: AtomicU64::new(0),
             delivery_failures: AtomicU64::new(0),
             assigned: AtomicU64::new(0),
-            // Three significant figures from 1 µs to an hour; this cannot fail.
+            // Three significant figures from 1 µs to an hour.
             latency_us: Mutex::new(
                 Histogram::new_with_bounds(1, 3_600_000_000, 3)
                     .expect("constant histogram bounds are valid"),
             ),
+            handles: Handles {
+                consumed: counter!(EVENTS_CONSUMED),
+                scored_partition: counter!(EVENTS_SCORED, "model" => "partition"),
+                scored_fallback: counter!(EVENTS_SCORED, "model" => "fallback"),
+                produced: counter!(PREDICTIONS_PRODUCED),
+                dead_lettered: RecordErrorKind::ALL
+                    .iter()
+                    .map(|k| (*k, counter!(EVENTS_DEAD_LETTERED, "reason" => k.as_str())))
+                    .collect(),
+                delivery_failures: counter!(DELIVERY_FAILURES),
+                commits_ok: counter!(OFFSET_COMMITS, "result" => "ok"),
+                commits_failed: counter!(OFFSET_COMMITS, "result" => "error"),
+                assigned: gauge!(ASSIGNED_PARTITIONS),
+                latency: histogram!(END_TO_END_LATENCY),
+            },
         }
     }
 }
@@ -113,12 +147,15 @@ impl PipelineStats {
     /// A record was read.
     pub fn consumed(&self) {
         self.consumed.fetch_add(1, Ordering::Relaxed);
-        counter!(EVENTS_CONSUMED).increment(1);
+        self.handles.consumed.increment(1);
     }
 
     /// An event was scored.
     pub fn scored(&self, source: ModelSource) {
-        counter!(EVENTS_SCORED, "model" => source.as_str()).increment(1);
+        match source {
+            ModelSource::Partition => self.handles.scored_partition.increment(1),
+            ModelSource::Fallback => self.handles.scored_fallback.increment(1),
+        }
     }
 
     /// A prediction was acknowledged; `latency_us` is from the event's timestamp.
@@ -127,9 +164,9 @@ impl PipelineStats {
         if source == ModelSource::Fallback {
             self.fallback.fetch_add(1, Ordering::Relaxed);
         }
-        counter!(PREDICTIONS_PRODUCED).increment(1);
+        self.handles.produced.increment(1);
         if let Some(us) = latency_us {
-            histogram!(END_TO_END_LATENCY).record(us as f64 / 1e6);
+            self.handles.latency.record(us as f64 / 1e6);
             if let Ok(mut h) = self.latency_us.lock() {
                 h.saturating_record(us.max(1));
             }
@@ -139,34 +176,32 @@ impl PipelineStats {
     /// A dead letter was acknowledged.
     pub fn dead_lettered(&self, kind: RecordErrorKind) {
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
-        counter!(EVENTS_DEAD_LETTERED, "reason" => kind.as_str()).increment(1);
+        if let Some((_, c)) = self.handles.dead_lettered.iter().find(|(k, _)| *k == kind) {
+            c.increment(1);
+        }
     }
 
     /// An output was not acknowledged.
     pub fn delivery_failed(&self) {
         self.delivery_failures.fetch_add(1, Ordering::Relaxed);
-        counter!(DELIVERY_FAILURES).increment(1);
+        self.handles.delivery_failures.increment(1);
     }
 
-    /// The assignment changed by `delta` Kafka partitions.
-    pub fn assignment_changed(&self, delta: i64) {
-        let now = if delta >= 0 {
-            self.assigned.fetch_add(delta as u64, Ordering::Relaxed) + delta as u64
-        } else {
-            let d = delta.unsigned_abs();
-            self.assigned
-                .fetch_sub(
-                    d.min(self.assigned.load(Ordering::Relaxed)),
-                    Ordering::Relaxed,
-                )
-                .saturating_sub(d)
-        };
-        gauge!(ASSIGNED_PARTITIONS).set(now as f64);
+    /// Kafka partitions were assigned (`added`) or revoked (`removed`).
+    pub fn assignment_changed(&self, added: u64, removed: u64) {
+        let before = self.assigned.load(Ordering::Relaxed);
+        let now = (before + added).saturating_sub(removed);
+        self.assigned.store(now, Ordering::Relaxed);
+        self.handles.assigned.set(now as f64);
     }
 
     /// An offset commit finished.
     pub fn committed(&self, ok: bool) {
-        counter!(OFFSET_COMMITS, "result" => if ok { "ok" } else { "error" }).increment(1);
+        if ok {
+            self.handles.commits_ok.increment(1);
+        } else {
+            self.handles.commits_failed.increment(1);
+        }
     }
 
     /// A copy of the latency histogram (microseconds), cleared with `reset`.

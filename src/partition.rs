@@ -66,6 +66,7 @@ impl PartitionHandle {
         let (_, source) = ctx.bundle.model_for(partition);
         let actor = PartitionActor {
             rx,
+            index: ctx.bundle.partition_index(partition),
             source,
             ctx,
             buf: Vec::with_capacity(256),
@@ -87,6 +88,8 @@ impl PartitionHandle {
 
 struct PartitionActor {
     rx: mpsc::Receiver<Job>,
+    /// The partition's model in the bundle, or `None` for the fallback.
+    index: Option<usize>,
     source: ModelSource,
     ctx: ActorContext,
     buf: Vec<u8>,
@@ -114,11 +117,10 @@ impl PartitionActor {
 
     async fn score(&mut self, job: Job) {
         let bundle = &self.ctx.bundle;
-        let model = match self.source {
-            ModelSource::Partition => bundle.partition(&job.event.partition),
-            ModelSource::Fallback => None,
-        }
-        .unwrap_or(&bundle.fallback);
+        let model = self
+            .index
+            .and_then(|i| bundle.partitions.get(i))
+            .unwrap_or(&bundle.fallback);
         let value = model.model.predict(&job.event.inputs);
         self.ctx.stats.scored(self.source);
         self.buf.clear();

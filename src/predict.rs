@@ -26,6 +26,9 @@ pub struct PredictOptions {
     pub unknown_partition: UnknownPartition,
 }
 
+/// Rejected lines described one by one; the rest are only counted.
+const SHOWN_REJECTIONS: u64 = 10;
+
 /// Counts of a predict run.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PredictReport {
@@ -72,17 +75,41 @@ pub fn run(opts: &PredictOptions, errors: &mut dyn Write) -> Result<PredictRepor
             }
             Err(e) => {
                 report.rejected += 1;
-                let _ = writeln!(
-                    errors,
-                    "{} line {}: {} ({})",
-                    opts.input.display(),
-                    i + 1,
-                    e,
-                    e.kind.as_str()
-                );
+                if report.rejected <= SHOWN_REJECTIONS {
+                    let _ = writeln!(
+                        errors,
+                        "{} line {}: {} ({})",
+                        opts.input.display(),
+                        i + 1,
+                        e,
+                        e.kind.as_str()
+                    );
+                }
             }
         }
     }
     out.flush().map_err(|e| Error::io(&opts.output, e))?;
+    if report.rejected > SHOWN_REJECTIONS {
+        let _ = writeln!(
+            errors,
+            "... and {} more rejected lines",
+            report.rejected - SHOWN_REJECTIONS
+        );
+    }
+    if report.predicted == 0 {
+        return Err(Error::Usage(if report.rejected == 0 {
+            format!(
+                "{} holds no events: it needs one JSON event per line",
+                opts.input.display()
+            )
+        } else {
+            format!(
+                "none of the {} lines of {} could be scored; is it a JSONL file of events with {:?} and the features?",
+                report.rejected,
+                opts.input.display(),
+                bundle.spec.partition_column
+            )
+        }));
+    }
     Ok(report)
 }

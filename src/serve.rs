@@ -266,7 +266,10 @@ async fn commit_periodically(
 /// Loads the config and bundle and serves until SIGINT or SIGTERM.
 pub async fn serve(config_path: &std::path::Path) -> Result<()> {
     let config = ServeConfig::load(config_path)?;
-    let bundle = Arc::new(Bundle::read(&config.model.bundle)?);
+    let bundle =
+        Arc::new(Bundle::read(&config.model.bundle).map_err(|e| {
+            Error::Usage(format!("{}: [model] bundle: {e}", config_path.display()))
+        })?);
     crate::metrics::describe();
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));

@@ -46,7 +46,7 @@ impl ConsumerContext for RebalanceContext {
                     );
                 }
             }
-            self.stats.assignment_changed(-(revoked.len() as i64));
+            self.stats.assignment_changed(0, revoked.len() as u64);
             tracing::info!(topic = %self.topic, kafka_partitions = ?revoked, "Kafka partitions revoked");
             if commit.count() > 0 {
                 let ok = consumer.commit(&commit, CommitMode::Sync).is_ok();
@@ -66,7 +66,7 @@ impl ConsumerContext for RebalanceContext {
                 for &p in &assigned {
                     self.tracker.assign(p);
                 }
-                self.stats.assignment_changed(assigned.len() as i64);
+                self.stats.assignment_changed(assigned.len() as u64, 0);
                 tracing::info!(topic = %self.topic, kafka_partitions = ?assigned, "Kafka partitions assigned");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),

@@ -150,6 +150,11 @@ impl Bundle {
         &self.encoder
     }
 
+    /// Where the partition's own model sits in `partitions`, if it has one.
+    pub fn partition_index(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
     /// The partition's own model, if it has one.
     pub fn partition(&self, id: &str) -> Option<&PartitionModel> {
         self.index.get(id).map(|&i| &self.partitions[i])
