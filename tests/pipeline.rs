@@ -90,7 +90,7 @@ async fn every_event_gets_one_prediction_equal_to_offline_predict_in_store_order
     let records = local::read(
         &broker.brokers(),
         "predictions",
-        events + 1,
+        events,
         Duration::from_secs(120),
     )
     .await
@@ -98,9 +98,19 @@ async fn every_event_gets_one_prediction_equal_to_offline_predict_in_store_order
     assert_eq!(
         records.len(),
         events,
-        "exactly one prediction per event:\n{}",
+        "a prediction per event:\n{}",
         daemon.log_text()
     );
+    // A second reader waits a little longer for anything beyond one per event.
+    let again = local::read(
+        &broker.brokers(),
+        "predictions",
+        events + 1,
+        Duration::from_secs(15),
+    )
+    .await
+    .expect("predictions readable");
+    assert_eq!(again.len(), events, "and no more than one per event");
 
     let mut seen = HashSet::new();
     let mut last_index: HashMap<String, u64> = HashMap::new();
