@@ -165,3 +165,57 @@ fn predict_scores_good_lines_and_reports_bad_ones() {
     assert_eq!(lines[1]["model"], "fallback");
     assert!(lines[1].get("event_id").is_none());
 }
+
+#[test]
+fn predict_on_a_file_with_nothing_to_score_exits_2_and_caps_its_error_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = write(dir.path(), "spec.toml", SPEC);
+    let csv = write(
+        dir.path(),
+        "h.csv",
+        "store_id,ts,price,sales\nA,2025-01-01T10:00:00Z,1,10\nA,2025-01-01T11:00:00Z,2,12\nA,2025-01-01T10:00:00Z,3,14\n",
+    );
+    let bundle = dir.path().join("b.avro");
+    run_ok(&[
+        "train",
+        "--spec",
+        &spec,
+        "--input",
+        &csv,
+        "--output",
+        bundle.to_str().unwrap(),
+    ]);
+    let out = dir.path().join("p.jsonl");
+    // The history is not a JSONL file of events: every line is rejected.
+    let many: String = (0..50).map(|i| format!("A,{i},1,2\n")).collect();
+    let wrong = write(dir.path(), "wrong.csv", &many);
+    let r = run(&[
+        "predict",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--input",
+        &wrong,
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(r.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(
+        stderr.matches("wrong.csv line ").count(),
+        10,
+        "ten examples, then a count: {stderr}"
+    );
+    assert!(stderr.contains("40 more rejected lines"), "{stderr}");
+    let empty = write(dir.path(), "empty.jsonl", "");
+    let r = run(&[
+        "predict",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--input",
+        &empty,
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("no events"));
+}
