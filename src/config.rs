@@ -22,6 +22,36 @@ pub struct ServeConfig {
     /// Queue sizes, limits and deadlines of the pipeline.
     #[serde(default)]
     pub pipeline: PipelineConfig,
+    /// The operations listener: metrics and health.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The operations listener.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the listener serving `/metrics`, `/healthz` and `/readyz`; port 0 picks a
+    /// free port (the log says which).
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+    /// Stores that get their own `partition` label on `manymodel_partition_events_scored_total`.
+    /// Empty by default, so label cardinality stays bounded whatever the number of stores.
+    #[serde(default)]
+    pub per_partition_metrics: Vec<String>,
+}
+
+fn default_metrics_listen() -> String {
+    "0.0.0.0:9898".into()
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            listen: default_metrics_listen(),
+            per_partition_metrics: Vec::new(),
+        }
+    }
 }
 
 /// The Kafka side.

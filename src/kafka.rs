@@ -1,6 +1,7 @@
 //! Kafka plumbing: the consumer and its rebalances, the producer and its acknowledgements, and
 //! the offset tracker that connects the two.
 
+pub mod client_log;
 pub mod consumer;
 pub mod offsets;
 pub mod producer;

@@ -35,6 +35,7 @@
 //! | [`router`], [`partition`] | the per-partition actors |
 //! | [`serve`] | the daemon: wiring, commits, shutdown |
 //! | [`metrics`] | every metric name, described once, and the in-process tally |
+//! | [`health`], [`http`] | `/healthz`, `/readyz` and the listener that serves them with `/metrics` |
 //! | [`generate`] | synthetic data |
 //! | [`demo`], [`bench`] | the self-contained demo and the end-to-end benchmark |
 //! | [`local`] | Kafka helpers for the demo, the benchmark and the tests |
@@ -48,6 +49,8 @@ pub mod event;
 pub mod features;
 pub mod field;
 pub mod generate;
+pub mod health;
+pub mod http;
 pub mod inspect;
 pub mod kafka;
 pub mod local;

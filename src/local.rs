@@ -13,7 +13,7 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode as Code;
 
-use crate::config::{KafkaConfig, ModelConfig, PipelineConfig, ServeConfig};
+use crate::config::{KafkaConfig, MetricsConfig, ModelConfig, PipelineConfig, ServeConfig};
 use crate::error::{Error, Result};
 use crate::kafka::producer::now_ms;
 
@@ -183,6 +183,7 @@ pub fn serve_config(
             unknown_partition: Default::default(),
         },
         pipeline: PipelineConfig::default(),
+        metrics: MetricsConfig::default(),
     }
 }
 

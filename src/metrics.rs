@@ -12,6 +12,7 @@ use metrics::{
     counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Counter,
     Gauge, Unit,
 };
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::error::RecordErrorKind;
 use crate::model::bundle::ModelSource;
@@ -30,6 +31,32 @@ pub const DELIVERY_FAILURES: &str = "manymodel_delivery_failures_total";
 pub const OFFSET_COMMITS: &str = "manymodel_offset_commits_total";
 /// Kafka partitions of the input topic assigned to this instance.
 pub const ASSIGNED_PARTITIONS: &str = "manymodel_assigned_kafka_partitions";
+/// Record read to prediction enqueued.
+pub const SCORING_LATENCY: &str = "manymodel_scoring_latency_seconds";
+/// Consumer lag per topic and Kafka partition, from librdkafka's statistics.
+pub const CONSUMER_LAG: &str = "manymodel_consumer_lag";
+/// The active bundle: 1, labelled with its version.
+pub const BUNDLE_INFO: &str = "manymodel_bundle_info";
+/// When the active bundle became active.
+pub const BUNDLE_ACTIVATED: &str = "manymodel_bundle_activated_timestamp_seconds";
+/// Partition models in the active bundle.
+pub const BUNDLE_PARTITIONS: &str = "manymodel_bundle_partitions";
+/// Bundles loaded and made active.
+pub const BUNDLE_LOADS: &str = "manymodel_bundle_loads_total";
+/// Bundles rejected, by reason.
+pub const BUNDLE_REJECTIONS: &str = "manymodel_bundle_rejections_total";
+/// Live per-partition actors.
+pub const ACTORS: &str = "manymodel_partition_actors";
+/// Events queued in partition mailboxes, all actors together.
+pub const MAILBOX_DEPTH: &str = "manymodel_mailbox_depth";
+/// Outputs handed to the producer and not yet acknowledged.
+pub const PRODUCER_QUEUE: &str = "manymodel_producer_queue_depth";
+/// Kafka partitions paused for backpressure.
+pub const PAUSED_PARTITIONS: &str = "manymodel_paused_kafka_partitions";
+/// Build information: 1, labelled with version and git commit.
+pub const BUILD_INFO: &str = "manymodel_build_info";
+/// Events scored for the stores listed in `per_partition_metrics`, by partition.
+pub const PARTITION_EVENTS: &str = "manymodel_partition_events_scored_total";
 /// Event timestamp to prediction acknowledged.
 pub const END_TO_END_LATENCY: &str = "manymodel_end_to_end_latency_seconds";
 
@@ -67,10 +94,119 @@ pub fn describe() {
         "Kafka partitions of the input topic assigned to this instance."
     );
     describe_histogram!(
+        SCORING_LATENCY,
+        Unit::Seconds,
+        "Time from a record being read to its prediction being handed to the producer."
+    );
+    describe_gauge!(
+        CONSUMER_LAG,
+        Unit::Count,
+        "Consumer lag in records per topic and Kafka partition, from librdkafka's statistics."
+    );
+    describe_gauge!(
+        BUNDLE_INFO,
+        "The active bundle (value 1), labelled with its version."
+    );
+    describe_gauge!(
+        BUNDLE_ACTIVATED,
+        Unit::Seconds,
+        "Unix time at which the active bundle became active."
+    );
+    describe_gauge!(
+        BUNDLE_PARTITIONS,
+        Unit::Count,
+        "Partition models in the active bundle."
+    );
+    describe_counter!(BUNDLE_LOADS, Unit::Count, "Bundles loaded and made active.");
+    describe_counter!(
+        BUNDLE_REJECTIONS,
+        Unit::Count,
+        "Bundles rejected, by reason."
+    );
+    describe_gauge!(ACTORS, Unit::Count, "Live per-partition actors.");
+    describe_gauge!(
+        MAILBOX_DEPTH,
+        Unit::Count,
+        "Events queued in partition actors' mailboxes, all actors together."
+    );
+    describe_gauge!(
+        PRODUCER_QUEUE,
+        Unit::Count,
+        "Outputs handed to the producer and not yet acknowledged."
+    );
+    describe_gauge!(
+        PAUSED_PARTITIONS,
+        Unit::Count,
+        "Kafka partitions paused for backpressure."
+    );
+    describe_gauge!(
+        BUILD_INFO,
+        "Build information (value 1), labelled with version and git commit."
+    );
+    describe_counter!(
+        PARTITION_EVENTS,
+        Unit::Count,
+        "Events scored for the stores listed in per_partition_metrics, by partition."
+    );
+    describe_histogram!(
         END_TO_END_LATENCY,
         Unit::Seconds,
         "Time from the event's Kafka timestamp to its prediction being acknowledged."
     );
+}
+
+/// Histogram buckets for latencies, in seconds: fine around milliseconds.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+/// Installs the Prometheus recorder, describes every metric and sets the build info. Call
+/// once per process, before the pipeline starts.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| e.to_string())?;
+    describe();
+    gauge!(
+        BUILD_INFO,
+        "version" => env!("CARGO_PKG_VERSION"),
+        "git_commit" => option_env!("MANYMODEL_GIT_COMMIT").unwrap_or("unknown")
+    )
+    .set(1.0);
+    gauge!(PAUSED_PARTITIONS).set(0.0);
+    Ok(handle)
+}
+
+/// Records that `bundle` became the active bundle.
+pub fn bundle_activated(version: &str, partitions: usize, previous: Option<&str>) {
+    if let Some(old) = previous {
+        gauge!(BUNDLE_INFO, "version" => old.to_owned()).set(0.0);
+    }
+    gauge!(BUNDLE_INFO, "version" => version.to_owned()).set(1.0);
+    gauge!(BUNDLE_ACTIVATED).set(crate::kafka::producer::now_ms() as f64 / 1000.0);
+    gauge!(BUNDLE_PARTITIONS).set(partitions as f64);
+    counter!(BUNDLE_LOADS).increment(1);
+}
+
+/// Sets the consumer lag of one Kafka partition.
+pub fn consumer_lag(topic: &str, kafka_partition: i32, lag: i64) {
+    gauge!(CONSUMER_LAG, "topic" => topic.to_owned(), "kafka_partition" => kafka_partition.to_string())
+        .set(lag as f64);
+}
+
+/// Sets the pipeline's queue gauges.
+pub fn queues(actors: usize, mailbox_depth: usize, producer_queue: i32) {
+    gauge!(ACTORS).set(actors as f64);
+    gauge!(MAILBOX_DEPTH).set(mailbox_depth as f64);
+    gauge!(PRODUCER_QUEUE).set(producer_queue as f64);
+}
+
+/// The counter of events scored for one listed store.
+pub fn partition_counter(partition: &str) -> Counter {
+    counter!(PARTITION_EVENTS, "partition" => partition.to_owned())
 }
 
 /// The pipeline's running tally.
@@ -94,6 +230,8 @@ pub struct PipelineStats {
     /// Event timestamp to acknowledgement, in microseconds.
     latency_us: Mutex<Histogram<u64>>,
     handles: Handles,
+    /// What the health endpoints report.
+    pub health: crate::health::Health,
 }
 
 #[derive(Debug)]
@@ -108,6 +246,7 @@ struct Handles {
     commits_failed: Counter,
     assigned: Gauge,
     latency: metrics::Histogram,
+    scoring_latency: metrics::Histogram,
 }
 
 impl Default for PipelineStats {
@@ -138,7 +277,9 @@ impl Default for PipelineStats {
                 commits_failed: counter!(OFFSET_COMMITS, "result" => "error"),
                 assigned: gauge!(ASSIGNED_PARTITIONS),
                 latency: histogram!(END_TO_END_LATENCY),
+                scoring_latency: histogram!(SCORING_LATENCY),
             },
+            health: crate::health::Health::default(),
         }
     }
 }
@@ -150,8 +291,9 @@ impl PipelineStats {
         self.handles.consumed.increment(1);
     }
 
-    /// An event was scored.
-    pub fn scored(&self, source: ModelSource) {
+    /// An event was scored `seconds` after it was read.
+    pub fn scored(&self, source: ModelSource, seconds: f64) {
+        self.handles.scoring_latency.record(seconds);
         match source {
             ModelSource::Partition => self.handles.scored_partition.increment(1),
             ModelSource::Fallback => self.handles.scored_fallback.increment(1),

@@ -31,6 +31,8 @@ pub struct Job {
     pub ack: Ack,
     /// The input record's Kafka timestamp, for end-to-end latency.
     pub timestamp_ms: Option<i64>,
+    /// When the record was read, for scoring latency.
+    pub read_at: std::time::Instant,
 }
 
 /// What an actor needs besides its queue.
@@ -46,6 +48,8 @@ pub struct ActorContext {
     pub stats: Arc<PipelineStats>,
     /// Cancelled when the drain deadline passed: stop at once.
     pub cancel: CancellationToken,
+    /// Stores that get their own `partition` label on a counter (`per_partition_metrics`).
+    pub labelled: Arc<std::collections::HashSet<String>>,
 }
 
 /// The handle the router holds.
@@ -64,8 +68,13 @@ impl PartitionHandle {
     ) -> Self {
         let (tx, rx) = mpsc::channel(capacity);
         let (_, source) = ctx.bundle.model_for(partition);
+        let labelled = ctx
+            .labelled
+            .contains(partition)
+            .then(|| crate::metrics::partition_counter(partition));
         let actor = PartitionActor {
             rx,
+            labelled,
             index: ctx.bundle.partition_index(partition),
             source,
             ctx,
@@ -88,6 +97,8 @@ impl PartitionHandle {
 
 struct PartitionActor {
     rx: mpsc::Receiver<Job>,
+    /// This store's own counter, when it is listed in `per_partition_metrics`.
+    labelled: Option<metrics::Counter>,
     /// The partition's model in the bundle, or `None` for the fallback.
     index: Option<usize>,
     source: ModelSource,
@@ -122,7 +133,12 @@ impl PartitionActor {
             .and_then(|i| bundle.partitions.get(i))
             .unwrap_or(&bundle.fallback);
         let value = model.model.predict(&job.event.inputs);
-        self.ctx.stats.scored(self.source);
+        self.ctx
+            .stats
+            .scored(self.source, job.read_at.elapsed().as_secs_f64());
+        if let Some(c) = &self.labelled {
+            c.increment(1);
+        }
         self.buf.clear();
         write_json(
             &mut self.buf,

@@ -21,7 +21,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::CommitMode;
+use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, Timestamp};
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +71,8 @@ pub async fn run(
         stats.clone(),
     )?);
     let hard_stop = CancellationToken::new();
+    crate::metrics::bundle_activated(&bundle.version, bundle.partitions.len(), None);
+    stats.health.bundle_active(&bundle.version);
     let router = Router::new(
         ActorContext {
             bundle: bundle.clone(),
@@ -78,6 +80,14 @@ pub async fn run(
             output_topic: Arc::from(k.output_topic.as_str()),
             stats: stats.clone(),
             cancel: hard_stop.clone(),
+            labelled: Arc::new(
+                config
+                    .metrics
+                    .per_partition_metrics
+                    .iter()
+                    .cloned()
+                    .collect(),
+            ),
         },
         config.pipeline.mailbox_capacity,
     );
@@ -152,14 +162,21 @@ impl Reader<'_> {
         consumer: &InputConsumer,
         shutdown: &CancellationToken,
     ) -> Router {
+        // The loop beats and samples its queues once a second, records or not.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {
+                    self.stats.health.beat();
+                    crate::metrics::queues(self.router.actors(), self.router.queued(), self.producer.in_flight());
+                }
                 message = consumer.recv() => match message {
                     Ok(m) => self.handle(&m).await,
                     Err(e) => {
-                        tracing::warn!(error = %e, "Kafka consumer error");
+                        consumer.context().log.error("consumer", &e, "while reading");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 },
@@ -221,6 +238,7 @@ impl Reader<'_> {
                         event,
                         ack,
                         timestamp_ms,
+                        read_at: Instant::now(),
                     })
                     .await
             }
@@ -255,8 +273,18 @@ async fn commit_periodically(
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {
                 let positions = tracker.take_committable();
-                if let Err(e) = consumer::commit(&consumer, &topic, &positions, CommitMode::Async) {
-                    tracing::warn!(error = %e, "offset commit could not be sent");
+                if positions.is_empty() {
+                    continue;
+                }
+                // A synchronous commit off the runtime: its result is known here, so it is
+                // counted, and a failed one is retried with the next tick.
+                let (c, t, p) = (consumer.clone(), topic.clone(), positions.clone());
+                let result = tokio::task::spawn_blocking(move || consumer::commit(&c, &t, &p, CommitMode::Sync)).await;
+                let ok = matches!(result, Ok(Ok(())));
+                consumer.context().stats.committed(ok);
+                if !ok {
+                    tracker.retry(&positions);
+                    tracing::warn!(?result, "offset commit failed; retrying with the next one");
                 }
             }
         }
@@ -270,17 +298,25 @@ pub async fn serve(config_path: &std::path::Path) -> Result<()> {
         Arc::new(Bundle::read(&config.model.bundle).map_err(|e| {
             Error::Usage(format!("{}: [model] bundle: {e}", config_path.display()))
         })?);
-    crate::metrics::describe();
+    let metrics = crate::metrics::install()
+        .map_err(|e| Error::Internal(format!("cannot install the metrics recorder: {e}")))?;
+    let listener = crate::http::bind(&config.metrics.listen).await?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "metrics and health listening on http://{addr}/metrics, /healthz, /readyz");
+    }
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    run(
-        &config,
-        bundle,
-        Mode::Score,
-        Arc::new(PipelineStats::default()),
-        shutdown,
-    )
-    .await
+    let stats = Arc::new(PipelineStats::default());
+    let http_stop = CancellationToken::new();
+    tokio::spawn(crate::http::serve(
+        listener,
+        metrics,
+        stats.clone(),
+        http_stop.clone(),
+    ));
+    let result = run(&config, bundle, Mode::Score, stats, shutdown).await;
+    http_stop.cancel();
+    result
 }
 
 /// Cancels `token` on the first SIGINT or SIGTERM.

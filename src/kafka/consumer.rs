@@ -16,6 +16,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::error::{Error, Result};
+use crate::kafka::client_log::ClientLog;
 use crate::kafka::offsets::OffsetTracker;
 use crate::metrics::PipelineStats;
 
@@ -27,9 +28,37 @@ pub struct RebalanceContext {
     pub tracker: Arc<OffsetTracker>,
     /// The pipeline's tally.
     pub stats: Arc<PipelineStats>,
+    /// librdkafka's messages, rate-limited.
+    pub log: ClientLog,
 }
 
-impl ClientContext for RebalanceContext {}
+impl ClientContext for RebalanceContext {
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let up = statistics.brokers.values().any(|b| b.state == "UP");
+        self.stats
+            .health
+            .broker(up, (!up).then(|| "no broker connection is up".to_owned()));
+        for (topic, t) in &statistics.topics {
+            for (p, part) in &t.partitions {
+                // -1 is librdkafka's internal unassigned partition; -1001 lag means unknown.
+                if *p >= 0 && part.consumer_lag >= 0 {
+                    crate::metrics::consumer_lag(topic, *p, part.consumer_lag);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+            self.stats.health.broker(false, Some(reason.to_owned()));
+        }
+        self.log.error("consumer", &error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log("consumer", level, fac, message);
+    }
+}
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -73,13 +102,6 @@ impl ConsumerContext for RebalanceContext {
             Rebalance::Revoke(_) => {}
         }
     }
-
-    fn commit_callback(&self, result: KafkaResult<()>, _offsets: &TopicPartitionList) {
-        if let Err(e) = &result {
-            tracing::warn!(error = %e, "offset commit failed; it is retried with the next one");
-        }
-        self.stats.committed(result.is_ok());
-    }
 }
 
 /// The input consumer.
@@ -104,7 +126,9 @@ pub fn create(
         .set("enable.partition.eof", "false")
         // A fetch returns as soon as data is there; this caps the wait of an idle one, which
         // bounds latency on brokers that hold fetches to the maximum.
-        .set("fetch.wait.max.ms", "20");
+        .set("fetch.wait.max.ms", "20")
+        // Statistics feed the lag gauges and broker reachability.
+        .set("statistics.interval.ms", "5000");
     for (k, v) in options {
         if is_consumer_option(k) {
             config.set(k, v);
@@ -114,6 +138,7 @@ pub fn create(
         topic: topic.to_owned(),
         tracker,
         stats,
+        log: ClientLog::default(),
     };
     let consumer: InputConsumer = config
         .create_with_context(context)
@@ -121,6 +146,7 @@ pub fn create(
     consumer
         .subscribe(&[topic])
         .map_err(|e| Error::Kafka(format!("cannot subscribe to {topic}: {e}")))?;
+    consumer.context().stats.health.subscribed();
     Ok(consumer)
 }
 

@@ -154,6 +154,20 @@ impl OffsetTracker {
         out
     }
 
+    /// Marks `positions` as not committed after a failed commit, so the next
+    /// [`take_committable`](Self::take_committable) offers them again.
+    pub fn retry(&self, positions: &[(i32, i64)]) {
+        let map = self.lock();
+        for (p, o) in positions {
+            if let Some(offsets) = map.get(p) {
+                let mut s = offsets.lock();
+                if s.committed == Some(*o) {
+                    s.committed = None;
+                }
+            }
+        }
+    }
+
     /// Every owned Kafka partition's committable position, whether or not it moved: for the
     /// final, synchronous commit.
     pub fn all_committable(&self) -> Vec<(i32, i64)> {

@@ -45,9 +45,42 @@ pub struct Delivery {
 /// The producer's context: it turns acknowledgements into finished offsets and metrics.
 pub struct DeliveryContext {
     stats: Arc<PipelineStats>,
+    /// Dead letters since the last log line about them, and when that line was written: one
+    /// line per burst, at most every ten seconds, never one per record.
+    dlq_burst: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
+    /// librdkafka's messages, rate-limited.
+    log: crate::kafka::client_log::ClientLog,
 }
 
-impl ClientContext for DeliveryContext {}
+impl DeliveryContext {
+    fn log_dead_letter(&self, kind: RecordErrorKind) {
+        let Ok(mut burst) = self.dlq_burst.lock() else {
+            return;
+        };
+        burst.0 += 1;
+        let due = burst
+            .1
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10));
+        if due {
+            tracing::warn!(
+                dead_letters = burst.0,
+                last_reason = kind.as_str(),
+                "records sent to the dead-letter topic (counted by reason in manymodel_events_dead_lettered_total)"
+            );
+            *burst = (0, Some(std::time::Instant::now()));
+        }
+    }
+}
+
+impl ClientContext for DeliveryContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error("producer", &error, reason);
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log("producer", level, fac, message);
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<Delivery>;
@@ -64,7 +97,10 @@ impl ProducerContext for DeliveryContext {
                 match output {
                     Output::Prediction(source) => self.stats.produced(source, latency_us),
                     Output::Copy => self.stats.produced(ModelSource::Partition, latency_us),
-                    Output::DeadLetter(kind) => self.stats.dead_lettered(kind),
+                    Output::DeadLetter(kind) => {
+                        self.stats.dead_lettered(kind);
+                        self.log_dead_letter(kind);
+                    }
                 }
                 ack.finish();
             }
@@ -136,7 +172,11 @@ impl OutputProducer {
     /// Creates the producer.
     pub fn new(config: &ClientConfig, stats: Arc<PipelineStats>) -> Result<Self> {
         let producer: ThreadedProducer<DeliveryContext> = config
-            .create_with_context(DeliveryContext { stats })
+            .create_with_context(DeliveryContext {
+                stats,
+                dlq_burst: std::sync::Mutex::new((0, None)),
+                log: Default::default(),
+            })
             .map_err(|e| Error::Kafka(format!("cannot create the producer: {e}")))?;
         Ok(OutputProducer {
             producer: Arc::new(producer),

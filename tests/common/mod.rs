@@ -153,6 +153,24 @@ impl Daemon {
         }
     }
 
+    /// The address of the metrics and health listener, from the log.
+    pub fn metrics_addr(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = self.log_text();
+            if let Some(rest) = text.split("listening on http://").nth(1) {
+                if let Some(addr) = rest.split('/').next() {
+                    return addr.to_owned();
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no metrics listener in the log:\n{text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Sends SIGTERM and returns the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill")
@@ -199,6 +217,9 @@ commit_interval_ms = 200
 [model]
 bundle = "{}"
 unknown_partition = "{unknown}"
+[metrics]
+listen = "127.0.0.1:0"
+per_partition_metrics = ["S001"]
 "#,
             topics.0,
             topics.1,
@@ -237,4 +258,33 @@ pub fn generate_and_train(dir: &Path, stores: usize, events: usize, version: &st
         version,
     ]);
     bundle
+}
+
+/// A plain HTTP GET: status code and body.
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(addr).expect("listener reachable");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+/// The value of one sample line of Prometheus text output (`name{labels} value`), summing all
+/// series whose line starts with `prefix`.
+pub fn metric_sum(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

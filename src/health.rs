@@ -1,0 +1,112 @@
+//! What `/healthz` and `/readyz` report, gathered from the loops that know it.
+//!
+//! `/healthz` asks "is the process alive and are its loops turning": the consumer loop beats
+//! at least once a second even when no record arrives. `/readyz` asks "should traffic count on
+//! this instance": a bundle is active, the consumer is subscribed (it has an assignment or is
+//! waiting for one) and a broker is reachable. Both answer with a JSON body saying why.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Mutex;
+
+use serde_json::json;
+
+use crate::kafka::producer::now_ms;
+
+/// The consumer loop counts as stuck when it has not beaten for this long.
+const LOOP_STALE_MS: i64 = 30_000;
+
+/// Shared health state.
+#[derive(Debug)]
+pub struct Health {
+    /// Last consumer-loop beat, epoch ms.
+    loop_beat_ms: AtomicI64,
+    /// The active bundle's version.
+    bundle: Mutex<Option<String>>,
+    /// The consumer subscribed to the input topic.
+    subscribed: AtomicBool,
+    /// A broker answered recently.
+    broker_up: AtomicBool,
+    /// Why the broker is thought down.
+    broker_error: Mutex<Option<String>>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health {
+            loop_beat_ms: AtomicI64::new(now_ms()),
+            bundle: Mutex::new(None),
+            subscribed: AtomicBool::new(false),
+            broker_up: AtomicBool::new(true),
+            broker_error: Mutex::new(None),
+        }
+    }
+}
+
+impl Health {
+    /// The consumer loop is turning.
+    pub fn beat(&self) {
+        self.loop_beat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// A bundle became active.
+    pub fn bundle_active(&self, version: &str) {
+        if let Ok(mut b) = self.bundle.lock() {
+            *b = Some(version.to_owned());
+        }
+    }
+
+    /// The consumer subscribed.
+    pub fn subscribed(&self) {
+        self.subscribed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a broker is reachable, and if not, why.
+    pub fn broker(&self, up: bool, reason: Option<String>) {
+        self.broker_up.store(up, Ordering::Relaxed);
+        if let Ok(mut e) = self.broker_error.lock() {
+            *e = if up { None } else { reason };
+        }
+    }
+
+    /// `/healthz`: status code and body.
+    pub fn healthz(&self) -> (u16, String) {
+        let age = now_ms() - self.loop_beat_ms.load(Ordering::Relaxed);
+        let ok = age < LOOP_STALE_MS;
+        let body = json!({
+            "status": if ok { "ok" } else { "stuck" },
+            "consumer_loop_last_beat_ms_ago": age,
+            "reason": if ok { None } else { Some(format!("the consumer loop has not turned for {age} ms")) },
+        });
+        (if ok { 200 } else { 503 }, body.to_string())
+    }
+
+    /// `/readyz`: status code and body.
+    pub fn readyz(&self) -> (u16, String) {
+        let bundle = self.bundle.lock().ok().and_then(|b| b.clone());
+        let subscribed = self.subscribed.load(Ordering::Relaxed);
+        let broker_up = self.broker_up.load(Ordering::Relaxed);
+        let mut reasons = Vec::new();
+        if bundle.is_none() {
+            reasons.push("no bundle is active".to_owned());
+        }
+        if !subscribed {
+            reasons.push("the consumer has not subscribed yet".to_owned());
+        }
+        if !broker_up {
+            let why = self.broker_error.lock().ok().and_then(|e| e.clone());
+            reasons.push(format!(
+                "no broker is reachable{}",
+                why.map(|w| format!(": {w}")).unwrap_or_default()
+            ));
+        }
+        let ready = reasons.is_empty();
+        let body = json!({
+            "status": if ready { "ready" } else { "not ready" },
+            "bundle_version": bundle,
+            "consumer_subscribed": subscribed,
+            "broker_reachable": broker_up,
+            "reasons": reasons,
+        });
+        (if ready { 200 } else { 503 }, body.to_string())
+    }
+}
