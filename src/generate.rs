@@ -250,6 +250,85 @@ pub fn run(opts: &GenerateOptions) -> Result<GenerateReport> {
     })
 }
 
+/// What `generate --brokers` streams.
+#[derive(Debug, Clone)]
+pub struct StreamOptions {
+    /// Number of stores (with `seed`, the same stores the files describe).
+    pub stores: usize,
+    /// Random seed.
+    pub seed: u64,
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Topic to produce to.
+    pub topic: String,
+    /// Events per second.
+    pub rate: u64,
+    /// Stop after this many; `None` streams until killed.
+    pub events: Option<usize>,
+}
+
+/// Streams events, timestamped now, at a steady rate to a Kafka topic, keyed by store.
+pub fn stream(opts: &StreamOptions) -> Result<u64> {
+    use rdkafka::config::ClientConfig;
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    if opts.stores == 0 || opts.rate == 0 {
+        return Err(Error::Usage(
+            "--stores and --rate must be at least 1".into(),
+        ));
+    }
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &opts.brokers)
+        .set("linger.ms", "5")
+        .create()
+        .map_err(|e| Error::Kafka(format!("producer for {}: {e}", opts.brokers)))?;
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    let width = opts.stores.to_string().len().max(3);
+    let stores: Vec<Store> = (0..opts.stores)
+        .map(|i| Store::random(i, width, &mut rng))
+        .collect();
+    let started = std::time::Instant::now();
+    let mut sent: u64 = 0;
+    let mut last_report = started;
+    while opts.events.is_none_or(|n| (sent as usize) < n) {
+        let due = std::time::Duration::from_secs_f64(sent as f64 / opts.rate as f64);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            producer.poll(std::time::Duration::ZERO);
+            std::thread::sleep(wait);
+        }
+        let s = &stores[rng.random_range(0..stores.len())];
+        let ts = crate::kafka::producer::now_ms();
+        let r = s.row(ts, &mut rng);
+        let event = serde_json::json!({
+            "event_id": format!("gen-{}-{sent}", opts.seed),
+            "store_id": s.id,
+            "ts": rfc3339(ts),
+            "price": r.price,
+            "promo": r.promo,
+            "temperature": r.temperature,
+            "weather": WEATHER[r.weather],
+            "expected_sales": (s.expected(&r) * 1000.0).round() / 1000.0,
+        })
+        .to_string();
+        let record = BaseRecord::<str, str>::to(&opts.topic)
+            .key(&s.id)
+            .payload(&event);
+        if let Err((e, _)) = producer.send(record) {
+            tracing::warn!(error = %e, "event not enqueued; slowing down");
+            producer.poll(std::time::Duration::from_millis(100));
+            continue;
+        }
+        sent += 1;
+        if last_report.elapsed() >= std::time::Duration::from_secs(10) {
+            last_report = std::time::Instant::now();
+            tracing::info!(sent, topic = %opts.topic, "streaming events");
+        }
+    }
+    producer
+        .flush(std::time::Duration::from_secs(30))
+        .map_err(|e| Error::Kafka(format!("flushing to {}: {e}", opts.topic)))?;
+    Ok(sent)
+}
+
 fn writer(path: &Path) -> Result<BufWriter<std::fs::File>> {
     let f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     Ok(BufWriter::with_capacity(1 << 20, f))

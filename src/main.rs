@@ -78,15 +78,24 @@ enum Command {
         /// Days of hourly history.
         #[arg(long, default_value_t = 60)]
         days: usize,
-        /// Events after the history.
-        #[arg(long, default_value_t = 10_000)]
-        events: usize,
-        /// Output folder.
+        /// Events after the history (files: default 10,000; streaming: default no limit).
         #[arg(long)]
-        out: PathBuf,
-        /// Random seed.
+        events: Option<usize>,
+        /// Output folder for history.csv, events.jsonl and train.toml.
+        #[arg(long, required_unless_present = "brokers")]
+        out: Option<PathBuf>,
+        /// Random seed; the same seed gives the same stores, in files and in a stream.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Stream events to Kafka instead of writing files: the bootstrap servers.
+        #[arg(long, requires = "topic", conflicts_with = "out")]
+        brokers: Option<String>,
+        /// The topic to stream to.
+        #[arg(long, requires = "brokers")]
+        topic: Option<String>,
+        /// Events per second when streaming.
+        #[arg(long, default_value_t = 100, requires = "brokers")]
+        rate: u64,
     },
     /// Generate, train, serve and score on an in-process Kafka mock, and report.
     Demo {
@@ -220,11 +229,27 @@ fn run(command: Command) -> manymodel::Result<()> {
             events,
             out,
             seed,
+            brokers,
+            topic,
+            rate,
         } => {
+            if let (Some(brokers), Some(topic)) = (brokers, topic) {
+                let sent = manymodel::generate::stream(&manymodel::generate::StreamOptions {
+                    stores,
+                    seed,
+                    brokers,
+                    topic,
+                    rate,
+                    events,
+                })?;
+                println!("streamed {sent} events");
+                return Ok(());
+            }
+            let out = out.ok_or_else(|| manymodel::Error::Usage("--out is required".into()))?;
             let r = manymodel::generate::run(&manymodel::generate::GenerateOptions {
                 stores,
                 days,
-                events,
+                events: events.unwrap_or(10_000),
                 out: out.clone(),
                 seed,
             })?;

@@ -1,0 +1,16 @@
+# Multi-stage build of the manymodel binary; librdkafka is compiled from source by rdkafka.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin manymodel
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates zlib1g \
+ && rm -rf /var/lib/apt/lists/* \
+ && mkdir /data && chown 10001 /data
+COPY --from=build /src/target/release/manymodel /usr/local/bin/manymodel
+COPY config/compose.toml /etc/manymodel/serve.toml
+USER 10001
+EXPOSE 9898
+ENTRYPOINT ["manymodel"]
