@@ -130,6 +130,21 @@ impl Store {
             + self.hour_scale * hour_profile(hour)
     }
 
+    /// One event at `ts_ms`, with its noise-free truth as `expected_sales`.
+    fn event(&self, event_id: String, ts_ms: i64, rng: &mut StdRng) -> serde_json::Value {
+        let r = self.row(ts_ms, rng);
+        serde_json::json!({
+            "event_id": event_id,
+            "store_id": self.id,
+            "ts": rfc3339(ts_ms),
+            "price": r.price,
+            "promo": r.promo,
+            "temperature": r.temperature,
+            "weather": WEATHER[r.weather],
+            "expected_sales": (self.expected(&r) * 1000.0).round() / 1000.0,
+        })
+    }
+
     fn row(&self, ts_ms: i64, rng: &mut StdRng) -> Row {
         let day = (ts_ms - START_MS) as f64 / (24.0 * HOUR_MS as f64);
         let hour = (ts_ms / HOUR_MS).rem_euclid(24) as f64;
@@ -226,17 +241,7 @@ pub fn run(opts: &GenerateOptions) -> Result<GenerateReport> {
         let day = rng.random_range(0..28);
         let hour = rng.random_range(OPEN);
         let ts = after + day * 24 * HOUR_MS + hour * HOUR_MS + rng.random_range(0..HOUR_MS);
-        let r = s.row(ts, &mut rng);
-        let event = serde_json::json!({
-            "event_id": format!("ev-{i}"),
-            "store_id": s.id,
-            "ts": rfc3339(ts),
-            "price": r.price,
-            "promo": r.promo,
-            "temperature": r.temperature,
-            "weather": WEATHER[r.weather],
-            "expected_sales": (s.expected(&r) * 1000.0).round() / 1000.0,
-        });
+        let event = s.event(format!("ev-{i}"), ts, &mut rng);
         serde_json::to_writer(&mut w, &event).map_err(|e| Error::io(&path, e.into()))?;
         w.write_all(b"\n").map_err(io)?;
     }
@@ -297,18 +302,9 @@ pub fn stream(opts: &StreamOptions) -> Result<u64> {
         }
         let s = &stores[rng.random_range(0..stores.len())];
         let ts = crate::kafka::producer::now_ms();
-        let r = s.row(ts, &mut rng);
-        let event = serde_json::json!({
-            "event_id": format!("gen-{}-{sent}", opts.seed),
-            "store_id": s.id,
-            "ts": rfc3339(ts),
-            "price": r.price,
-            "promo": r.promo,
-            "temperature": r.temperature,
-            "weather": WEATHER[r.weather],
-            "expected_sales": (s.expected(&r) * 1000.0).round() / 1000.0,
-        })
-        .to_string();
+        let event = s
+            .event(format!("gen-{}-{sent}", opts.seed), ts, &mut rng)
+            .to_string();
         let record = BaseRecord::<str, str>::to(&opts.topic)
             .key(&s.id)
             .payload(&event);

@@ -112,24 +112,7 @@ fn missing_columns_empty_files_and_empty_specs_exit_with_code_2() {
 #[test]
 fn predict_scores_good_lines_and_reports_bad_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = write(dir.path(), "spec.toml", SPEC);
-    let csv = write(
-        dir.path(),
-        "h.csv",
-        "store_id,ts,price,sales\nA,2025-01-01T10:00:00Z,1,10\nA,2025-01-01T11:00:00Z,2,12\nA,2025-01-01T10:00:00Z,3,14\n",
-    );
-    let bundle = dir.path().join("b.avro");
-    run_ok(&[
-        "train",
-        "--spec",
-        &spec,
-        "--input",
-        &csv,
-        "--output",
-        bundle.to_str().unwrap(),
-        "--version",
-        "v9",
-    ]);
+    let bundle = small_bundle(dir.path(), Some("v9"));
     let events = write(
         dir.path(),
         "ev.jsonl",
@@ -169,22 +152,7 @@ fn predict_scores_good_lines_and_reports_bad_ones() {
 #[test]
 fn predict_on_a_file_with_nothing_to_score_exits_2_and_caps_its_error_list() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = write(dir.path(), "spec.toml", SPEC);
-    let csv = write(
-        dir.path(),
-        "h.csv",
-        "store_id,ts,price,sales\nA,2025-01-01T10:00:00Z,1,10\nA,2025-01-01T11:00:00Z,2,12\nA,2025-01-01T10:00:00Z,3,14\n",
-    );
-    let bundle = dir.path().join("b.avro");
-    run_ok(&[
-        "train",
-        "--spec",
-        &spec,
-        "--input",
-        &csv,
-        "--output",
-        bundle.to_str().unwrap(),
-    ]);
+    let bundle = small_bundle(dir.path(), None);
     let out = dir.path().join("p.jsonl");
     // The history is not a JSONL file of events: every line is rejected.
     let many: String = (0..50).map(|i| format!("A,{i},1,2\n")).collect();
@@ -218,4 +186,22 @@ fn predict_on_a_file_with_nothing_to_score_exits_2_and_caps_its_error_list() {
     ]);
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("no events"));
+}
+
+/// Trains a bundle for store A (three rows: price and hour of day) in `dir`.
+fn small_bundle(dir: &std::path::Path, version: Option<&str>) -> std::path::PathBuf {
+    let spec = write(dir, "spec.toml", SPEC);
+    let csv = write(
+        dir,
+        "h.csv",
+        "store_id,ts,price,sales\nA,2025-01-01T10:00:00Z,1,10\nA,2025-01-01T11:00:00Z,2,12\nA,2025-01-01T10:00:00Z,3,14\n",
+    );
+    let bundle = dir.join("b.avro");
+    let out = bundle.to_str().unwrap();
+    let mut args = vec!["train", "--spec", &spec, "--input", &csv, "--output", out];
+    if let Some(v) = version {
+        args.extend(["--version", v]);
+    }
+    run_ok(&args);
+    bundle
 }
