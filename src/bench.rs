@@ -114,25 +114,7 @@ async fn wait_outputs(stats: &PipelineStats, n: u64, timeout: Duration) -> Resul
     Ok(())
 }
 
-async fn produce(
-    brokers: &str,
-    topic: &str,
-    payloads: Arc<Vec<Vec<u8>>>,
-    rate: Option<u64>,
-) -> Result<()> {
-    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        local::produce(
-            &brokers,
-            &topic,
-            &payloads,
-            local::json_key("store_id"),
-            rate,
-        )
-    })
-    .await
-    .map_err(|e| Error::Internal(e.to_string()))?
-}
+use local::produce_events as produce;
 
 async fn produce_owned(
     brokers: String,

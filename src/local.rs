@@ -91,6 +91,21 @@ pub fn produce(
         .map_err(|e| Error::Kafka(format!("flushing to {topic}: {e}")))
 }
 
+/// [`produce`] on a blocking thread, keyed by the JSON field `store_id`, for async callers.
+pub async fn produce_events(
+    brokers: &str,
+    topic: &str,
+    payloads: std::sync::Arc<Vec<Vec<u8>>>,
+    rate: Option<u64>,
+) -> Result<()> {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        produce(&brokers, &topic, &payloads, json_key("store_id"), rate)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("producer thread: {e}")))?
+}
+
 /// One record read back from a topic.
 #[derive(Debug, Clone)]
 pub struct Record {

@@ -21,19 +21,9 @@ fn read_lines(path: &Path) -> Vec<Vec<u8>> {
 }
 
 async fn produce(brokers: &str, topic: &str, payloads: Vec<Vec<u8>>) {
-    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
-    tokio::task::spawn_blocking(move || {
-        local::produce(
-            &brokers,
-            &topic,
-            &payloads,
-            local::json_key("store_id"),
-            None,
-        )
-    })
-    .await
-    .expect("producer thread")
-    .expect("events produced");
+    local::produce_events(brokers, topic, std::sync::Arc::new(payloads), None)
+        .await
+        .expect("events produced");
 }
 
 fn json(bytes: &[u8]) -> Value {
