@@ -17,13 +17,11 @@ use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::generate::{self, GenerateOptions};
 use crate::kafka::producer::now_ms;
 use crate::local;
 use crate::metrics::PipelineStats;
 use crate::model::bundle::Bundle;
 use crate::serve::{self, Mode};
-use crate::train::{self, TrainOptions};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -171,27 +169,9 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         }
     }
 
-    let dir = std::env::temp_dir().join(format!("manymodel-bench-{}", std::process::id()));
-    generate::run(&GenerateOptions {
-        stores: opts.stores,
-        days: 14,
-        events: opts.events.max(live_events),
-        out: dir.clone(),
-        seed: 11,
-    })?;
-    let report = train::run(&TrainOptions {
-        spec: dir.join("train.toml"),
-        input: dir.join("history.csv"),
-        output: dir.join("bundle.avro"),
-        version: Some("bench".into()),
-        strict: false,
-        progress: false,
-    })?;
-    let bundle = Arc::new(report.bundle);
-    let text = std::fs::read_to_string(dir.join("events.jsonl"))
-        .map_err(|e| Error::io(dir.join("events.jsonl"), e))?;
-    let _ = std::fs::remove_dir_all(&dir);
-    let lines: Vec<Vec<u8>> = text.lines().map(|l| l.as_bytes().to_vec()).collect();
+    let work = local::workload(opts.stores, 14, opts.events.max(live_events), 11, "bench")?;
+    let bundle = Arc::new(work.bundle);
+    let lines: Vec<Vec<u8>> = work.events.lines().map(|l| l.as_bytes().to_vec()).collect();
     let backlog = Arc::new(lines[..opts.events].to_vec());
     let live = Arc::new(lines[..live_events].to_vec());
 

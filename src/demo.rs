@@ -14,12 +14,9 @@ use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
-use crate::generate::{self, GenerateOptions};
 use crate::local;
 use crate::metrics::PipelineStats;
-use crate::model::bundle::Bundle;
 use crate::serve::{self, Mode};
-use crate::train::{self, TrainOptions};
 
 /// Runs the demo and writes its report to `out`.
 pub async fn run(stores: usize, events: usize, out: &mut dyn Write) -> Result<()> {
@@ -28,43 +25,24 @@ pub async fn run(stores: usize, events: usize, out: &mut dyn Write) -> Result<()
         let _ = writeln!(out, "{s}");
         let _ = out.flush();
     };
-    let dir = std::env::temp_dir().join(format!("manymodel-demo-{}", std::process::id()));
-    let gen = generate::run(&GenerateOptions {
-        stores,
-        days: 28,
-        events,
-        out: dir.clone(),
-        seed: 7,
-    })?;
+    let work = local::workload(stores, 28, events, 7, "demo-v1")?;
     say(
         out,
         format!(
-            "generated {} stores: {} history rows, {} events in {}",
-            stores,
-            gen.history_rows,
-            gen.events,
-            dir.display()
+            "generated {stores} stores: {} history rows and {events} events",
+            work.history_rows
         ),
     );
-
-    let report = train::run(&TrainOptions {
-        spec: dir.join("train.toml"),
-        input: dir.join("history.csv"),
-        output: dir.join("bundle.avro"),
-        version: Some("demo-v1".into()),
-        strict: false,
-        progress: false,
-    })?;
     say(
         out,
         format!(
             "trained bundle {}: {} partition models + fallback in {:.2}s",
-            report.bundle.version,
-            report.bundle.partitions.len(),
-            report.seconds
+            work.bundle.version,
+            work.bundle.partitions.len(),
+            work.train_seconds
         ),
     );
-    let bundle = Arc::new(Bundle::read(&dir.join("bundle.avro"))?);
+    let bundle = Arc::new(work.bundle);
 
     let cluster = MockCluster::new(1)
         .map_err(|e| Error::Kafka(format!("cannot start the MockCluster: {e}")))?;
@@ -98,8 +76,7 @@ pub async fn run(stores: usize, events: usize, out: &mut dyn Write) -> Result<()
         tokio::spawn(async move { serve::run(&config, bundle, Mode::Score, stats, shutdown).await })
     };
 
-    let text = std::fs::read_to_string(dir.join("events.jsonl"))
-        .map_err(|e| Error::io(dir.join("events.jsonl"), e))?;
+    let text = work.events;
     let payloads: Vec<Vec<u8>> = text.lines().map(|l| l.as_bytes().to_vec()).collect();
     let truth: HashMap<String, f64> = text
         .lines()
@@ -166,7 +143,6 @@ pub async fn run(stores: usize, events: usize, out: &mut dyn Write) -> Result<()
     }
     shutdown.cancel();
     let clean = pipeline.await.map_err(|e| Error::Internal(e.to_string()))?;
-    let _ = std::fs::remove_dir_all(&dir);
 
     say(out, String::new());
     say(out, "manymodel demo report".into());

@@ -209,3 +209,57 @@ pub fn json_key(field: &str) -> impl Fn(&[u8]) -> Option<Vec<u8>> + '_ {
         crate::field::partition_id(v.get(field)?).map(|s| s.as_bytes().to_vec())
     }
 }
+
+/// Generated data with its trained bundle, for the demo and the benchmark.
+#[derive(Debug)]
+pub struct Workload {
+    /// The trained bundle.
+    pub bundle: crate::model::bundle::Bundle,
+    /// The events, one JSON object per line.
+    pub events: String,
+    /// History rows the bundle was trained on.
+    pub history_rows: usize,
+    /// Training time, seconds.
+    pub train_seconds: f64,
+}
+
+/// Generates `stores` × `days` of history and `events` events in a temporary folder, trains a
+/// bundle stamped `version` on them, and cleans the folder up.
+pub fn workload(
+    stores: usize,
+    days: usize,
+    events: usize,
+    seed: u64,
+    version: &str,
+) -> Result<Workload> {
+    use crate::generate::{self, GenerateOptions};
+    use crate::train::{self, TrainOptions};
+    let dir = std::env::temp_dir().join(format!("manymodel-{version}-{}", std::process::id()));
+    let result = (|| {
+        let gen = generate::run(&GenerateOptions {
+            stores,
+            days,
+            events,
+            out: dir.clone(),
+            seed,
+        })?;
+        let report = train::run(&TrainOptions {
+            spec: dir.join("train.toml"),
+            input: dir.join("history.csv"),
+            output: dir.join("bundle.avro"),
+            version: Some(version.to_owned()),
+            strict: false,
+            progress: false,
+        })?;
+        let path = dir.join("events.jsonl");
+        let events = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        Ok(Workload {
+            bundle: report.bundle,
+            events,
+            history_rows: gen.history_rows,
+            train_seconds: report.seconds,
+        })
+    })();
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}

@@ -136,20 +136,25 @@ impl OffsetTracker {
     /// The positions that moved since they were last taken, as (Kafka partition, offset).
     /// They are recorded as committed: the caller commits them.
     pub fn take_committable(&self) -> Vec<(i32, i64)> {
+        self.take(true)
+    }
+
+    /// The committable positions of owned Kafka partitions, recorded as committed; with
+    /// `only_moved`, just those that changed since they were last taken.
+    fn take(&self, only_moved: bool) -> Vec<(i32, i64)> {
         let partitions: Vec<Arc<PartitionOffsets>> = self.lock().values().cloned().collect();
-        let mut out = Vec::new();
-        for p in partitions {
-            let mut s = p.lock();
-            if s.revoked {
-                continue;
-            }
-            if let Some(c) = s.committable {
-                if s.committed != Some(c) {
-                    s.committed = Some(c);
-                    out.push((p.partition, c));
+        let mut out: Vec<(i32, i64)> = partitions
+            .iter()
+            .filter_map(|p| {
+                let mut s = p.lock();
+                let c = s.committable.filter(|_| !s.revoked)?;
+                if only_moved && s.committed == Some(c) {
+                    return None;
                 }
-            }
-        }
+                s.committed = Some(c);
+                Some((p.partition, c))
+            })
+            .collect();
         out.sort_unstable();
         out
     }
@@ -171,18 +176,7 @@ impl OffsetTracker {
     /// Every owned Kafka partition's committable position, whether or not it moved: for the
     /// final, synchronous commit.
     pub fn all_committable(&self) -> Vec<(i32, i64)> {
-        let partitions: Vec<Arc<PartitionOffsets>> = self.lock().values().cloned().collect();
-        let mut out: Vec<(i32, i64)> = partitions
-            .iter()
-            .filter_map(|p| {
-                let mut s = p.lock();
-                let c = s.committable.filter(|_| !s.revoked)?;
-                s.committed = Some(c);
-                Some((p.partition, c))
-            })
-            .collect();
-        out.sort_unstable();
-        out
+        self.take(false)
     }
 
     /// Events read and not yet finished, over all owned Kafka partitions.
@@ -218,6 +212,11 @@ mod tests {
         assert_eq!(t.take_committable(), vec![(0, 13)]);
         a13.finish();
         assert_eq!(t.take_committable(), vec![(0, 15)]);
+        assert_eq!(
+            t.all_committable(),
+            vec![(0, 15)],
+            "the final commit repeats it"
+        );
         assert_eq!(t.in_flight(), 0);
     }
 
