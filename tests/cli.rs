@@ -86,27 +86,30 @@ fn missing_columns_empty_files_and_empty_specs_exit_with_code_2() {
         "a.csv",
         "store_id,ts,sales\nA,2025-01-01T10:00:00Z,1\n",
     );
-    let r = run(&[
-        "train", "--spec", &spec, "--input", &no_price, "--output", out,
-    ]);
-    assert_eq!(r.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&r.stderr).contains("no column price"));
+    refused(
+        &[
+            "train", "--spec", &spec, "--input", &no_price, "--output", out,
+        ],
+        "no column price",
+    );
 
     let empty = write(dir.path(), "e.csv", "");
-    let r = run(&["train", "--spec", &spec, "--input", &empty, "--output", out]);
-    assert_eq!(r.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&r.stderr).contains("empty"));
+    refused(
+        &["train", "--spec", &spec, "--input", &empty, "--output", out],
+        "empty",
+    );
 
     let nothing = write(
         dir.path(),
         "n.toml",
         "partition_column = \"store_id\"\ntarget = \"sales\"\nfeatures = []\n",
     );
-    let r = run(&[
-        "train", "--spec", &nothing, "--input", &no_price, "--output", out,
-    ]);
-    assert_eq!(r.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&r.stderr).contains("no feature"));
+    refused(
+        &[
+            "train", "--spec", &nothing, "--input", &no_price, "--output", out,
+        ],
+        "no feature",
+    );
 }
 
 #[test]
@@ -175,17 +178,18 @@ fn predict_on_a_file_with_nothing_to_score_exits_2_and_caps_its_error_list() {
     );
     assert!(stderr.contains("40 more rejected lines"), "{stderr}");
     let empty = write(dir.path(), "empty.jsonl", "");
-    let r = run(&[
-        "predict",
-        "--bundle",
-        bundle.to_str().unwrap(),
-        "--input",
-        &empty,
-        "--output",
-        out.to_str().unwrap(),
-    ]);
-    assert_eq!(r.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&r.stderr).contains("no events"));
+    refused(
+        &[
+            "predict",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--input",
+            &empty,
+            "--output",
+            out.to_str().unwrap(),
+        ],
+        "no events",
+    );
 }
 
 /// Trains a bundle for store A (three rows: price and hour of day) in `dir`.
@@ -204,4 +208,12 @@ fn small_bundle(dir: &std::path::Path, version: Option<&str>) -> std::path::Path
     }
     run_ok(&args);
     bundle
+}
+
+/// Runs manymodel and expects it to refuse: exit code 2 and `needle` in what it says.
+fn refused(args: &[&str], needle: &str) {
+    let r = run(args);
+    assert_eq!(r.status.code(), Some(2), "{args:?}");
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(stderr.contains(needle), "{args:?}: {stderr}");
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{generate_and_train, http_get, metric_sum, write_config, Broker, Daemon};
+use common::{http_get, metric_sum, Stack};
 use manymodel::local;
 
 /// Every metric the daemon must expose, by name.
@@ -56,22 +56,12 @@ fn eventually(addr: &str, what: &str, check: impl Fn(&str) -> bool) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_exist_and_move_and_health_says_why() {
-    let broker = Broker::start();
-    for t in ["in", "out", "dlq"] {
-        broker.create_topic(t, 2);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let bundle = generate_and_train(dir.path(), 10, 2000, "v-obs");
-    let daemon = Daemon::start(&write_config(
-        dir.path(),
-        "obs",
-        &broker.brokers(),
-        ("in", "out", "dlq"),
-        &bundle,
-        "fallback",
-    ));
+    let Stack {
+        daemon,
+        broker,
+        dir,
+    } = Stack::start("obs", 2, 10, 2000, "v-obs");
     let addr = daemon.metrics_addr();
-    daemon.wait_assigned();
 
     let (status, body) = http_get(&addr, "/healthz");
     assert_eq!(status, 200, "{body}");

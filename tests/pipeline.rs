@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{generate_and_train, run_ok, write_config, Broker, Daemon};
+use common::{generate_and_train, run_ok, write_config, Broker, Daemon, Stack};
 use manymodel::local;
 use serde_json::Value;
 
@@ -221,21 +221,11 @@ async fn unknown_stores_get_the_fallback_or_the_dlq_as_configured() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_records_become_dead_letters_with_their_reason_and_the_daemon_keeps_scoring() {
-    let broker = Broker::start();
-    for t in ["in", "out", "dlq"] {
-        broker.create_topic(t, 1);
-    }
-    let dir = tempfile::tempdir().expect("temp dir");
-    let bundle = generate_and_train(dir.path(), 3, 10, "v-bad");
-    let daemon = Daemon::start(&write_config(
-        dir.path(),
-        "bad",
-        &broker.brokers(),
-        ("in", "out", "dlq"),
-        &bundle,
-        "fallback",
-    ));
-    daemon.wait_assigned();
+    let Stack {
+        daemon,
+        broker,
+        dir: _dir,
+    } = Stack::start("bad", 1, 3, 10, "v-bad");
     let good = r#"{"event_id":"ok","store_id":"S001","ts":"2025-03-01T12:00:00Z","price":5,"promo":1,"temperature":9.5,"weather":"rainy"}"#;
     let cases: Vec<(&str, &str)> = vec![
         ("{not json", "invalid_json"),

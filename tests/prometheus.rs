@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{generate_and_train, http_get, port, url_encode, write_config, Broker, Daemon};
+use common::{http_get, port, url_encode, Stack};
 use manymodel::local;
 
 struct Prometheus(Child);
@@ -34,22 +34,12 @@ fn dashboard_queries() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_dashboard_query_parses_and_returns_data() {
-    let broker = Broker::start();
-    for t in ["in", "out", "dlq"] {
-        broker.create_topic(t, 2);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let bundle = generate_and_train(dir.path(), 8, 3000, "v-prom");
-    let daemon = Daemon::start(&write_config(
-        dir.path(),
-        "prom",
-        &broker.brokers(),
-        ("in", "out", "dlq"),
-        &bundle,
-        "fallback",
-    ));
+    let Stack {
+        daemon,
+        broker,
+        dir,
+    } = Stack::start("prom", 2, 8, 3000, "v-prom");
     let metrics_addr = daemon.metrics_addr();
-    daemon.wait_assigned();
 
     let web = format!("127.0.0.1:{}", port());
     let config = dir.path().join("prometheus.yml");

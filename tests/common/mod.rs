@@ -327,3 +327,47 @@ pub fn url_encode(s: &str) -> String {
 pub fn port() -> u16 {
     free_port()
 }
+
+/// The usual test setup: a broker with topics `in`, `out` and `dlq`, a bundle trained on
+/// generated data, and a daemon serving it (`unknown_partition = "fallback"`), assigned.
+pub struct Stack {
+    /// The daemon (first, so it stops before the broker).
+    pub daemon: Daemon,
+    /// The broker.
+    pub broker: Broker,
+    /// Where the data, the bundle and the config live.
+    pub dir: tempfile::TempDir,
+}
+
+impl Stack {
+    /// Starts it all; `name` names the consumer group and the config file.
+    pub fn start(
+        name: &str,
+        kafka_partitions: i32,
+        stores: usize,
+        events: usize,
+        version: &str,
+    ) -> Stack {
+        let broker = Broker::start();
+        for t in ["in", "out", "dlq"] {
+            broker.create_topic(t, kafka_partitions);
+        }
+        let dir = tempfile::tempdir().expect("temp dir");
+        let bundle = generate_and_train(dir.path(), stores, events, version);
+        let config = write_config(
+            dir.path(),
+            name,
+            &broker.brokers(),
+            ("in", "out", "dlq"),
+            &bundle,
+            "fallback",
+        );
+        let daemon = Daemon::start(&config);
+        daemon.wait_assigned();
+        Stack {
+            daemon,
+            broker,
+            dir,
+        }
+    }
+}
