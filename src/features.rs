@@ -28,6 +28,9 @@ pub struct FeatureEncoder {
     names: Vec<String>,
     /// The distinct input columns, in first-use order.
     columns: Vec<String>,
+    /// Whether a missing value is encoded (as NaN) instead of refused; see
+    /// [`FeatureEncoder::missing_as_nan`].
+    missing_as_nan: bool,
 }
 
 impl FeatureEncoder {
@@ -76,7 +79,22 @@ impl FeatureEncoder {
             encodings,
             names,
             columns,
+            missing_as_nan: false,
         })
+    }
+
+    /// An encoder for models that take missing inputs (tree ensembles): a missing or null
+    /// numeric or bool feature becomes NaN, and a missing one-hot or time feature sets none of
+    /// its inputs (as `pandas.get_dummies` encodes a missing value), instead of refusing the
+    /// record with `missing_feature`.
+    pub fn missing_as_nan(mut self) -> Self {
+        self.missing_as_nan = true;
+        self
+    }
+
+    /// True when missing values are encoded rather than refused.
+    pub fn takes_missing(&self) -> bool {
+        self.missing_as_nan
     }
 
     /// The number of model inputs.
@@ -108,6 +126,12 @@ impl FeatureEncoder {
         for e in &self.encodings {
             let field = match get(&e.column) {
                 Some(f) if !f.is_missing() => f,
+                _ if self.missing_as_nan => {
+                    if matches!(e.kind, FeatureKind::Numeric | FeatureKind::Bool) {
+                        out[e.offset] = f64::NAN;
+                    }
+                    continue;
+                }
                 _ => {
                     return Err(RecordError::new(
                         RecordErrorKind::MissingFeature,
@@ -230,5 +254,32 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.kind, RecordErrorKind::MissingFeature);
         assert!(err.message.contains("promo"));
+    }
+
+    #[test]
+    fn an_encoder_for_trees_encodes_missing_values_as_nan() {
+        let enc = FeatureEncoder::new(&spec()).unwrap().missing_as_nan();
+        let ev = json!({"price": null, "region": "north"});
+        let mut out = Vec::new();
+        enc.encode(|c| ev.get(c).map(Field::Json), &mut out)
+            .unwrap();
+        assert!(
+            out[0].is_nan() && out[1].is_nan(),
+            "price null, promo absent"
+        );
+        assert_eq!(&out[2..4], &[1.0, 0.0]);
+        assert!(
+            out[4..].iter().all(|&x| x == 0.0),
+            "no timestamp: no slot set"
+        );
+        let ev = json!({"price": "x", "promo": 1, "region": "north", "ts": 0});
+        let err = enc
+            .encode(|c| ev.get(c).map(Field::Json), &mut out)
+            .unwrap_err();
+        assert_eq!(
+            err.kind,
+            RecordErrorKind::WrongType,
+            "bad values are still bad"
+        );
     }
 }

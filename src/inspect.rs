@@ -3,6 +3,7 @@
 use std::fmt::Write;
 
 use crate::model::bundle::{Bundle, PartitionModel};
+use crate::model::Model;
 use crate::train::spread;
 
 /// The bundle summary: version, spec, partition count, fallback, metric spread.
@@ -37,44 +38,103 @@ pub fn summary(b: &Bundle) -> String {
         "training rows:    {} used, {} rejected",
         b.rows_used, b.rows_rejected
     );
-    let _ = writeln!(s, "partitions:       {}", b.partitions.len());
+    let _ = write!(s, "partitions:       {}", b.partitions.len());
+    let linear = b
+        .partitions
+        .iter()
+        .filter(|m| matches!(m.model, Model::Linear(_)))
+        .count();
     let _ = writeln!(
         s,
-        "fallback:         {} rows, in-sample RMSE {:.4}",
-        b.fallback.rows, b.fallback.rmse
+        " ({linear} linear, {} trees)",
+        b.partitions.len() - linear
     );
-    let mut rmse: Vec<f64> = b.partitions.iter().map(|m| m.rmse).collect();
+    if b.has_fallback() {
+        let _ = write!(s, "fallback:         {}", describe(&b.fallback.model));
+        if b.fallback.rmse.is_finite() {
+            let _ = write!(
+                s,
+                ", {} rows, in-sample RMSE {:.4}",
+                b.fallback.rows, b.fallback.rmse
+            );
+        }
+        s.push('\n');
+    } else {
+        let _ = writeln!(
+            s,
+            "fallback:         none (partitions without a model are dead-lettered)"
+        );
+    }
+    let mut rmse: Vec<f64> = b
+        .partitions
+        .iter()
+        .map(|m| m.rmse)
+        .filter(|r| r.is_finite())
+        .collect();
     if let Some((lo, mid, hi)) = spread(&mut rmse) {
         let _ = writeln!(
             s,
             "in-sample RMSE:   min {lo:.4}  median {mid:.4}  max {hi:.4}"
         );
     }
-    let mut rows: Vec<f64> = b.partitions.iter().map(|m| m.rows as f64).collect();
+    let mut rows: Vec<f64> = b
+        .partitions
+        .iter()
+        .filter(|m| m.rows > 0)
+        .map(|m| m.rows as f64)
+        .collect();
     if let Some((lo, mid, hi)) = spread(&mut rows) {
         let _ = writeln!(s, "rows per model:   min {lo}  median {mid}  max {hi}");
     }
     s
 }
 
-/// One partition's model, coefficient by coefficient.
+/// A model's kind and shape in one line, e.g. `trees (count:poisson, 100 trees, depth 6)`.
+fn describe(m: &Model) -> String {
+    match m {
+        Model::Linear(_) => "linear".into(),
+        Model::Trees(t) => format!(
+            "trees ({}, {} trees, depth {})",
+            t.objective().as_str(),
+            t.trees(),
+            t.max_depth()
+        ),
+    }
+}
+
+/// One partition's model: coefficient by coefficient, or a tree ensemble's shape.
 pub fn partition(b: &Bundle, m: &PartitionModel) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "partition:  {}", m.partition);
     let _ = writeln!(s, "version:    {}", b.version);
-    let _ = writeln!(s, "rows:       {}", m.rows);
-    let _ = writeln!(s, "rmse:       {:.6}", m.rmse);
-    let _ = writeln!(s, "intercept:  {}", number(m.model.intercept));
-    let _ = writeln!(s, "coefficients:");
-    let width = b
-        .encoder()
-        .names()
-        .iter()
-        .map(|n| n.len())
-        .max()
-        .unwrap_or(0);
-    for (name, c) in b.encoder().names().iter().zip(&m.model.coefficients) {
-        let _ = writeln!(s, "  {name:<width$}  {}", number(*c));
+    let _ = writeln!(s, "kind:       {}", m.model.kind());
+    if m.rmse.is_finite() {
+        let _ = writeln!(s, "rows:       {}", m.rows);
+        let _ = writeln!(s, "rmse:       {:.6}", m.rmse);
+    }
+    let names = b.encoder().names();
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(0);
+    match &m.model {
+        Model::Linear(l) => {
+            let _ = writeln!(s, "intercept:  {}", number(l.intercept));
+            let _ = writeln!(s, "coefficients:");
+            for (name, c) in names.iter().zip(&l.coefficients) {
+                let _ = writeln!(s, "  {name:<width$}  {}", number(*c));
+            }
+        }
+        Model::Trees(t) => {
+            let _ = writeln!(s, "objective:  {}", t.objective().as_str());
+            let _ = writeln!(s, "base_score: {}", t.base_score());
+            let _ = writeln!(s, "trees:      {}", t.trees());
+            let _ = writeln!(s, "nodes:      {}", t.nodes());
+            let _ = writeln!(s, "max depth:  {}", t.max_depth());
+            let _ = writeln!(s, "inputs used:");
+            for i in t.inputs_used() {
+                if let Some(name) = names.get(i) {
+                    let _ = writeln!(s, "  {name}");
+                }
+            }
+        }
     }
     s
 }

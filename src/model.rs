@@ -1,4 +1,69 @@
 //! Fitted models and the bundle that carries them.
+//!
+//! A partition's model is one of the kinds in [`Model`]; scoring only ever calls
+//! [`Model::predict`], so the kinds can be mixed freely within one bundle.
 
 pub mod bundle;
 pub mod linear;
+pub mod tree;
+
+use linear::LinearModel;
+use tree::TreeEnsemble;
+
+/// One partition's model, of any kind.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Model {
+    /// An intercept and one weight per model input (trained here or imported as JSON).
+    Linear(LinearModel),
+    /// A gradient-boosted tree ensemble (imported from XGBoost).
+    Trees(TreeEnsemble),
+}
+
+impl Model {
+    /// The prediction for one encoded input vector.
+    #[inline]
+    pub fn predict(&self, inputs: &[f64]) -> f64 {
+        match self {
+            Model::Linear(m) => m.predict(inputs),
+            Model::Trees(m) => m.predict(inputs),
+        }
+    }
+
+    /// True when every number of the model is finite.
+    pub fn is_finite(&self) -> bool {
+        match self {
+            Model::Linear(m) => m.is_finite(),
+            // A TreeEnsemble is validated when built: finite leaves and base score.
+            Model::Trees(_) => true,
+        }
+    }
+
+    /// `linear` or `trees`, as `inspect` shows it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Model::Linear(_) => "linear",
+            Model::Trees(_) => "trees",
+        }
+    }
+
+    /// True when the model has a defined answer for a missing (NaN) input: trees follow each
+    /// split's default direction; a linear model has no such rule.
+    pub fn takes_missing(&self) -> bool {
+        matches!(self, Model::Trees(_))
+    }
+
+    /// Checks the model against the number of model inputs the bundle's features give.
+    pub fn check_width(&self, width: usize) -> Result<(), String> {
+        match self {
+            Model::Linear(m) if m.coefficients.len() != width => Err(format!(
+                "has {} coefficients, the features give {width}",
+                m.coefficients.len()
+            )),
+            Model::Trees(t) if t.inputs_read() > width => Err(format!(
+                "has a split on model input {}, the features give {width}",
+                t.inputs_read() - 1
+            )),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! Scoring one event with a bundle: the partition's own model, else the fallback or a dead
-//! letter, as `unknown_partition` says. Offline `predict` and the partition actors both call
-//! [`score`].
+//! letter, as `unknown_partition` says (or always a dead letter when an imported bundle has no
+//! fallback). Offline `predict` and the partition actors both call [`score`].
 
 use serde::{Deserialize, Serialize};
 
@@ -26,8 +26,13 @@ pub fn score(
     policy: UnknownPartition,
 ) -> Result<(f64, ModelSource), RecordError> {
     let (model, source) = bundle.model_for(&event.partition);
-    if source == ModelSource::Fallback && policy == UnknownPartition::Dlq {
-        return Err(unknown(&event.partition));
+    if source == ModelSource::Fallback {
+        if !bundle.has_fallback() {
+            return Err(no_fallback(&event.partition));
+        }
+        if policy == UnknownPartition::Dlq {
+            return Err(unknown(&event.partition));
+        }
     }
     Ok((model.model.predict(&event.inputs), source))
 }
@@ -37,5 +42,15 @@ pub fn unknown(partition: &str) -> RecordError {
     RecordError::new(
         RecordErrorKind::UnknownPartition,
         format!("partition {partition:?} has no model and unknown_partition = \"dlq\""),
+    )
+}
+
+/// The error for a partition without a model in a bundle that has no fallback.
+pub fn no_fallback(partition: &str) -> RecordError {
+    RecordError::new(
+        RecordErrorKind::UnknownPartition,
+        format!(
+            "partition {partition:?} has no model and the bundle has no fallback (add [fallback] to the import manifest)"
+        ),
     )
 }

@@ -222,9 +222,10 @@ impl Reader<'_> {
                 self.bundle.encoder(),
             )
             .and_then(|event| {
-                let unknown = self.config.model.unknown_partition == UnknownPartition::Dlq
-                    && self.bundle.partition(&event.partition).is_none();
-                if unknown {
+                let unknown = self.bundle.partition(&event.partition).is_none();
+                if unknown && !self.bundle.has_fallback() {
+                    Err(scoring::no_fallback(&event.partition))
+                } else if unknown && self.config.model.unknown_partition == UnknownPartition::Dlq {
                     Err(scoring::unknown(&event.partition))
                 } else {
                     Ok(event)

@@ -23,6 +23,10 @@ pub enum ModelKind {
     Linear,
     /// Ridge regression with an unpenalised intercept and penalty `alpha`.
     Ridge,
+    /// Models trained elsewhere and brought in by `manymodel import`; never written in a
+    /// training spec, only recorded in bundles.
+    #[serde(skip_deserializing)]
+    Imported,
 }
 
 impl ModelKind {
@@ -31,7 +35,15 @@ impl ModelKind {
         match self {
             ModelKind::Linear => "linear",
             ModelKind::Ridge => "ridge",
+            ModelKind::Imported => "imported",
         }
+    }
+
+    /// Parses the spelling a bundle records.
+    pub fn parse(s: &str) -> Option<Self> {
+        [ModelKind::Linear, ModelKind::Ridge, ModelKind::Imported]
+            .into_iter()
+            .find(|k| k.as_str() == s)
     }
 }
 
@@ -161,7 +173,7 @@ impl TrainSpec {
             (ModelKind::Ridge, Some(a)) if !(a.is_finite() && a > 0.0) => {
                 return Err(format!("alpha must be a positive number, got {a}"))
             }
-            (ModelKind::Linear, Some(_)) => {
+            (ModelKind::Linear | ModelKind::Imported, Some(_)) => {
                 return Err(
                     "alpha is only used with model = \"ridge\"; remove it or set model = \"ridge\""
                         .into(),

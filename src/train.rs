@@ -17,6 +17,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::model::bundle::{Bundle, PartitionModel, FALLBACK_ID};
+use crate::model::Model;
 use crate::spec::TrainSpec;
 use fit::{fit, Method};
 use history::{PartitionRows, Rejections};
@@ -102,7 +103,7 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport> {
             partition: id.to_owned(),
             rows: rows.len() as u64,
             rmse: fitted.rmse,
-            model: fitted.model,
+            model: Model::Linear(fitted.model),
         })
     };
 

@@ -2,9 +2,12 @@
 //!
 //! A bundle file is an Avro object container (schema `schemas/bundle.avsc`, embedded here so
 //! the two cannot drift) holding one `Bundle` datum, so any Avro library can read or write it.
-//! Loading validates everything serving relies on (the spec, coefficient counts, finite
-//! numbers, unique partition ids) and builds the lookup index once; a [`Bundle`] that exists is
-//! a bundle that can score.
+//! Loading validates everything serving relies on (the spec, coefficient counts, tree shapes,
+//! finite numbers, unique partition ids) and builds the lookup index once; a [`Bundle`] that
+//! exists is a bundle that can score.
+//!
+//! Format 2 lets each partition (and the fallback) hold a linear model or a tree ensemble, and
+//! lets an imported bundle have no fallback; format-1 files (linear only) still load.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,13 +19,18 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::features::FeatureEncoder;
 use crate::model::linear::LinearModel;
+use crate::model::tree::{Objective, TreeArrays, TreeEnsemble};
+use crate::model::Model;
 use crate::spec::{FeatureKind, FeatureSpec, ModelKind, TrainSpec};
 
 /// The Avro schema of a bundle, as shipped in `schemas/bundle.avsc`.
 pub const BUNDLE_SCHEMA: &str = include_str!("../../schemas/bundle.avsc");
 
-/// The layout revision this code writes and reads.
-pub const FORMAT: i32 = 1;
+/// The layout revision this code writes.
+pub const FORMAT: i32 = 2;
+
+/// The oldest layout revision this code reads.
+pub const OLDEST_FORMAT: i32 = 1;
 
 /// The partition id recorded for the fallback model.
 pub const FALLBACK_ID: &str = "*";
@@ -44,8 +52,8 @@ pub struct PartitionModel {
     pub rows: u64,
     /// In-sample root mean squared error.
     pub rmse: f64,
-    /// The fitted model.
-    pub model: LinearModel,
+    /// The fitted or imported model.
+    pub model: Model,
 }
 
 /// A loaded, validated bundle.
@@ -63,8 +71,10 @@ pub struct Bundle {
     pub rows_used: u64,
     /// History rows rejected as bad.
     pub rows_rejected: u64,
-    /// The model for partitions without one of their own.
+    /// The model for partitions without one of their own. When the bundle has none
+    /// ([`Bundle::has_fallback`] is false) this is a placeholder that must not score.
     pub fallback: PartitionModel,
+    has_fallback: bool,
     /// Per-partition models, sorted by id.
     pub partitions: Vec<PartitionModel>,
     index: HashMap<String, usize>,
@@ -101,23 +111,41 @@ impl Bundle {
         rows_used: u64,
         rows_rejected: u64,
         fallback: PartitionModel,
+        partitions: Vec<PartitionModel>,
+    ) -> std::result::Result<Self, String> {
+        Self::assemble(
+            version,
+            base_version,
+            created_at_ms,
+            spec,
+            (rows_used, rows_rejected),
+            Some(fallback),
+            partitions,
+        )
+    }
+
+    /// Assembles and validates a bundle that may lack a fallback (an imported one): then
+    /// partitions without a model of their own are dead-lettered whatever the policy.
+    pub fn assemble(
+        version: String,
+        base_version: Option<String>,
+        created_at_ms: i64,
+        spec: TrainSpec,
+        (rows_used, rows_rejected): (u64, u64),
+        fallback: Option<PartitionModel>,
         mut partitions: Vec<PartitionModel>,
     ) -> std::result::Result<Self, String> {
         if version.trim().is_empty() {
             return Err("the version is empty".into());
         }
         spec.validate()?;
-        let encoder = FeatureEncoder::new(&spec.features)?;
+        let mut encoder = FeatureEncoder::new(&spec.features)?;
         partitions.sort_by(|a, b| a.partition.cmp(&b.partition));
         let width = encoder.width();
-        for m in std::iter::once(&fallback).chain(&partitions) {
-            if m.model.coefficients.len() != width {
-                return Err(format!(
-                    "partition {:?} has {} coefficients, the features give {width}",
-                    m.partition,
-                    m.model.coefficients.len()
-                ));
-            }
+        for m in fallback.iter().chain(&partitions) {
+            m.model
+                .check_width(width)
+                .map_err(|e| format!("partition {:?} {e}", m.partition))?;
             if !m.model.is_finite() {
                 return Err(format!(
                     "partition {:?} has a non-finite coefficient",
@@ -125,6 +153,24 @@ impl Bundle {
                 ));
             }
         }
+        // Missing inputs become NaN only when every model that may score has a rule for them.
+        if fallback
+            .iter()
+            .chain(&partitions)
+            .all(|m| m.model.takes_missing())
+        {
+            encoder = encoder.missing_as_nan();
+        }
+        let has_fallback = fallback.is_some();
+        let fallback = fallback.unwrap_or_else(|| PartitionModel {
+            partition: FALLBACK_ID.into(),
+            rows: 0,
+            rmse: f64::NAN,
+            model: Model::Linear(LinearModel {
+                intercept: f64::NAN,
+                coefficients: vec![0.0; width],
+            }),
+        });
         let mut index = HashMap::with_capacity(partitions.len());
         for (i, m) in partitions.iter().enumerate() {
             if index.insert(m.partition.clone(), i).is_some() {
@@ -139,10 +185,17 @@ impl Bundle {
             rows_used,
             rows_rejected,
             fallback,
+            has_fallback,
             partitions,
             index,
             encoder,
         })
+    }
+
+    /// False for an imported bundle without a fallback model: partitions without a model of
+    /// their own cannot be scored.
+    pub fn has_fallback(&self) -> bool {
+        self.has_fallback
     }
 
     /// The encoder for this bundle's features.
@@ -202,7 +255,10 @@ impl Bundle {
     /// Decodes and validates bundle bytes; the error says what is wrong.
     pub fn from_avro(bytes: &[u8]) -> std::result::Result<Self, String> {
         let reader_schema = schema().map_err(|e| e.to_string())?;
-        let reader = Reader::with_schema(reader_schema, bytes)
+        // Decode with the file's own (writer) schema, then resolve to ours: older layouts
+        // gain the new fields' defaults. (Handing our schema to the reader would let it parse
+        // the writer schema with our definitions of the named types.)
+        let reader = Reader::new(bytes)
             .map_err(|e| format!("not an Avro object container with a bundle schema: {e}"))?;
         let mut datum = None;
         for value in reader {
@@ -211,7 +267,10 @@ impl Bundle {
                 return Err("holds more than one Bundle datum".into());
             }
         }
-        let value = datum.ok_or("holds no Bundle datum")?;
+        let value = datum
+            .ok_or("holds no Bundle datum")?
+            .resolve(reader_schema)
+            .map_err(|e| format!("does not match schemas/bundle.avsc: {e}"))?;
         let record: BundleRecord = apache_avro::from_value(&value)
             .map_err(|e| format!("does not match schemas/bundle.avsc: {e}"))?;
         record.into_bundle()
@@ -229,7 +288,7 @@ struct BundleRecord {
     feature_names: Vec<String>,
     rows_used: i64,
     rows_rejected: i64,
-    fallback: ModelRecord,
+    fallback: Option<ModelRecord>,
     partitions: Vec<ModelRecord>,
 }
 
@@ -257,31 +316,93 @@ struct ModelRecord {
     rmse: f64,
     intercept: f64,
     coefficients: Vec<f64>,
+    #[serde(default)]
+    trees: Option<TreesRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct TreesRecord {
+    objective: String,
+    base_score: f64,
+    roots: Vec<i32>,
+    split_feature: Vec<i32>,
+    threshold: Vec<f32>,
+    left_child: Vec<i32>,
+    right_child: Vec<i32>,
+    default_left: Vec<bool>,
+    leaf_value: Vec<f64>,
 }
 
 impl From<&PartitionModel> for ModelRecord {
     fn from(m: &PartitionModel) -> Self {
+        let (intercept, coefficients, trees) = match &m.model {
+            Model::Linear(l) => (l.intercept, l.coefficients.clone(), None),
+            Model::Trees(t) => {
+                let a = t.to_arrays();
+                let trees = TreesRecord {
+                    objective: a.objective.as_str().to_owned(),
+                    base_score: a.base_score,
+                    roots: a.roots,
+                    split_feature: a.split_feature,
+                    threshold: a.threshold,
+                    left_child: a.left_child,
+                    right_child: a.right_child,
+                    default_left: a.default_left,
+                    leaf_value: a.leaf_value,
+                };
+                (0.0, Vec::new(), Some(trees))
+            }
+        };
         ModelRecord {
             partition: m.partition.clone(),
             rows: m.rows as i64,
             rmse: m.rmse,
-            intercept: m.model.intercept,
-            coefficients: m.model.coefficients.clone(),
+            intercept,
+            coefficients,
+            trees,
         }
     }
 }
 
-impl From<ModelRecord> for PartitionModel {
-    fn from(r: ModelRecord) -> Self {
-        PartitionModel {
+impl TryFrom<ModelRecord> for PartitionModel {
+    type Error = String;
+
+    fn try_from(r: ModelRecord) -> std::result::Result<Self, String> {
+        let model = match r.trees {
+            None => Model::Linear(LinearModel {
+                intercept: r.intercept,
+                coefficients: r.coefficients,
+            }),
+            Some(t) => {
+                let objective = Objective::parse(&t.objective).ok_or_else(|| {
+                    format!(
+                        "partition {:?} has the unknown objective {:?}",
+                        r.partition, t.objective
+                    )
+                })?;
+                let arrays = TreeArrays {
+                    objective,
+                    base_score: t.base_score,
+                    roots: t.roots,
+                    split_feature: t.split_feature,
+                    threshold: t.threshold,
+                    left_child: t.left_child,
+                    right_child: t.right_child,
+                    default_left: t.default_left,
+                    leaf_value: t.leaf_value,
+                };
+                Model::Trees(
+                    TreeEnsemble::new(&arrays)
+                        .map_err(|e| format!("partition {:?}: {e}", r.partition))?,
+                )
+            }
+        };
+        Ok(PartitionModel {
             partition: r.partition,
             rows: r.rows.max(0) as u64,
             rmse: r.rmse,
-            model: LinearModel {
-                intercept: r.intercept,
-                coefficients: r.coefficients,
-            },
-        }
+            model,
+        })
     }
 }
 
@@ -312,7 +433,7 @@ impl From<&Bundle> for BundleRecord {
             feature_names: b.encoder.names().to_vec(),
             rows_used: b.rows_used as i64,
             rows_rejected: b.rows_rejected as i64,
-            fallback: ModelRecord::from(&b.fallback),
+            fallback: b.has_fallback.then(|| ModelRecord::from(&b.fallback)),
             partitions: b.partitions.iter().map(ModelRecord::from).collect(),
         }
     }
@@ -320,17 +441,14 @@ impl From<&Bundle> for BundleRecord {
 
 impl BundleRecord {
     fn into_bundle(self) -> std::result::Result<Bundle, String> {
-        if self.format != FORMAT {
+        if !(OLDEST_FORMAT..=FORMAT).contains(&self.format) {
             return Err(format!(
-                "bundle format {} is not supported by this manymodel (it reads format {FORMAT})",
+                "bundle format {} is not supported by this manymodel (it reads formats {OLDEST_FORMAT} to {FORMAT})",
                 self.format
             ));
         }
-        let model = match self.spec.model.as_str() {
-            "linear" => ModelKind::Linear,
-            "ridge" => ModelKind::Ridge,
-            other => return Err(format!("unknown model kind {other:?}")),
-        };
+        let model = ModelKind::parse(&self.spec.model)
+            .ok_or_else(|| format!("unknown model kind {:?}", self.spec.model))?;
         let mut features = Vec::with_capacity(self.spec.features.len());
         for f in self.spec.features {
             let kind = FeatureKind::parse(&f.kind)
@@ -350,18 +468,23 @@ impl BundleRecord {
             min_rows: self.spec.min_rows.max(0) as u64,
             features,
         };
-        let bundle = Bundle::new(
+        let fallback = self.fallback.map(PartitionModel::try_from).transpose()?;
+        let partitions = self
+            .partitions
+            .into_iter()
+            .map(PartitionModel::try_from)
+            .collect::<std::result::Result<Vec<_>, String>>()?;
+        let bundle = Bundle::assemble(
             self.version,
             self.base_version,
             self.created_at,
             spec,
-            self.rows_used.max(0) as u64,
-            self.rows_rejected.max(0) as u64,
-            self.fallback.into(),
-            self.partitions
-                .into_iter()
-                .map(PartitionModel::from)
-                .collect(),
+            (
+                self.rows_used.max(0) as u64,
+                self.rows_rejected.max(0) as u64,
+            ),
+            fallback,
+            partitions,
         )?;
         if bundle.encoder.names() != self.feature_names.as_slice() {
             return Err("feature_names do not match what the spec's features encode to".into());
@@ -394,10 +517,10 @@ pub(crate) mod tests {
             partition: id.into(),
             rows: 40,
             rmse: 1.5,
-            model: LinearModel {
+            model: Model::Linear(LinearModel {
                 intercept: b,
                 coefficients: vec![-2.0, 1.0, 3.0],
-            },
+            }),
         };
         Bundle::new(
             version.into(),
@@ -422,7 +545,7 @@ pub(crate) mod tests {
         assert_eq!(back.partitions, b.partitions);
         assert_eq!(back.fallback, b.fallback);
         assert_eq!(back.created_at_ms, b.created_at_ms);
-        assert_eq!(back.partition("A").unwrap().model.intercept, 60.0);
+        assert_eq!(back.partition("A").unwrap().model.predict(&[0.0; 3]), 60.0);
         assert_eq!(back.model_for("Z").1, ModelSource::Fallback);
     }
 
@@ -435,10 +558,108 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn format_1_bundles_still_load() {
+        let bytes = include_bytes!("../../tests/fixtures/bundle-format1.avro");
+        let b = Bundle::from_avro(bytes).unwrap();
+        assert_eq!(b.version, "format1-fixture");
+        assert!(b.has_fallback());
+        assert_eq!(b.fallback.model.kind(), "linear");
+        assert_eq!(b.partitions.len(), 3);
+        assert!(!b.encoder().takes_missing());
+        let back = Bundle::from_avro(&b.to_avro().unwrap()).unwrap();
+        assert_eq!(back.partitions, b.partitions);
+    }
+
+    fn trees(leaf: f64) -> Model {
+        Model::Trees(
+            TreeEnsemble::new(&TreeArrays {
+                objective: Objective::Poisson,
+                base_score: 2.0,
+                roots: vec![0],
+                split_feature: vec![0, -1, -1],
+                threshold: vec![3.5, 0.0, 0.0],
+                left_child: vec![1, -1, -1],
+                right_child: vec![2, -1, -1],
+                default_left: vec![true, false, false],
+                leaf_value: vec![0.0, leaf, -leaf],
+            })
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn mixed_bundles_and_bundles_without_fallback_round_trip() {
+        let b = sample("v1");
+        let mut parts = b.partitions.clone();
+        parts[0].model = trees(0.5);
+        parts[0].rmse = f64::NAN;
+        let mixed = Bundle::new(
+            "v2".into(),
+            None,
+            0,
+            b.spec.clone(),
+            0,
+            0,
+            b.fallback.clone(),
+            parts.clone(),
+        )
+        .unwrap();
+        assert!(
+            !mixed.encoder().takes_missing(),
+            "a linear model cannot take NaN"
+        );
+        let back = Bundle::from_avro(&mixed.to_avro().unwrap()).unwrap();
+        assert_eq!(back.partition("A").unwrap().model, trees(0.5));
+        assert_eq!(back.partition("B").unwrap().model, b.partitions[1].model);
+
+        parts[1].model = trees(0.25);
+        let mut spec = b.spec.clone();
+        spec.model = ModelKind::Imported;
+        let only_trees = Bundle::assemble("v3".into(), None, 0, spec, (0, 0), None, parts).unwrap();
+        assert!(!only_trees.has_fallback());
+        assert!(only_trees.encoder().takes_missing());
+        let back = Bundle::from_avro(&only_trees.to_avro().unwrap()).unwrap();
+        assert!(!back.has_fallback());
+        assert_eq!(back.spec.model, ModelKind::Imported);
+        let x = back
+            .partition("B")
+            .unwrap()
+            .model
+            .predict(&[f64::NAN, 0.0, 0.0]);
+        assert!((x - (2.0f32.ln() as f64 + 0.25).exp()).abs() < 1e-12);
+    }
+
+    #[test]
+    fn trees_reading_inputs_the_features_do_not_give_are_refused() {
+        let b = sample("v1");
+        let mut parts = b.partitions.clone();
+        let Model::Trees(t) = trees(1.0) else {
+            unreachable!()
+        };
+        let mut a = t.to_arrays();
+        a.split_feature[0] = 3;
+        parts[0].model = Model::Trees(TreeEnsemble::new(&a).unwrap());
+        let err = Bundle::new(
+            "v2".into(),
+            None,
+            0,
+            b.spec.clone(),
+            0,
+            0,
+            b.fallback,
+            parts,
+        )
+        .unwrap_err();
+        assert!(err.contains("model input 3"), "{err}");
+    }
+
+    #[test]
     fn bundles_with_wrong_coefficient_counts_are_refused() {
         let b = sample("v1");
         let mut bad = b.partitions.clone();
-        bad[0].model.coefficients.pop();
+        if let Model::Linear(l) = &mut bad[0].model {
+            l.coefficients.pop();
+        }
         let err = Bundle::new(
             "v2".into(),
             None,

@@ -33,7 +33,8 @@ impl Method {
     /// The method a spec asks for.
     pub fn from_spec(model: ModelKind, alpha: Option<f64>) -> Self {
         match model {
-            ModelKind::Linear => Method::Ols,
+            // Imported never comes from a spec file (it cannot be deserialized).
+            ModelKind::Linear | ModelKind::Imported => Method::Ols,
             ModelKind::Ridge => Method::Ridge(alpha.unwrap_or(1.0)),
         }
     }
