@@ -24,7 +24,8 @@
 //! | [`field`] | parsing one value: numbers, bools, timestamps, categories |
 //! | [`features`] | the feature encoder shared by training and serving |
 //! | [`train`] | `train`: history reading, per-partition fitting, the summary |
-//! | [`model`] | fitted linear models and the Avro bundle format |
+//! | [`model`] | fitted linear models, tree ensembles and the Avro bundle format |
+//! | [`import`] | `import`: bundles from XGBoost and linear-JSON models trained elsewhere |
 //! | [`event`] | a record's bytes → an event ready to score |
 //! | [`scoring`] | which model scores an event; unknown partitions |
 //! | [`prediction`] | the prediction record |
@@ -51,6 +52,7 @@ pub mod field;
 pub mod generate;
 pub mod health;
 pub mod http;
+pub mod import;
 pub mod inspect;
 pub mod kafka;
 pub mod local;

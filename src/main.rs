@@ -41,6 +41,19 @@ enum Command {
         #[arg(long)]
         strict: bool,
     },
+    /// Build a bundle from models trained elsewhere (XGBoost JSON/UBJSON, linear JSON).
+    Import {
+        /// The import manifest (TOML): feature spec, one model file per partition, feature
+        /// name mapping.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The bundle file to write.
+        #[arg(long)]
+        output: PathBuf,
+        /// The bundle version (default: the UTC time, e.g. 20261125T081500Z).
+        #[arg(long)]
+        version: Option<String>,
+    },
     /// Print what a bundle holds, or one partition's model.
     Inspect {
         /// The bundle file.
@@ -176,6 +189,18 @@ fn run(command: Command) -> manymodel::Result<()> {
                 version,
                 strict,
                 progress: std::io::stderr().is_terminal(),
+            })?;
+            print!("{report}");
+        }
+        Command::Import {
+            manifest,
+            output,
+            version,
+        } => {
+            let report = manymodel::import::run(&manymodel::import::ImportOptions {
+                manifest,
+                output,
+                version,
             })?;
             print!("{report}");
         }
