@@ -55,6 +55,7 @@ pub struct Manifest {
     #[serde(default)]
     pub fallback: Option<ModelRef>,
     /// Partition id → its model file.
+    #[serde(default)]
     pub partitions: BTreeMap<String, ModelRef>,
 }
 
