@@ -39,10 +39,12 @@
 //! | [`health`], [`http`] | `/healthz`, `/readyz` and the listener that serves them with `/metrics` |
 //! | [`generate`] | synthetic data |
 //! | [`demo`], [`bench`] | the self-contained demo and the end-to-end benchmark |
+//! | [`bench_trees`] | `bench --trees`: tree-ensemble predictions per second on one core |
 //! | [`local`] | Kafka helpers for the demo, the benchmark and the tests |
 //! | [`error`] | the error types |
 
 pub mod bench;
+pub mod bench_trees;
 pub mod config;
 pub mod demo;
 pub mod error;

@@ -137,6 +137,13 @@ enum Command {
         /// Events per second for the latency run.
         #[arg(long, default_value_t = 5000)]
         latency_rate: u64,
+        /// Instead of the Kafka benchmark: score a synthetic ensemble of this many trees on
+        /// one core and print predictions per second.
+        #[arg(long)]
+        trees: Option<usize>,
+        /// Depth of every tree, with --trees.
+        #[arg(long, default_value_t = 6, requires = "trees")]
+        depth: usize,
     },
 }
 
@@ -289,11 +296,25 @@ fn run(command: Command) -> manymodel::Result<()> {
             runtime()?.block_on(manymodel::demo::run(stores, events, &mut std::io::stdout()))?
         }
         Command::Bench {
+            trees: Some(trees),
+            depth,
+            ..
+        } => {
+            manymodel::bench_trees::run(
+                trees,
+                depth,
+                std::time::Duration::from_secs(3),
+                &mut std::io::stdout(),
+            )?;
+        }
+        Command::Bench {
             brokers,
             events,
             stores,
             kafka_partitions,
             latency_rate,
+            trees: None,
+            ..
         } => runtime()?.block_on(manymodel::bench::run(
             &manymodel::bench::BenchOptions {
                 brokers,
