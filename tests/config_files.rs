@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use manymodel::config::ServeConfig;
+use manymodel::import::manifest::Manifest;
 use manymodel::spec::TrainSpec;
 
 #[test]
@@ -14,6 +15,8 @@ fn every_file_in_config_loads() {
         let text = std::fs::read_to_string(&path).expect("readable");
         if text.contains("[kafka]") {
             ServeConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        } else if text.contains("[partitions]") {
+            Manifest::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         } else {
             TrainSpec::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         }
