@@ -66,7 +66,7 @@ pub fn read(
 ) -> Result<XgbImport, String> {
     let file: File = serde_json::from_value(doc)
         .map_err(|e| format!("not an XGBoost model saved with save_model (JSON): {e}"))?;
-    let l = file.learner;
+    let mut l = file.learner;
 
     let objective_name = l
         .objective
@@ -110,24 +110,26 @@ pub fn read(
         return Err("the model has categorical features: categorical splits are not supported; train on one-hot encoded columns (enable_categorical=False)".into());
     }
 
-    let booster = l
-        .gradient_booster
+    // Taken out of the document rather than cloned: a model file can be megabytes of trees.
+    let mut gb = std::mem::take(&mut l.gradient_booster);
+    let booster = gb
         .get("name")
         .and_then(Value::as_str)
-        .unwrap_or("");
-    let (model, weights) = match booster {
-        "gbtree" => (&l.gradient_booster["model"], None),
+        .unwrap_or("")
+        .to_owned();
+    let (mut model, weights) = match booster.as_str() {
+        "gbtree" => (gb["model"].take(), None),
         "dart" => (
-            &l.gradient_booster["gbtree"]["model"],
+            gb["gbtree"]["model"].take(),
             Some(
-                serde_json::from_value::<Vec<f64>>(l.gradient_booster["weight_drop"].clone())
+                serde_json::from_value::<Vec<f64>>(gb["weight_drop"].take())
                     .map_err(|e| format!("dart weight_drop: {e}"))?,
             ),
         ),
         "gblinear" => return Err("gblinear boosters are not supported: export the weights as a linear JSON model ({\"intercept\": b, \"coefficients\": {\"feature\": w}})".into()),
         other => return Err(format!("unknown booster {other:?}: expected gbtree or dart")),
     };
-    let trees: Vec<Tree> = serde_json::from_value(model["trees"].clone())
+    let trees: Vec<Tree> = serde_json::from_value(model["trees"].take())
         .map_err(|e| format!("gradient_booster trees: {e}"))?;
     let tree_info: Vec<i64> =
         serde_json::from_value(model["tree_info"].clone()).unwrap_or_default();

@@ -233,7 +233,12 @@ impl Bundle {
         let mut writer = Writer::with_codec(
             schema()?,
             Vec::new(),
-            apache_avro::Codec::Deflate(Default::default()),
+            // The fastest deflate level: a bundle of thousands of tree ensembles is hundreds of
+            // megabytes of node arrays, and the default level spends minutes on them for a
+            // few percent of size.
+            apache_avro::Codec::Deflate(apache_avro::DeflateSettings::new(
+                miniz_oxide::deflate::CompressionLevel::BestSpeed,
+            )),
         );
         writer
             .append_ser(record)
@@ -320,17 +325,50 @@ struct ModelRecord {
     trees: Option<TreesRecord>,
 }
 
+/// A tree ensemble's node arrays, packed little-endian into Avro `bytes` (see the schema).
 #[derive(Debug, Serialize, Deserialize)]
 struct TreesRecord {
     objective: String,
     base_score: f64,
-    roots: Vec<i32>,
-    split_feature: Vec<i32>,
-    threshold: Vec<f32>,
-    left_child: Vec<i32>,
-    right_child: Vec<i32>,
-    default_left: Vec<bool>,
-    leaf_value: Vec<f64>,
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    roots: Vec<u8>,
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    split_feature: Vec<u8>,
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    threshold: Vec<u8>,
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    left_child: Vec<u8>,
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    right_child: Vec<u8>,
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    default_left: Vec<u8>,
+    #[serde(with = "apache_avro::serde_avro_bytes")]
+    leaf_value: Vec<u8>,
+}
+
+fn pack<T: Copy, const N: usize>(values: &[T], to_le: impl Fn(T) -> [u8; N]) -> Vec<u8> {
+    values.iter().flat_map(|&v| to_le(v)).collect()
+}
+
+fn unpack<T, const N: usize>(
+    bytes: &[u8],
+    field: &str,
+    from_le: impl Fn([u8; N]) -> T,
+) -> std::result::Result<Vec<T>, String> {
+    if bytes.len() % N != 0 {
+        return Err(format!(
+            "trees.{field} holds {} bytes, not a whole number of {N}-byte values",
+            bytes.len()
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(N)
+        .map(|c| {
+            let mut a = [0u8; N];
+            a.copy_from_slice(c);
+            from_le(a)
+        })
+        .collect())
 }
 
 impl From<&PartitionModel> for ModelRecord {
@@ -342,13 +380,13 @@ impl From<&PartitionModel> for ModelRecord {
                 let trees = TreesRecord {
                     objective: a.objective.as_str().to_owned(),
                     base_score: a.base_score,
-                    roots: a.roots,
-                    split_feature: a.split_feature,
-                    threshold: a.threshold,
-                    left_child: a.left_child,
-                    right_child: a.right_child,
-                    default_left: a.default_left,
-                    leaf_value: a.leaf_value,
+                    roots: pack(&a.roots, i32::to_le_bytes),
+                    split_feature: pack(&a.split_feature, i32::to_le_bytes),
+                    threshold: pack(&a.threshold, f32::to_le_bytes),
+                    left_child: pack(&a.left_child, i32::to_le_bytes),
+                    right_child: pack(&a.right_child, i32::to_le_bytes),
+                    default_left: a.default_left.iter().map(|&b| u8::from(b)).collect(),
+                    leaf_value: pack(&a.leaf_value, f64::to_le_bytes),
                 };
                 (0.0, Vec::new(), Some(trees))
             }
@@ -380,21 +418,24 @@ impl TryFrom<ModelRecord> for PartitionModel {
                         r.partition, t.objective
                     )
                 })?;
+                let within = |e: String| format!("partition {:?}: {e}", r.partition);
                 let arrays = TreeArrays {
                     objective,
                     base_score: t.base_score,
-                    roots: t.roots,
-                    split_feature: t.split_feature,
-                    threshold: t.threshold,
-                    left_child: t.left_child,
-                    right_child: t.right_child,
-                    default_left: t.default_left,
-                    leaf_value: t.leaf_value,
+                    roots: unpack(&t.roots, "roots", i32::from_le_bytes).map_err(within)?,
+                    split_feature: unpack(&t.split_feature, "split_feature", i32::from_le_bytes)
+                        .map_err(within)?,
+                    threshold: unpack(&t.threshold, "threshold", f32::from_le_bytes)
+                        .map_err(within)?,
+                    left_child: unpack(&t.left_child, "left_child", i32::from_le_bytes)
+                        .map_err(within)?,
+                    right_child: unpack(&t.right_child, "right_child", i32::from_le_bytes)
+                        .map_err(within)?,
+                    default_left: t.default_left.iter().map(|&b| b != 0).collect(),
+                    leaf_value: unpack(&t.leaf_value, "leaf_value", f64::from_le_bytes)
+                        .map_err(within)?,
                 };
-                Model::Trees(
-                    TreeEnsemble::new(&arrays)
-                        .map_err(|e| format!("partition {:?}: {e}", r.partition))?,
-                )
+                Model::Trees(TreeEnsemble::new(&arrays).map_err(within)?)
             }
         };
         Ok(PartitionModel {
