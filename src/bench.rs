@@ -78,7 +78,16 @@ impl Setup<'_> {
         let shutdown = CancellationToken::new();
         let handle = {
             let (bundle, stats, shutdown) = (self.bundle.clone(), stats.clone(), shutdown.clone());
-            tokio::spawn(async move { serve::run(&config, bundle, mode, stats, shutdown).await })
+            tokio::spawn(async move {
+                serve::run(
+                    &config,
+                    crate::control::fixed(bundle),
+                    mode,
+                    stats,
+                    shutdown,
+                )
+                .await
+            })
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while stats.assigned.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {

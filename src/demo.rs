@@ -73,7 +73,16 @@ pub async fn run(stores: usize, events: usize, out: &mut dyn Write) -> Result<()
             stats.clone(),
             shutdown.clone(),
         );
-        tokio::spawn(async move { serve::run(&config, bundle, Mode::Score, stats, shutdown).await })
+        tokio::spawn(async move {
+            serve::run(
+                &config,
+                crate::control::fixed(bundle),
+                Mode::Score,
+                stats,
+                shutdown,
+            )
+            .await
+        })
     };
 
     let text = work.events;

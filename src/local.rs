@@ -192,10 +192,14 @@ pub fn serve_config(
             dlq_topic: dlq.to_owned(),
             librdkafka_options: BTreeMap::new(),
             commit_interval_ms: 500,
+            control_topic: None,
         },
         model: ModelConfig {
-            bundle: "in-memory".into(),
+            bundle: None,
             unknown_partition: Default::default(),
+            trusted_keys: Vec::new(),
+            keep_versions: 8,
+            max_bundle_bytes: 1 << 30,
         },
         pipeline: PipelineConfig::default(),
         metrics: MetricsConfig::default(),
@@ -250,6 +254,8 @@ pub fn workload(
             version: Some(version.to_owned()),
             strict: false,
             progress: false,
+            base: None,
+            partitions: Vec::new(),
         })?;
         let path = dir.join("events.jsonl");
         let events = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;

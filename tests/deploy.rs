@@ -114,7 +114,11 @@ fn the_compose_stack_agrees_with_its_configs() {
         Some(config.kafka.brokers.as_str())
     );
     assert!(
-        config.model.bundle.starts_with("/data"),
+        config
+            .model
+            .bundle
+            .as_ref()
+            .is_some_and(|b| b.starts_with("/data")),
         "the bundle comes from the shared volume"
     );
 
