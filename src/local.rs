@@ -227,6 +227,23 @@ pub struct Workload {
     pub train_seconds: f64,
 }
 
+/// The Avro file bytes of `bundle` under another version: the demo and the benchmark publish
+/// these to show and measure swaps.
+pub fn reversioned(bundle: &crate::model::bundle::Bundle, version: &str) -> Result<Vec<u8>> {
+    let b = crate::model::bundle::Bundle::new(
+        version.to_owned(),
+        None,
+        now_ms(),
+        bundle.spec.clone(),
+        bundle.rows_used,
+        bundle.rows_rejected,
+        bundle.fallback.clone(),
+        bundle.partitions.clone(),
+    )
+    .map_err(Error::Internal)?;
+    b.to_avro()
+}
+
 /// Generates `stores` × `days` of history and `events` events in a temporary folder, trains a
 /// bundle stamped `version` on them, and cleans the folder up.
 pub fn workload(

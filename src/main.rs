@@ -162,6 +162,9 @@ enum Command {
         /// Events per second for the latency run.
         #[arg(long, default_value_t = 5000)]
         latency_rate: u64,
+        /// Also measure latency while a new bundle is swapped in every second (hot reload).
+        #[arg(long)]
+        reload: bool,
     },
 }
 
@@ -383,6 +386,7 @@ fn run(command: Command) -> manymodel::Result<()> {
             stores,
             kafka_partitions,
             latency_rate,
+            reload,
         } => runtime()?.block_on(manymodel::bench::run(
             &manymodel::bench::BenchOptions {
                 brokers,
@@ -390,6 +394,7 @@ fn run(command: Command) -> manymodel::Result<()> {
                 stores,
                 kafka_partitions,
                 latency_rate,
+                reload,
             },
             &mut std::io::stdout(),
         ))?,

@@ -81,22 +81,32 @@ impl std::fmt::Display for Published {
 
 /// Publishes a bundle file: its chunks, then its manifest.
 pub fn publish(opts: &PublishOptions) -> Result<Published> {
-    let started = Instant::now();
     let bytes = std::fs::read(&opts.bundle).map_err(|e| Error::io(&opts.bundle, e))?;
-    let bundle = Bundle::from_avro(&bytes).map_err(|reason| {
-        Error::Usage(format!(
-            "not publishing {}: {reason}",
-            opts.bundle.display()
-        ))
-    })?;
-    let chunk_bytes = opts.chunk_bytes.max(1);
-    let digest_hex = sha256_hex(&bytes);
     let signer = opts
         .signing_key
         .as_deref()
         .map(BundleSigner::load)
         .transpose()?;
-    let (signature, signer_hex) = match &signer {
+    publish_bytes(&bytes, opts, signer.as_ref()).map_err(|e| match e {
+        Error::Usage(reason) => Error::Usage(format!(
+            "not publishing {}: {reason}",
+            opts.bundle.display()
+        )),
+        other => other,
+    })
+}
+
+/// Publishes bundle file bytes; `opts.bundle` and `opts.signing_key` are not read.
+pub fn publish_bytes(
+    bytes: &[u8],
+    opts: &PublishOptions,
+    signer: Option<&BundleSigner>,
+) -> Result<Published> {
+    let started = Instant::now();
+    let bundle = Bundle::from_avro(bytes).map_err(Error::Usage)?;
+    let chunk_bytes = opts.chunk_bytes.max(1);
+    let digest_hex = sha256_hex(bytes);
+    let (signature, signer_hex) = match signer {
         Some(s) => {
             let mut digest = [0u8; 32];
             hex::decode_to_slice(&digest_hex, &mut digest)

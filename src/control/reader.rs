@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
@@ -80,6 +80,27 @@ pub fn start(
     (rx, handle)
 }
 
+/// The control consumer's context: librdkafka's messages, rate-limited; reaching the end of
+/// the topic is how the bootstrap ends, not an error.
+#[derive(Default)]
+struct ControlContext {
+    log: ClientLog,
+}
+
+impl rdkafka::ClientContext for ControlContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            self.log.error("control", &error, reason);
+        }
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log("control", level, fac, message);
+    }
+}
+
+impl ConsumerContext for ControlContext {}
+
 struct ControlReader {
     options: ControlOptions,
     tx: watch::Sender<Option<Arc<Bundle>>>,
@@ -140,7 +161,7 @@ impl ControlReader {
 
     /// Creates the consumer and assigns every Kafka partition of the control topic from its
     /// beginning, retrying until the topic exists or the daemon stops.
-    fn connect(&self, cancel: &CancellationToken) -> Option<BaseConsumer> {
+    fn connect(&self, cancel: &CancellationToken) -> Option<BaseConsumer<ControlContext>> {
         let topic = &self.options.topic;
         let mut warned = None::<Instant>;
         while !cancel.is_cancelled() {
@@ -158,7 +179,7 @@ impl ControlReader {
         None
     }
 
-    fn try_connect(&self) -> Result<BaseConsumer, String> {
+    fn try_connect(&self) -> Result<BaseConsumer<ControlContext>, String> {
         let topic = &self.options.topic;
         let mut config = ClientConfig::new();
         config
@@ -172,6 +193,9 @@ impl ControlReader {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("enable.partition.eof", "true")
+            // The topic is quiet: answer fetches at once rather than holding them open, so a
+            // publish is seen within a poll.
+            .set("fetch.wait.max.ms", "50")
             .set("auto.offset.reset", "earliest");
         for (k, v) in &self.options.librdkafka_options {
             if !k.starts_with("group.")
@@ -181,8 +205,9 @@ impl ControlReader {
                 config.set(k, v);
             }
         }
-        let consumer: BaseConsumer<DefaultConsumerContext> =
-            config.create().map_err(|e| e.to_string())?;
+        let consumer: BaseConsumer<ControlContext> = config
+            .create_with_context(ControlContext::default())
+            .map_err(|e| e.to_string())?;
         let metadata = consumer
             .fetch_metadata(Some(topic), Duration::from_secs(5))
             .map_err(|e| e.to_string())?;
