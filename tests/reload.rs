@@ -550,3 +550,98 @@ fn a_delta_keeps_the_base_models_it_does_not_replace_and_is_refused_as_a_local_b
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bundle_of_100000_partitions_publishes_and_swaps_in() {
+    let broker = Broker::start();
+    let brokers = broker.brokers();
+    for (t, n) in [("in", 2), ("out", 2), ("dlq", 1), ("control", 1)] {
+        broker.create_topic(t, n);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    generate(d, 5, 100);
+    let small = train(d, 3_000, "small", None);
+
+    // 100,000 stores, each with its own intercept, built from the small bundle's spec.
+    let base = Bundle::read(&small).expect("small bundle");
+    let stores = 100_000;
+    let partitions: Vec<_> = (0..stores)
+        .map(|i| {
+            let mut m = base.partitions[i % base.partitions.len()].clone();
+            m.partition = format!("Z{i:06}");
+            m.model.intercept += i as f64;
+            // Distinct coefficients, so the file is as large as a real one (no free compression).
+            for (j, c) in m.model.coefficients.iter_mut().enumerate() {
+                *c += ((i * 7919 + j * 104_729) % 10_007) as f64 * 1e-4;
+            }
+            m
+        })
+        .collect();
+    let big = Bundle::new(
+        "big".into(),
+        None,
+        base.created_at_ms + 1,
+        base.spec.clone(),
+        base.rows_used,
+        0,
+        base.fallback.clone(),
+        partitions,
+    )
+    .expect("big bundle");
+    let big_path = d.join("big.avro");
+    big.write(&big_path).expect("written");
+    let size = std::fs::metadata(&big_path).expect("size").len();
+
+    let config = control_config(d, "big", &brokers, "out", Some(&small), None);
+    let daemon = Daemon::start(&config);
+    daemon.wait_assigned();
+    let started = Instant::now();
+    let said = publish(&brokers, &big_path, None);
+    let publish_s = started.elapsed().as_secs_f64();
+    wait_active(&daemon, "big");
+    let active_s = started.elapsed().as_secs_f64();
+
+    // Events of three of the new stores are scored by their own models under "big".
+    let events: Vec<Vec<u8>> = events(d)
+        .iter()
+        .take(30)
+        .enumerate()
+        .map(|(i, e)| {
+            let mut v: Value = serde_json::from_slice(e).expect("event");
+            v["store_id"] = Value::from(format!("Z{:06}", [7, 50_000, 99_999][i % 3]));
+            serde_json::to_vec(&v).expect("json")
+        })
+        .collect();
+    local::produce_events(&brokers, "in", std::sync::Arc::new(events), None)
+        .await
+        .expect("produced");
+    let records = local::read(&brokers, "out", 30, Duration::from_secs(60))
+        .await
+        .expect("predictions");
+    assert_eq!(records.len(), 30);
+    for r in &records {
+        let v: Value = serde_json::from_slice(&r.value).expect("json");
+        assert_eq!(v["model_version"], "big");
+        assert_eq!(v["model"], "partition");
+    }
+    let metrics = http_get(&daemon.metrics_addr(), "/metrics").1;
+    assert_eq!(
+        metric_sum(&metrics, "manymodel_bundle_partitions"),
+        stores as f64
+    );
+    let pause = metric_sum(&metrics, "manymodel_bundle_swap_pause_seconds");
+    let load_ms = daemon
+        .log_text()
+        .lines()
+        .find(|l| l.contains("bundle validated") && l.contains("version=big"))
+        .and_then(|l| l.split("load_ms=").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .map(str::to_owned)
+        .unwrap_or_default();
+    eprintln!(
+        "100,000-partition bundle: {size} bytes; {said}publish {publish_s:.2}s; active after {active_s:.2}s; assembled and validated in {load_ms} ms; swap pause {:.1} µs",
+        pause * 1e6
+    );
+    assert!(daemon.terminate().success());
+}
