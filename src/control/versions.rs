@@ -191,3 +191,81 @@ impl Versions {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::bundle::PartitionModel;
+    use crate::model::linear::LinearModel;
+    use crate::spec::TrainSpec;
+
+    fn bundle(version: &str, base: Option<&str>, stores: &[&str]) -> Bundle {
+        let spec = TrainSpec::parse(
+            "partition_column = \"store_id\"\ntarget = \"sales\"\n[[features]]\ncolumn = \"price\"\nkind = \"numeric\"\n",
+        )
+        .unwrap();
+        let model = |id: &str| PartitionModel {
+            partition: id.into(),
+            rows: 1,
+            rmse: 0.0,
+            model: LinearModel {
+                intercept: version.len() as f64,
+                coefficients: vec![1.0],
+            },
+        };
+        Bundle::new(
+            version.into(),
+            base.map(Into::into),
+            0,
+            spec,
+            1,
+            0,
+            model("*"),
+            stores.iter().map(|s| model(s)).collect(),
+        )
+        .unwrap()
+    }
+
+    fn active(v: &Versions) -> &str {
+        v.active().map(|b| b.version.as_str()).unwrap_or("none")
+    }
+
+    #[test]
+    fn activations_rollbacks_and_deltas_follow_the_rules() {
+        let mut v = Versions::new(3);
+        assert_eq!(v.rollback().unwrap_err().reason, Reason::NoPrevious);
+        v.add(bundle("v1", None, &["a", "b"]), "1", true).unwrap();
+        v.add(bundle("v2", None, &["a", "b"]), "2", true).unwrap();
+        assert_eq!(active(&v), "v2");
+
+        // A delta must build on the active version; it then holds every partition.
+        let wrong = v
+            .add(bundle("d1", Some("v1"), &["a"]), "d", true)
+            .unwrap_err();
+        assert_eq!(wrong.reason, Reason::BaseMismatch);
+        v.add(bundle("d2", Some("v2"), &["c"]), "d2", true).unwrap();
+        assert_eq!(active(&v), "d2");
+        assert_eq!(v.active().unwrap().partitions.len(), 3);
+
+        // Same version, other bytes: refused; same bytes again: harmless.
+        let dup = v
+            .add(bundle("v2", None, &["a"]), "other", false)
+            .unwrap_err();
+        assert_eq!(dup.reason, Reason::DuplicateVersion);
+        assert!(v
+            .add(bundle("v2", None, &["a"]), "2", false)
+            .unwrap()
+            .is_none());
+
+        assert_eq!(v.rollback().unwrap().version, "v2");
+        assert_eq!(v.rollback().unwrap().version, "v1");
+        assert_eq!(v.activate("d2").unwrap().unwrap().version, "d2");
+        assert!(v.activate("d2").unwrap().is_none(), "already active");
+        assert_eq!(v.activate("v9").unwrap_err().reason, Reason::UnknownVersion);
+
+        // Holding 3: the oldest that is neither active nor the rollback target goes.
+        v.add(bundle("v3", None, &["a"]), "3", false).unwrap();
+        assert_eq!(v.held().len(), 3);
+        assert!(v.get("d2").is_some() && v.get("v1").is_some());
+    }
+}
