@@ -523,6 +523,19 @@ fn a_delta_keeps_the_base_models_it_does_not_replace_and_is_refused_as_a_local_b
     }
     assert!(manymodel::model::delta::apply(&dl, &dl).is_err());
 
+    // Scoring a delta alone would silently use the fallback for every other store: refused.
+    let o = run(&[
+        "predict",
+        "--bundle",
+        s(&delta),
+        "--input",
+        s(&d.join("events.jsonl")),
+        "--output",
+        s(&d.join("p.jsonl")),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is a delta of base"));
+
     // Asking for a store the history lacks, or a delta of a delta, is a usage error.
     let spec = d.join("train.toml");
     let history = d.join("history.csv");
