@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::publish::{publish_bytes, PublishOptions, DEFAULT_CHUNK_BYTES};
+use crate::control::reader::ControlOptions;
+use crate::control::ActiveBundle;
 use crate::error::{Error, Result};
 use crate::kafka::producer::now_ms;
 use crate::local;
@@ -36,6 +39,8 @@ pub struct BenchOptions {
     pub kafka_partitions: i32,
     /// Events per second for the latency run (5 seconds of it).
     pub latency_rate: u64,
+    /// Also measure latency while a new bundle is published and swapped in every second.
+    pub reload: bool,
 }
 
 /// One mode's figures.
@@ -61,6 +66,7 @@ impl Setup<'_> {
         mode: Mode,
         input: &str,
         output: &str,
+        bundles: Option<ActiveBundle>,
     ) -> (
         Arc<PipelineStats>,
         CancellationToken,
@@ -77,8 +83,9 @@ impl Setup<'_> {
         let stats = Arc::new(PipelineStats::default());
         let shutdown = CancellationToken::new();
         let handle = {
-            let (bundle, stats, shutdown) = (self.bundle.clone(), stats.clone(), shutdown.clone());
-            tokio::spawn(async move { serve::run(&config, bundle, mode, stats, shutdown).await })
+            let bundles = bundles.unwrap_or_else(|| crate::control::fixed(self.bundle.clone()));
+            let (stats, shutdown) = (stats.clone(), shutdown.clone());
+            tokio::spawn(async move { serve::run(&config, bundles, mode, stats, shutdown).await })
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while stats.assigned.load(Ordering::Relaxed) == 0 && Instant::now() < deadline {
@@ -155,6 +162,9 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         (t("live-score"), kafka_partitions),
         (t("live-pass"), kafka_partitions),
         (t("dlq"), 1),
+        (t("live-reload"), kafka_partitions),
+        (t("out-reload"), kafka_partitions),
+        (t("control"), 1),
     ];
     match &mock {
         Some(m) => {
@@ -208,7 +218,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     ] {
         let mut f = Figures::default();
         // Throughput: drain the backlog.
-        let (stats, stop, handle) = setup.start(mode, &t("in"), &output).await;
+        let (stats, stop, handle) = setup.start(mode, &t("in"), &output, None).await;
         while stats.consumed.load(Ordering::Relaxed) == 0 {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -218,28 +228,18 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         stop.cancel();
         handle.await.map_err(|e| Error::Internal(e.to_string()))??;
 
-        // Latency: a steady stream; the first fifth warms up (fetch positions, connections)
-        // and is not measured.
-        let (stats, stop, handle) = setup.start(mode, &live_in, &output).await;
-        let producing = tokio::spawn(produce_owned(
-            brokers.clone(),
-            live_in.clone(),
-            live.clone(),
-            opts.latency_rate,
-        ));
-        wait_outputs(&stats, live_events as u64 / 5, Duration::from_secs(120)).await?;
-        stats.latency(true);
-        producing
-            .await
-            .map_err(|e| Error::Internal(e.to_string()))??;
-        wait_outputs(&stats, live_events as u64, Duration::from_secs(120)).await?;
-        let h = stats.latency(false);
-        f.p50_ms = h.value_at_quantile(0.5) as f64 / 1000.0;
-        f.p99_ms = h.value_at_quantile(0.99) as f64 / 1000.0;
+        let (stats, stop, handle) = setup.start(mode, &live_in, &output, None).await;
+        (f.p50_ms, f.p99_ms) = steady_latency(&stats, &brokers, &live_in, &live, opts).await?;
         stop.cancel();
         handle.await.map_err(|e| Error::Internal(e.to_string()))??;
         figures.push((mode, f));
     }
+
+    let reload = if opts.reload {
+        Some(reload_latency(&setup, &t, &live, opts).await?)
+    } else {
+        None
+    };
 
     let _ = writeln!(
         out,
@@ -258,6 +258,13 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             f.events_per_sec, f.p50_ms, f.p99_ms
         );
     }
+    if let Some((p50, p99, swaps)) = reload {
+        let _ = writeln!(
+            out,
+            "{:<12} {:>12} {p50:>10.1} {p99:>10.1}   ({swaps} bundles published and swapped in, one a second)",
+            "scoring+reload", "-"
+        );
+    }
     let ratio = figures[1].1.events_per_sec / figures[0].1.events_per_sec;
     let _ = writeln!(
         out,
@@ -273,4 +280,111 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         live_events
     );
     Ok(())
+}
+
+/// Produces the live events at the steady rate and returns the p50 and p99 latency in ms; the
+/// first fifth warms up (fetch positions, connections) and is not measured.
+async fn steady_latency(
+    stats: &PipelineStats,
+    brokers: &str,
+    input: &str,
+    live: &Arc<Vec<Vec<u8>>>,
+    opts: &BenchOptions,
+) -> Result<(f64, f64)> {
+    let producing = tokio::spawn(produce_owned(
+        brokers.to_owned(),
+        input.to_owned(),
+        live.clone(),
+        opts.latency_rate,
+    ));
+    let n = live.len() as u64;
+    wait_outputs(stats, n / 5, Duration::from_secs(120)).await?;
+    stats.latency(true);
+    producing
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    wait_outputs(stats, n, Duration::from_secs(120)).await?;
+    let h = stats.latency(false);
+    Ok((
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+    ))
+}
+
+/// The steady-rate latency of the scoring pipeline while a new version of the bundle is
+/// published on a control topic and swapped in every second: (p50 ms, p99 ms, swaps).
+async fn reload_latency(
+    setup: &Setup<'_>,
+    t: &dyn Fn(&str) -> String,
+    live: &Arc<Vec<Vec<u8>>>,
+    opts: &BenchOptions,
+) -> Result<(f64, f64, usize)> {
+    let seconds = (live.len() as u64 / opts.latency_rate.max(1)) as usize + 10;
+    let versions: Vec<Vec<u8>> = (0..=seconds)
+        .map(|i| local::reversioned(&setup.bundle, &format!("bench-reload-{i:03}")))
+        .collect::<Result<_>>()?;
+    let publish = PublishOptions {
+        bundle: Default::default(),
+        brokers: setup.brokers.to_owned(),
+        control_topic: t("control"),
+        signing_key: None,
+        chunk_bytes: DEFAULT_CHUNK_BYTES,
+        activate: true,
+    };
+    let first = versions[0].clone();
+    let p = publish.clone();
+    tokio::task::spawn_blocking(move || publish_bytes(&first, &p, None))
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))??;
+    let cancel = CancellationToken::new();
+    let (bundles, reader) = crate::control::reader::start(
+        ControlOptions {
+            brokers: setup.brokers.to_owned(),
+            topic: t("control"),
+            librdkafka_options: Default::default(),
+            trusted: Default::default(),
+            keep_versions: 4,
+            max_bundle_bytes: 1 << 30,
+        },
+        None,
+        cancel.clone(),
+    );
+    let (stats, stop, handle) = setup
+        .start(
+            Mode::Score,
+            &t("live-reload"),
+            &t("out-reload"),
+            Some(bundles),
+        )
+        .await;
+    let reloading = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.tick().await;
+            let mut swaps = 0;
+            for bytes in versions.into_iter().skip(1) {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let p = publish.clone();
+                match tokio::task::spawn_blocking(move || publish_bytes(&bytes, &p, None)).await {
+                    Ok(Ok(_)) => swaps += 1,
+                    Ok(Err(e)) => tracing::warn!(error = %e, "bench: publishing a bundle failed"),
+                    Err(e) => tracing::warn!(error = %e, "bench: publisher task failed"),
+                }
+            }
+            swaps
+        })
+    };
+    let (p50, p99) = steady_latency(&stats, setup.brokers, &t("live-reload"), live, opts).await?;
+    stop.cancel();
+    cancel.cancel();
+    let swaps = reloading
+        .await
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    handle.await.map_err(|e| Error::Internal(e.to_string()))??;
+    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    Ok((p50, p99, swaps))
 }

@@ -75,6 +75,11 @@ pub struct KafkaConfig {
     /// How often completed offsets are committed, in milliseconds.
     #[serde(default = "default_commit_interval_ms")]
     pub commit_interval_ms: u64,
+    /// The control topic bundles and commands are published on (`manymodel publish`,
+    /// `manymodel control`); every instance reads all of it. Without it the daemon serves
+    /// `[model] bundle` and never reloads. Create it with one Kafka partition.
+    #[serde(default)]
+    pub control_topic: Option<String>,
 }
 
 fn default_commit_interval_ms() -> u64 {
@@ -85,11 +90,34 @@ fn default_commit_interval_ms() -> u64 {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// The bundle file to serve; relative paths are taken from the config file's folder.
-    pub bundle: PathBuf,
+    /// The bundle file to serve at start; relative paths are taken from the config file's
+    /// folder. Optional with a control topic: the newest version activated there wins over
+    /// this file when it is newer.
+    #[serde(default)]
+    pub bundle: Option<PathBuf>,
     /// What to do with events whose partition has no model of its own.
     #[serde(default)]
     pub unknown_partition: UnknownPartition,
+    /// Public keys (64 hex digits, or the path of a `.pub` file from `manymodel keygen`)
+    /// whose signatures are accepted. When set, unsigned or otherwise signed bundles from
+    /// the control topic are rejected.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// Validated bundles held in memory, so `control activate` and `control rollback` work
+    /// without publishing again. The active version and the rollback target are always held.
+    #[serde(default = "default_keep_versions")]
+    pub keep_versions: usize,
+    /// The largest bundle file accepted from the control topic, in bytes; also the memory
+    /// budget for chunks waiting for their manifest.
+    #[serde(default = "default_max_bundle_bytes")]
+    pub max_bundle_bytes: usize,
+}
+
+fn default_keep_versions() -> usize {
+    8
+}
+fn default_max_bundle_bytes() -> usize {
+    1 << 30
 }
 
 /// Pipeline tunables; the defaults suit most deployments.
@@ -135,9 +163,15 @@ impl ServeConfig {
             path: path.to_owned(),
             reason,
         })?;
-        if config.model.bundle.is_relative() {
-            if let Some(dir) = path.parent() {
-                config.model.bundle = dir.join(&config.model.bundle);
+        if let Some(dir) = path.parent() {
+            if let Some(bundle) = config.model.bundle.as_mut().filter(|b| b.is_relative()) {
+                *bundle = dir.join(&*bundle);
+            }
+            for key in &mut config.model.trusted_keys {
+                let is_hex = key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit());
+                if !is_hex && Path::new(key.as_str()).is_relative() {
+                    *key = dir.join(&*key).display().to_string();
+                }
             }
         }
         Ok(config)
@@ -160,6 +194,16 @@ impl ServeConfig {
         }
         if k.input_topic == k.output_topic || k.input_topic == k.dlq_topic {
             return Err("kafka.input_topic must differ from output_topic and dlq_topic, or predictions would be read back as events".into());
+        }
+        match (&config.model.bundle, &k.control_topic) {
+            (None, None) => {
+                return Err("nothing to serve: set [model] bundle, or [kafka] control_topic to take bundles from `manymodel publish`".into())
+            }
+            (_, Some(c)) if c.trim().is_empty() => return Err("kafka.control_topic is empty".into()),
+            (_, Some(c)) if *c == k.input_topic || *c == k.output_topic || *c == k.dlq_topic => {
+                return Err("kafka.control_topic must be a topic of its own".into())
+            }
+            _ => {}
         }
         if config.pipeline.mailbox_capacity == 0 {
             return Err("pipeline.mailbox_capacity must be at least 1".into());

@@ -13,7 +13,14 @@ use std::time::{Duration, Instant};
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
+use crate::control::publish::{publish_bytes, PublishOptions, DEFAULT_CHUNK_BYTES};
+use crate::control::reader::ControlOptions;
 use crate::error::{Error, Result};
+
+/// The demo's control topic.
+const CONTROL: &str = "manymodel-control";
+/// The version the demo publishes half-way through the stream.
+const SECOND: &str = "demo-v2";
 use crate::local;
 use crate::metrics::PipelineStats;
 use crate::serve::{self, Mode};
@@ -47,7 +54,12 @@ pub async fn run(stores: usize, events: usize, out: &mut dyn Write) -> Result<()
     let cluster = MockCluster::new(1)
         .map_err(|e| Error::Kafka(format!("cannot start the MockCluster: {e}")))?;
     let brokers = cluster.bootstrap_servers();
-    for (topic, partitions) in [("sales", 6), ("predictions", 6), ("sales-dlq", 1)] {
+    for (topic, partitions) in [
+        ("sales", 6),
+        ("predictions", 6),
+        ("sales-dlq", 1),
+        (CONTROL, 1),
+    ] {
         cluster
             .create_topic(topic, partitions, 1)
             .map_err(|e| Error::Kafka(format!("creating topic {topic} on the MockCluster: {e}")))?;
@@ -66,18 +78,41 @@ pub async fn run(stores: usize, events: usize, out: &mut dyn Write) -> Result<()
     );
     let stats = Arc::new(PipelineStats::default());
     let shutdown = CancellationToken::new();
+
+    // Bundles reach the pipeline the way they do in production: published on the control
+    // topic, read back, validated and swapped in.
+    let publish = PublishOptions {
+        bundle: Default::default(),
+        brokers: brokers.clone(),
+        control_topic: CONTROL.into(),
+        signing_key: None,
+        chunk_bytes: DEFAULT_CHUNK_BYTES,
+        activate: true,
+    };
+    let first = bundle.to_avro()?;
+    publish_bytes(&first, &publish, None)?;
+    let (bundles, reader) = crate::control::reader::start(
+        ControlOptions {
+            brokers: brokers.clone(),
+            topic: CONTROL.into(),
+            librdkafka_options: Default::default(),
+            trusted: Default::default(),
+            keep_versions: 4,
+            max_bundle_bytes: 1 << 30,
+        },
+        None,
+        shutdown.clone(),
+    );
+    let mut watch = bundles.clone();
     let pipeline = {
-        let (config, bundle, stats, shutdown) = (
-            config.clone(),
-            bundle.clone(),
-            stats.clone(),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move { serve::run(&config, bundle, Mode::Score, stats, shutdown).await })
+        let (config, stats, shutdown) = (config.clone(), stats.clone(), shutdown.clone());
+        tokio::spawn(
+            async move { serve::run(&config, bundles, Mode::Score, stats, shutdown).await },
+        )
     };
 
     let text = work.events;
-    let payloads: Vec<Vec<u8>> = text.lines().map(|l| l.as_bytes().to_vec()).collect();
+    let mut payloads: Vec<Vec<u8>> = text.lines().map(|l| l.as_bytes().to_vec()).collect();
     let truth: HashMap<String, f64> = text
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -95,33 +130,40 @@ pub async fn run(stores: usize, events: usize, out: &mut dyn Write) -> Result<()
     while stats.assigned.load(Ordering::Relaxed) == 0 && Instant::now() < join_deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let t0 = Instant::now();
+    // The first half of the stream, a hot reload, the second half.
+    let half = payloads.len() / 2;
+    let second_half = payloads.split_off(half);
+    let mut elapsed = stream(&brokers, payloads, &stats, half).await?;
+    let second = local::reversioned(&bundle, SECOND)?;
+    let swap_started = Instant::now();
     {
-        let brokers = brokers.clone();
-        tokio::task::spawn_blocking(move || {
-            local::produce(
-                &brokers,
-                "sales",
-                &payloads,
-                local::json_key("store_id"),
-                None,
-            )
-        })
-        .await
-        .map_err(|e| Error::Internal(e.to_string()))??;
+        let publish = publish.clone();
+        tokio::task::spawn_blocking(move || publish_bytes(&second, &publish, None))
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let done = |s: &PipelineStats| {
-        s.produced.load(Ordering::Relaxed) + s.dead_lettered.load(Ordering::Relaxed)
-    };
-    while done(&stats) < events as u64 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let elapsed = t0.elapsed().as_secs_f64();
+    let swapped = tokio::time::timeout(Duration::from_secs(30), async {
+        while watch
+            .borrow_and_update()
+            .as_ref()
+            .map(|b| b.version.as_str())
+            != Some(SECOND)
+        {
+            if watch.changed().await.is_err() {
+                return false;
+            }
+        }
+        true
+    })
+    .await
+    .unwrap_or(false);
+    let reload_ms = swap_started.elapsed().as_secs_f64() * 1e3;
+    elapsed += stream(&brokers, second_half, &stats, events).await?;
     let latency = stats.latency(false);
 
     let records = local::read(&brokers, "predictions", events, Duration::from_secs(30)).await?;
     let (mut n, mut abs, mut sq, mut fallback) = (0usize, 0.0, 0.0, 0usize);
+    let mut by_version: std::collections::BTreeMap<String, usize> = Default::default();
     for r in &records {
         let Ok(p) = serde_json::from_slice::<serde_json::Value>(&r.value) else {
             continue;
@@ -132,6 +174,9 @@ pub async fn run(stores: usize, events: usize, out: &mut dyn Write) -> Result<()
         ) else {
             continue;
         };
+        if let Some(v) = p.get("model_version").and_then(|v| v.as_str()) {
+            *by_version.entry(v.to_owned()).or_default() += 1;
+        }
         if p.get("model").and_then(|v| v.as_str()) == Some("fallback") {
             fallback += 1;
         }
@@ -143,6 +188,7 @@ pub async fn run(stores: usize, events: usize, out: &mut dyn Write) -> Result<()
     }
     shutdown.cancel();
     let clean = pipeline.await.map_err(|e| Error::Internal(e.to_string()))?;
+    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
 
     say(out, String::new());
     say(out, "manymodel demo report".into());
@@ -154,6 +200,24 @@ pub async fn run(stores: usize, events: usize, out: &mut dyn Write) -> Result<()
             records.len(),
             fallback
         ),
+    );
+    say(
+        out,
+        if swapped {
+            format!("  hot reload:             {SECOND} published after {half} events; published, validated and swapped in within {reload_ms:.0} ms")
+        } else {
+            format!(
+                "  hot reload:             {SECOND} was not swapped in within 30 s (see the log)"
+            )
+        },
+    );
+    let versions: Vec<String> = by_version
+        .iter()
+        .map(|(v, n)| format!("{v}: {n}"))
+        .collect();
+    say(
+        out,
+        format!("  predictions by version: {}", versions.join(", ")),
     );
     say(
         out,
@@ -210,4 +274,35 @@ pub async fn run(stores: usize, events: usize, out: &mut dyn Write) -> Result<()
         )));
     }
     Ok(())
+}
+
+/// Produces `payloads` and waits until `done_at` events in all are finished (predicted or
+/// dead-lettered); returns the seconds it took.
+async fn stream(
+    brokers: &str,
+    payloads: Vec<Vec<u8>>,
+    stats: &PipelineStats,
+    done_at: usize,
+) -> Result<f64> {
+    let started = Instant::now();
+    let brokers = brokers.to_owned();
+    tokio::task::spawn_blocking(move || {
+        local::produce(
+            &brokers,
+            "sales",
+            &payloads,
+            local::json_key("store_id"),
+            None,
+        )
+    })
+    .await
+    .map_err(|e| Error::Internal(e.to_string()))??;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = |s: &PipelineStats| {
+        s.produced.load(Ordering::Relaxed) + s.dead_lettered.load(Ordering::Relaxed)
+    };
+    while done(stats) < done_at as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(started.elapsed().as_secs_f64())
 }

@@ -14,7 +14,10 @@ pub fn summary(b: &Bundle) -> String {
         .unwrap_or_else(|| b.created_at_ms.to_string());
     let _ = writeln!(s, "version:          {}", b.version);
     if let Some(base) = &b.base_version {
-        let _ = writeln!(s, "base version:     {base}");
+        let _ = writeln!(
+            s,
+            "base version:     {base} (a delta: its partitions replace those of {base}, the rest come from it)"
+        );
     }
     let _ = writeln!(s, "created:          {created}");
     let _ = writeln!(s, "partition column: {}", b.spec.partition_column);

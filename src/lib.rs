@@ -32,6 +32,7 @@
 //! | [`predict`] | `predict`: offline scoring of a JSONL file |
 //! | [`inspect`] | `inspect`: a bundle for people |
 //! | [`config`] | the serve configuration |
+//! | [`control`] | hot reload: publishing bundles, the control topic, validation, the active version |
 //! | [`kafka`] | consumer, producer, offset tracking |
 //! | [`router`], [`partition`] | the per-partition actors |
 //! | [`serve`] | the daemon: wiring, commits, shutdown |
@@ -46,6 +47,7 @@
 pub mod bench;
 pub mod bench_trees;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod error;
 pub mod event;

@@ -192,10 +192,14 @@ pub fn serve_config(
             dlq_topic: dlq.to_owned(),
             librdkafka_options: BTreeMap::new(),
             commit_interval_ms: 500,
+            control_topic: None,
         },
         model: ModelConfig {
-            bundle: "in-memory".into(),
+            bundle: None,
             unknown_partition: Default::default(),
+            trusted_keys: Vec::new(),
+            keep_versions: 8,
+            max_bundle_bytes: 1 << 30,
         },
         pipeline: PipelineConfig::default(),
         metrics: MetricsConfig::default(),
@@ -221,6 +225,22 @@ pub struct Workload {
     pub history_rows: usize,
     /// Training time, seconds.
     pub train_seconds: f64,
+}
+
+/// The Avro file bytes of `bundle` under another version: the demo and the benchmark publish
+/// these to show and measure swaps.
+pub fn reversioned(bundle: &crate::model::bundle::Bundle, version: &str) -> Result<Vec<u8>> {
+    let b = crate::model::bundle::Bundle::assemble(
+        version.to_owned(),
+        None,
+        now_ms(),
+        bundle.spec.clone(),
+        (bundle.rows_used, bundle.rows_rejected),
+        bundle.fallback_model().cloned(),
+        bundle.partitions.clone(),
+    )
+    .map_err(Error::Internal)?;
+    b.to_avro()
 }
 
 /// Generates `stores` × `days` of history and `events` events in a temporary folder, trains a
@@ -250,6 +270,8 @@ pub fn workload(
             version: Some(version.to_owned()),
             strict: false,
             progress: false,
+            base: None,
+            partitions: Vec::new(),
         })?;
         let path = dir.join("events.jsonl");
         let events = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;

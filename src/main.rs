@@ -40,6 +40,44 @@ enum Command {
         /// Stop at the first bad row instead of skipping it.
         #[arg(long)]
         strict: bool,
+        /// Write a delta of this bundle: refit only some partitions and keep the rest from it.
+        #[arg(long)]
+        base: Option<PathBuf>,
+        /// With --base: the partitions to refit (default: every partition in the history).
+        #[arg(long, value_delimiter = ',', requires = "base")]
+        partitions: Vec<String>,
+    },
+    /// Publish a bundle on the control topic: every daemon validates it and swaps it in.
+    Publish {
+        /// The bundle file (full or delta).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Bootstrap servers.
+        #[arg(long)]
+        brokers: String,
+        /// The control topic the daemons read ([kafka] control_topic).
+        #[arg(long)]
+        control_topic: String,
+        /// Sign with this secret key (from `manymodel keygen`).
+        #[arg(long)]
+        signing_key: Option<PathBuf>,
+        /// Bytes per chunk; keep it below the broker's message size limit.
+        #[arg(long, default_value_t = manymodel::control::publish::DEFAULT_CHUNK_BYTES)]
+        chunk_bytes: usize,
+        /// Only hand the bundle to the daemons; activate it later with `control activate`.
+        #[arg(long)]
+        no_activate: bool,
+    },
+    /// Send a command to every daemon: activate a version they hold, or roll back.
+    Control {
+        #[command(subcommand)]
+        action: ControlAction,
+    },
+    /// Write an ed25519 key pair for signing bundles: KEY (secret) and KEY.pub.
+    Keygen {
+        /// The secret key file; the public key goes to the same path plus `.pub`.
+        #[arg(long)]
+        out: PathBuf,
     },
     /// Build a bundle from models trained elsewhere (XGBoost JSON/UBJSON, linear JSON).
     Import {
@@ -144,6 +182,34 @@ enum Command {
         /// Depth of every tree, with --trees.
         #[arg(long, default_value_t = 6, requires = "trees")]
         depth: usize,
+        /// Also measure latency while a new bundle is swapped in every second (hot reload).
+        #[arg(long)]
+        reload: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ControlAction {
+    /// Make a version the daemons already hold the active one.
+    Activate {
+        /// The version.
+        #[arg(long)]
+        version: String,
+        /// Bootstrap servers.
+        #[arg(long)]
+        brokers: String,
+        /// The control topic.
+        #[arg(long)]
+        control_topic: String,
+    },
+    /// Go back to the version that was active before the current one.
+    Rollback {
+        /// Bootstrap servers.
+        #[arg(long)]
+        brokers: String,
+        /// The control topic.
+        #[arg(long)]
+        control_topic: String,
     },
 }
 
@@ -188,6 +254,8 @@ fn run(command: Command) -> manymodel::Result<()> {
             output,
             version,
             strict,
+            base,
+            partitions,
         } => {
             let report = manymodel::train::run(&manymodel::train::TrainOptions {
                 spec,
@@ -195,6 +263,8 @@ fn run(command: Command) -> manymodel::Result<()> {
                 output,
                 version,
                 strict,
+                base,
+                partitions,
                 progress: std::io::stderr().is_terminal(),
             })?;
             print!("{report}");
@@ -252,6 +322,53 @@ fn run(command: Command) -> manymodel::Result<()> {
                 report.fallback,
                 output.display(),
                 report.rejected
+            );
+        }
+        Command::Publish {
+            bundle,
+            brokers,
+            control_topic,
+            signing_key,
+            chunk_bytes,
+            no_activate,
+        } => {
+            let published = manymodel::control::publish::publish(
+                &manymodel::control::publish::PublishOptions {
+                    bundle,
+                    brokers,
+                    control_topic,
+                    signing_key,
+                    chunk_bytes,
+                    activate: !no_activate,
+                },
+            )?;
+            print!("{published}");
+        }
+        Command::Control { action } => {
+            use manymodel::control::message::ControlMessage;
+            let (brokers, topic, message) = match action {
+                ControlAction::Activate {
+                    version,
+                    brokers,
+                    control_topic,
+                } => (brokers, control_topic, ControlMessage::Activate { version }),
+                ControlAction::Rollback {
+                    brokers,
+                    control_topic,
+                } => (brokers, control_topic, ControlMessage::Rollback),
+            };
+            manymodel::control::publish::command(&brokers, &topic, &message)?;
+            println!(
+                "sent {} to {topic}",
+                serde_json::to_string(&message).unwrap_or_default()
+            );
+        }
+        Command::Keygen { out } => {
+            let (secret, public) = manymodel::control::signing::keygen(&out)?;
+            println!(
+                "secret key: {} (keep it private; publish --signing-key)\npublic key: {} (list it in [model] trusted_keys)",
+                secret.display(),
+                public.display()
             );
         }
         Command::Serve { config } => runtime()?.block_on(manymodel::serve::serve(&config))?,
@@ -313,6 +430,7 @@ fn run(command: Command) -> manymodel::Result<()> {
             stores,
             kafka_partitions,
             latency_rate,
+            reload,
             trees: None,
             ..
         } => runtime()?.block_on(manymodel::bench::run(
@@ -322,6 +440,7 @@ fn run(command: Command) -> manymodel::Result<()> {
                 stores,
                 kafka_partitions,
                 latency_rate,
+                reload,
             },
             &mut std::io::stdout(),
         ))?,

@@ -45,6 +45,8 @@ pub const BUNDLE_PARTITIONS: &str = "manymodel_bundle_partitions";
 pub const BUNDLE_LOADS: &str = "manymodel_bundle_loads_total";
 /// Bundles rejected, by reason.
 pub const BUNDLE_REJECTIONS: &str = "manymodel_bundle_rejections_total";
+/// How long the consumer loop paused for the last bundle swap.
+pub const BUNDLE_SWAP_PAUSE: &str = "manymodel_bundle_swap_pause_seconds";
 /// Live per-partition actors.
 pub const ACTORS: &str = "manymodel_partition_actors";
 /// Events queued in partition mailboxes, all actors together.
@@ -123,6 +125,11 @@ pub fn describe() {
         Unit::Count,
         "Bundles rejected, by reason."
     );
+    describe_gauge!(
+        BUNDLE_SWAP_PAUSE,
+        Unit::Seconds,
+        "How long the consumer loop paused to swap in the last activated bundle."
+    );
     describe_gauge!(ACTORS, Unit::Count, "Live per-partition actors.");
     describe_gauge!(
         MAILBOX_DEPTH,
@@ -178,6 +185,16 @@ pub fn install() -> Result<PrometheusHandle, String> {
     .set(1.0);
     gauge!(PAUSED_PARTITIONS).set(0.0);
     Ok(handle)
+}
+
+/// Records the consumer loop's pause for a bundle swap.
+pub fn bundle_swap_pause(seconds: f64) {
+    gauge!(BUNDLE_SWAP_PAUSE).set(seconds);
+}
+
+/// Counts a rejected bundle or control record.
+pub fn bundle_rejected(reason: &'static str) {
+    counter!(BUNDLE_REJECTIONS, "reason" => reason).increment(1);
 }
 
 /// Records that `bundle` became the active bundle.

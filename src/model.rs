@@ -4,6 +4,7 @@
 //! [`Model::predict`], so the kinds can be mixed freely within one bundle.
 
 pub mod bundle;
+pub mod delta;
 pub mod linear;
 pub mod tree;
 

@@ -6,7 +6,7 @@
 //! predictions in that order, and the producer keeps per-key order, so one store's
 //! predictions leave in the order its events arrived.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use rdkafka::message::{Header, OwnedHeaders};
 use tokio::sync::mpsc;
@@ -25,6 +25,8 @@ const BATCH: usize = 64;
 /// One event to score, with the offset it finishes.
 #[derive(Debug)]
 pub struct Job {
+    /// The bundle that was active when the record was read: it scores the event.
+    pub bundle: Arc<Bundle>,
     /// The decoded event.
     pub event: Event,
     /// The input offset, finished when the prediction is acknowledged.
@@ -38,8 +40,6 @@ pub struct Job {
 /// What an actor needs besides its queue.
 #[derive(Clone)]
 pub struct ActorContext {
-    /// The bundle the actor scores with.
-    pub bundle: Arc<Bundle>,
     /// Where predictions go.
     pub producer: OutputProducer,
     /// The output topic.
@@ -67,7 +67,6 @@ impl PartitionHandle {
         tasks: &mut tokio::task::JoinSet<()>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(capacity);
-        let (_, source) = ctx.bundle.model_for(partition);
         let labelled = ctx
             .labelled
             .contains(partition)
@@ -75,8 +74,7 @@ impl PartitionHandle {
         let actor = PartitionActor {
             rx,
             labelled,
-            index: ctx.bundle.partition_index(partition),
-            source,
+            lookup: None,
             ctx,
             buf: Vec::with_capacity(256),
         };
@@ -99,9 +97,10 @@ struct PartitionActor {
     rx: mpsc::Receiver<Job>,
     /// This store's own counter, when it is listed in `per_partition_metrics`.
     labelled: Option<metrics::Counter>,
-    /// The partition's model in the bundle, or `None` for the fallback.
-    index: Option<usize>,
-    source: ModelSource,
+    /// Where this partition's model sits in the bundle its last job came with: the
+    /// partition's own (`Some(i)`) or the fallback. A `Weak` so an idle actor never keeps a
+    /// retired bundle alive, and so a new bundle can never be mistaken for the old one.
+    lookup: Option<(Weak<Bundle>, Option<usize>)>,
     ctx: ActorContext,
     buf: Vec<u8>,
 }
@@ -126,16 +125,29 @@ impl PartitionActor {
         }
     }
 
+    /// This partition's model index in `bundle`, looked up once per bundle.
+    fn index_in(&mut self, bundle: &Arc<Bundle>, partition: &str) -> Option<usize> {
+        match &self.lookup {
+            Some((seen, index)) if std::ptr::eq(seen.as_ptr(), Arc::as_ptr(bundle)) => *index,
+            _ => {
+                let index = bundle.partition_index(partition);
+                self.lookup = Some((Arc::downgrade(bundle), index));
+                index
+            }
+        }
+    }
+
     async fn score(&mut self, job: Job) {
-        let bundle = &self.ctx.bundle;
-        let model = self
-            .index
-            .and_then(|i| bundle.partitions.get(i))
-            .unwrap_or(&bundle.fallback);
+        let bundle = &job.bundle;
+        let index = self.index_in(bundle, &job.event.partition);
+        let (model, source) = match index.and_then(|i| bundle.partitions.get(i)) {
+            Some(m) => (m, ModelSource::Partition),
+            None => (&bundle.fallback, ModelSource::Fallback),
+        };
         let value = model.model.predict(&job.event.inputs);
         self.ctx
             .stats
-            .scored(self.source, job.read_at.elapsed().as_secs_f64());
+            .scored(source, job.read_at.elapsed().as_secs_f64());
         if let Some(c) = &self.labelled {
             c.increment(1);
         }
@@ -146,7 +158,7 @@ impl PartitionActor {
             &job.event,
             value,
             &bundle.version,
-            self.source,
+            source,
         );
         let headers = OwnedHeaders::new_with_capacity(1).insert(Header {
             key: VERSION_HEADER,
@@ -154,7 +166,7 @@ impl PartitionActor {
         });
         let delivery = Box::new(Delivery {
             ack: job.ack,
-            output: Output::Prediction(self.source),
+            output: Output::Prediction(source),
             source_timestamp_ms: job.timestamp_ms,
         });
         self.ctx

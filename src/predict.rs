@@ -43,6 +43,13 @@ pub struct PredictReport {
 /// Runs offline scoring; rejected lines are described on `errors`.
 pub fn run(opts: &PredictOptions, errors: &mut dyn Write) -> Result<PredictReport> {
     let bundle = Bundle::read(&opts.bundle)?;
+    if crate::model::delta::is_delta(&bundle) {
+        return Err(Error::Usage(format!(
+            "{} is a delta of {}: it holds only the partitions it replaces; score with a full bundle (or publish the delta to a daemon serving its base)",
+            opts.bundle.display(),
+            bundle.base_version.as_deref().unwrap_or("?")
+        )));
+    }
     let input = std::fs::File::open(&opts.input).map_err(|e| Error::io(&opts.input, e))?;
     let output = std::fs::File::create(&opts.output).map_err(|e| Error::io(&opts.output, e))?;
     let mut out = BufWriter::new(output);

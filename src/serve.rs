@@ -14,6 +14,10 @@
 //! its offset finishes only when its prediction or dead letter is acknowledged; commits take
 //! the contiguous finished prefix, periodically and at shutdown.
 //!
+//! Hot reload ([`crate::control`]): the loop decodes each record with the bundle active when
+//! it read it and hands that bundle to the actor with the event, so a swap happens between two
+//! records, costs one pointer exchange, and every prediction carries the version that made it.
+//!
 //! Shutdown (SIGINT/SIGTERM, or the caller's token): stop reading, close the router so every
 //! actor drains its queue, flush the producer, commit synchronously. If the drain deadline
 //! passes first, nothing more is committed and [`run`] returns an error.
@@ -26,6 +30,9 @@ use rdkafka::message::{Message, Timestamp};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServeConfig;
+use crate::control::reader::{ControlOptions, LocalBundle};
+use crate::control::signing::TrustedKeys;
+use crate::control::ActiveBundle;
 use crate::error::{Error, RecordError, RecordErrorKind, Result};
 use crate::event::decode_json;
 use crate::kafka::consumer::{self, InputConsumer};
@@ -48,15 +55,20 @@ pub enum Mode {
     Passthrough,
 }
 
-/// Runs the pipeline until `shutdown` is cancelled, then drains and commits.
+/// Runs the pipeline until `shutdown` is cancelled, then drains and commits. Reading starts
+/// once `bundles` holds a bundle, and follows it as it changes.
 pub async fn run(
     config: &ServeConfig,
-    bundle: Arc<Bundle>,
+    mut bundles: ActiveBundle,
     mode: Mode,
     stats: Arc<PipelineStats>,
     shutdown: CancellationToken,
 ) -> Result<()> {
     let k = &config.kafka;
+    let Some(bundle) = first_bundle(&mut bundles, &shutdown).await else {
+        tracing::info!("stopped before any bundle became active");
+        return Ok(());
+    };
     let tracker = Arc::new(OffsetTracker::default());
     let producer = OutputProducer::new(
         &producer_config(&k.brokers, &k.librdkafka_options),
@@ -75,7 +87,6 @@ pub async fn run(
     stats.health.bundle_active(&bundle.version);
     let router = Router::new(
         ActorContext {
-            bundle: bundle.clone(),
             producer: producer.clone(),
             output_topic: Arc::from(k.output_topic.as_str()),
             stats: stats.clone(),
@@ -109,7 +120,9 @@ pub async fn run(
 
     let reader = Reader {
         config,
-        bundle: &bundle,
+        bundle,
+        bundles,
+        follow: true,
         producer: &producer,
         tracker: &tracker,
         stats: &stats,
@@ -144,10 +157,33 @@ pub async fn run(
     Ok(())
 }
 
+/// Waits until `bundles` holds a bundle; `None` if `shutdown` comes first or no bundle can
+/// ever come.
+async fn first_bundle(
+    bundles: &mut ActiveBundle,
+    shutdown: &CancellationToken,
+) -> Option<Arc<Bundle>> {
+    loop {
+        if let Some(b) = bundles.borrow_and_update().clone() {
+            return Some(b);
+        }
+        tracing::info!("waiting for a bundle to be activated on the control topic");
+        tokio::select! {
+            _ = shutdown.cancelled() => return None,
+            changed = bundles.changed() => changed.ok()?,
+        }
+    }
+}
+
 /// The consumer loop's state.
 struct Reader<'a> {
     config: &'a ServeConfig,
-    bundle: &'a Bundle,
+    /// The active bundle: decodes every record read, and goes with it to its actor.
+    bundle: Arc<Bundle>,
+    /// Where newly activated bundles come from.
+    bundles: ActiveBundle,
+    /// False once `bundles` can no longer change.
+    follow: bool,
     producer: &'a OutputProducer,
     tracker: &'a OffsetTracker,
     stats: &'a PipelineStats,
@@ -169,6 +205,10 @@ impl Reader<'_> {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                changed = self.bundles.changed(), if self.follow => match changed {
+                    Ok(()) => self.swap(),
+                    Err(_) => self.follow = false,
+                },
                 _ = tick.tick() => {
                     self.stats.health.beat();
                     crate::metrics::queues(self.router.actors(), self.router.queued(), self.producer.in_flight());
@@ -183,6 +223,32 @@ impl Reader<'_> {
             }
         }
         self.router
+    }
+
+    /// Makes the newly activated bundle the one every following record is scored with.
+    fn swap(&mut self) {
+        let started = Instant::now();
+        let Some(next) = self.bundles.borrow_and_update().clone() else {
+            return;
+        };
+        if Arc::ptr_eq(&next, &self.bundle) {
+            return;
+        }
+        let previous = std::mem::replace(&mut self.bundle, next);
+        let pause = started.elapsed();
+        let b = &self.bundle;
+        crate::metrics::bundle_activated(&b.version, b.partitions.len(), Some(&previous.version));
+        crate::metrics::bundle_swap_pause(pause.as_secs_f64());
+        self.stats.health.bundle_active(&b.version);
+        tracing::info!(
+            version = %b.version,
+            previous = %previous.version,
+            partitions = b.partitions.len(),
+            pause_us = pause.as_secs_f64() * 1e6,
+            "bundle swapped in: every record read from now on is scored by it"
+        );
+        // Freeing a large bundle takes time; never on the consumer loop.
+        tokio::task::spawn_blocking(move || drop(previous));
     }
 
     async fn handle(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
@@ -236,6 +302,7 @@ impl Reader<'_> {
             Ok(event) => {
                 self.router
                     .route(Job {
+                        bundle: self.bundle.clone(),
                         event,
                         ack,
                         timestamp_ms,
@@ -295,10 +362,10 @@ async fn commit_periodically(
 /// Loads the config and bundle and serves until SIGINT or SIGTERM.
 pub async fn serve(config_path: &std::path::Path) -> Result<()> {
     let config = ServeConfig::load(config_path)?;
-    let bundle =
-        Arc::new(Bundle::read(&config.model.bundle).map_err(|e| {
-            Error::Usage(format!("{}: [model] bundle: {e}", config_path.display()))
-        })?);
+    let local = match &config.model.bundle {
+        None => None,
+        Some(path) => Some(local_bundle(config_path, path)?),
+    };
     let metrics = crate::metrics::install()
         .map_err(|e| Error::Internal(format!("cannot install the metrics recorder: {e}")))?;
     let listener = crate::http::bind(&config.metrics.listen).await?;
@@ -315,9 +382,59 @@ pub async fn serve(config_path: &std::path::Path) -> Result<()> {
         stats.clone(),
         http_stop.clone(),
     ));
-    let result = run(&config, bundle, Mode::Score, stats, shutdown).await;
+    let (bundles, control) = match (&config.kafka.control_topic, local) {
+        (Some(topic), local) => {
+            let options = ControlOptions {
+                brokers: config.kafka.brokers.clone(),
+                topic: topic.clone(),
+                librdkafka_options: config.kafka.librdkafka_options.clone(),
+                trusted: TrustedKeys::load(&config.model.trusted_keys, std::path::Path::new("."))
+                    .map_err(|e| {
+                    Error::Usage(format!(
+                        "{}: [model] trusted_keys: {e}",
+                        config_path.display()
+                    ))
+                })?,
+                keep_versions: config.model.keep_versions,
+                max_bundle_bytes: config.model.max_bundle_bytes,
+            };
+            let stop = shutdown.clone();
+            let (bundles, thread) = crate::control::reader::start(options, local, stop);
+            (bundles, Some(thread))
+        }
+        (None, Some(local)) => (crate::control::fixed(Arc::new(local.bundle)), None),
+        (None, None) => {
+            return Err(Error::Usage(
+                "nothing to serve: set [model] bundle or [kafka] control_topic".into(),
+            ))
+        }
+    };
+    let result = run(&config, bundles, Mode::Score, stats, shutdown.clone()).await;
+    shutdown.cancel();
+    if let Some(thread) = control {
+        let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    }
     http_stop.cancel();
     result
+}
+
+/// Reads `[model] bundle`: a full bundle, with its file's SHA-256.
+fn local_bundle(config_path: &std::path::Path, path: &std::path::Path) -> Result<LocalBundle> {
+    let usage = |e: String| Error::Usage(format!("{}: [model] bundle: {e}", config_path.display()));
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let bundle =
+        Bundle::from_avro(&bytes).map_err(|e| usage(format!("{}: {e}", path.display())))?;
+    if crate::model::delta::is_delta(&bundle) {
+        return Err(usage(format!(
+            "{} is a delta of {}; serve a full bundle, or publish the delta on the control topic",
+            path.display(),
+            bundle.base_version.as_deref().unwrap_or("?")
+        )));
+    }
+    Ok(LocalBundle {
+        sha256: crate::control::assembly::sha256_hex(&bytes),
+        bundle,
+    })
 }
 
 /// Cancels `token` on the first SIGINT or SIGTERM.

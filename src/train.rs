@@ -3,6 +3,10 @@
 //! The history is read and encoded by [`history`], the fits run on every core with rayon
 //! (a progress bar on a terminal), and [`fit`] solves each one. Partitions below `min_rows` get
 //! no model of their own; their rows still train the fallback.
+//!
+//! With a base bundle the run writes a delta ([`crate::model::delta`]): only the partitions
+//! asked for (or found in the history) are refitted, with the base's spec, and the fallback is
+//! the base's.
 
 pub mod fit;
 pub mod history;
@@ -17,6 +21,7 @@ use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::model::bundle::{Bundle, PartitionModel, FALLBACK_ID};
+use crate::model::delta;
 use crate::model::Model;
 use crate::spec::TrainSpec;
 use fit::{fit, Method};
@@ -37,6 +42,10 @@ pub struct TrainOptions {
     pub strict: bool,
     /// Show a progress bar (on a terminal).
     pub progress: bool,
+    /// Write a delta of this bundle instead of a full bundle.
+    pub base: Option<PathBuf>,
+    /// With `base`: the partitions to refit; empty means every partition in the history.
+    pub partitions: Vec<String>,
 }
 
 /// A partition that got no model of its own, and why.
@@ -73,13 +82,43 @@ pub fn default_version() -> String {
 /// Runs a training job.
 pub fn run(opts: &TrainOptions) -> Result<TrainReport> {
     let started = Instant::now();
-    let spec = TrainSpec::load(&opts.spec)?;
+    let requested = TrainSpec::load(&opts.spec)?;
+    let base = opts.base.as_deref().map(Bundle::read).transpose()?;
+    let spec = match &base {
+        None => requested,
+        Some(b) if delta::is_delta(b) => {
+            return Err(Error::Usage(format!(
+                "--base {} is itself a delta of {}; train deltas on a full bundle",
+                b.version,
+                b.base_version.as_deref().unwrap_or("?")
+            )))
+        }
+        Some(b) => delta::training_spec(&requested, b).map_err(Error::Usage)?,
+    };
     let history = history::read(&opts.input, &spec, opts.strict)?;
     let width = history.encoder.width();
     let method = Method::from_spec(history.spec.model, history.spec.alpha);
 
-    let mut ids: Vec<&String> = history.partitions.keys().collect();
+    let mut ids: Vec<&String> = if opts.partitions.is_empty() {
+        history.partitions.keys().collect()
+    } else {
+        let mut ids = Vec::with_capacity(opts.partitions.len());
+        for id in &opts.partitions {
+            match history.partitions.get_key_value(id) {
+                Some((k, _)) => ids.push(k),
+                None => {
+                    return Err(Error::Usage(format!(
+                        "--partitions names {id:?}, which has no rows in {}",
+                        opts.input.display()
+                    )))
+                }
+            }
+        }
+        ids.dedup();
+        ids
+    };
     ids.sort();
+    ids.dedup();
     let (eligible, small): (Vec<&String>, Vec<&String>) = ids
         .into_iter()
         .partition(|id| history.partitions[*id].len() as u64 >= history.spec.min_rows);
@@ -116,17 +155,23 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport> {
         })
         .collect();
 
-    let mut all = PartitionRows::default();
-    for rows in history.partitions.values() {
-        all.x.extend_from_slice(&rows.x);
-        all.y.extend_from_slice(&rows.y);
-    }
-    let fallback = fit_one(FALLBACK_ID, &all).map_err(|e| {
-        Error::Usage(format!(
-            "the fallback model cannot be fitted on {} rows: {e}",
-            all.len()
-        ))
-    })?;
+    let fallback = match &base {
+        // A delta keeps its base's fallback: it was fitted on every store's rows.
+        Some(b) => b.fallback_model().cloned(),
+        None => Some({
+            let mut all = PartitionRows::default();
+            for rows in history.partitions.values() {
+                all.x.extend_from_slice(&rows.x);
+                all.y.extend_from_slice(&rows.y);
+            }
+            fit_one(FALLBACK_ID, &all).map_err(|e| {
+                Error::Usage(format!(
+                    "the fallback model cannot be fitted on {} rows: {e}",
+                    all.len()
+                ))
+            })?
+        }),
+    };
     bar.inc(1);
     bar.finish_and_clear();
 
@@ -135,7 +180,13 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport> {
         .map(|id| Skipped {
             partition: id.clone(),
             rows: history.partitions[id].len(),
-            reason: format!("fewer than min_rows = {}", history.spec.min_rows),
+            reason: match &base {
+                None => format!("fewer than min_rows = {}", history.spec.min_rows),
+                Some(b) => format!(
+                    "fewer than min_rows = {}; keeps its model from {}",
+                    history.spec.min_rows, b.version
+                ),
+            },
         })
         .collect();
     let mut models = Vec::with_capacity(results.len());
@@ -150,13 +201,17 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport> {
         }
     }
 
-    let bundle = Bundle::new(
+    if base.is_some() && models.is_empty() {
+        return Err(Error::Usage(
+            "the delta would replace no partition: every partition asked for was skipped (see min_rows)".into(),
+        ));
+    }
+    let bundle = Bundle::assemble(
         opts.version.clone().unwrap_or_else(default_version),
-        None,
+        base.as_ref().map(|b| b.version.clone()),
         chrono::Utc::now().timestamp_millis(),
         history.spec,
-        history.rows_used,
-        history.rejected.count,
+        (history.rows_used, history.rejected.count),
         fallback,
         models,
     )
@@ -187,12 +242,16 @@ pub fn spread(values: &mut [f64]) -> Option<(f64, f64, f64)> {
 impl fmt::Display for TrainReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = &self.bundle;
-        writeln!(
-            f,
-            "bundle {} written to {}",
-            b.version,
-            self.output.display()
-        )?;
+        match &b.base_version {
+            None => writeln!(f, "bundle {} written to {}", b.version, self.output.display())?,
+            Some(base) => writeln!(
+                f,
+                "delta bundle {} of base {base} written to {}: replaces {} partitions, keeps the rest and the fallback from {base}",
+                b.version,
+                self.output.display(),
+                b.partitions.len()
+            )?,
+        }
         writeln!(
             f,
             "  partitions fitted: {}   skipped: {}   inputs per model: {}   ({:.2}s)",

@@ -113,9 +113,23 @@ fn the_compose_stack_agrees_with_its_configs() {
         arg("--brokers").as_deref(),
         Some(config.kafka.brokers.as_str())
     );
+    // Bundles reach the daemon through the control topic the trainer publishes on.
+    let control = config
+        .kafka
+        .control_topic
+        .as_deref()
+        .expect("a control topic");
     assert!(
-        config.model.bundle.starts_with("/data"),
-        "the bundle comes from the shared volume"
+        command.contains(&format!("--topic {control} --partitions 1")),
+        "the control topic is created with one Kafka partition: {command}"
+    );
+    let trainer = strings(&services["trainer"]["command"]).join(" ");
+    assert!(
+        trainer.contains(&format!(
+            "manymodel publish --bundle /data/bundle.avro --brokers {} --control-topic {control}",
+            config.kafka.brokers
+        )),
+        "the trainer publishes its bundle: {trainer}"
     );
 
     // Ports: the metrics listener, what compose publishes and what Prometheus scrapes.

@@ -198,6 +198,16 @@ impl Bundle {
         self.has_fallback
     }
 
+    /// The fallback model, if the bundle has one.
+    pub fn fallback_model(&self) -> Option<&PartitionModel> {
+        self.has_fallback.then_some(&self.fallback)
+    }
+
+    /// Every model that can score: the fallback (if any), then the partitions' own.
+    pub fn models(&self) -> impl Iterator<Item = &PartitionModel> {
+        self.fallback_model().into_iter().chain(&self.partitions)
+    }
+
     /// The encoder for this bundle's features.
     pub fn encoder(&self) -> &FeatureEncoder {
         &self.encoder

@@ -1,0 +1,88 @@
+//! Why a bundle or a control record was not applied.
+//!
+//! A rejection never stops the daemon: it keeps serving the active version, logs the reason
+//! with the version and the control record's position, and counts it in
+//! `manymodel_bundle_rejections_total{reason}`.
+
+use std::fmt;
+
+/// The reason label of a rejection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// The control record is neither a chunk nor a control message.
+    Garbage,
+    /// Chunks are missing, repeated past the count, or out of range.
+    Incomplete,
+    /// The bundle is larger than `[model] max_bundle_bytes`.
+    Oversize,
+    /// The chunks do not add up to the manifest's size and SHA-256.
+    Checksum,
+    /// Trusted keys are configured and the bundle carries no signature.
+    Unsigned,
+    /// The signature does not verify under any trusted key.
+    Signature,
+    /// The bytes are not a bundle of `schemas/bundle.avsc`.
+    Schema,
+    /// The spec or the models are inconsistent (coefficient counts, duplicates, an unusable
+    /// spec, a spec the input format cannot feed).
+    Spec,
+    /// A coefficient is NaN or infinite.
+    NotFinite,
+    /// Scoring a trial event failed or gave a non-finite prediction.
+    TrialScoring,
+    /// A delta whose base is not the version it must apply to.
+    BaseMismatch,
+    /// A version that is already known, with different content.
+    DuplicateVersion,
+    /// `activate` names a version the daemon does not hold.
+    UnknownVersion,
+    /// `rollback` with nothing to go back to.
+    NoPrevious,
+}
+
+impl Reason {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Garbage => "garbage",
+            Reason::Incomplete => "incomplete",
+            Reason::Oversize => "oversize",
+            Reason::Checksum => "checksum",
+            Reason::Unsigned => "unsigned",
+            Reason::Signature => "signature",
+            Reason::Schema => "schema",
+            Reason::Spec => "spec",
+            Reason::NotFinite => "not_finite",
+            Reason::TrialScoring => "trial_scoring",
+            Reason::BaseMismatch => "base_mismatch",
+            Reason::DuplicateVersion => "duplicate_version",
+            Reason::UnknownVersion => "unknown_version",
+            Reason::NoPrevious => "no_previous",
+        }
+    }
+}
+
+/// A rejected bundle or command, with what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// The label.
+    pub reason: Reason,
+    /// The sentence for the log.
+    pub detail: String,
+}
+
+impl Rejection {
+    /// A rejection for `reason`.
+    pub fn new(reason: Reason, detail: impl Into<String>) -> Self {
+        Rejection {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.detail, self.reason.as_str())
+    }
+}

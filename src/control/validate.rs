@@ -1,0 +1,107 @@
+//! Everything a bundle from the control topic must pass before it may score: its signature
+//! (when keys are trusted), the Avro schema, the spec and the models, and a trial scoring.
+//! Chunk completeness and the checksum are checked earlier, by [`super::assembly`].
+
+use serde_json::{Map, Value};
+
+use super::assembly::Assembled;
+use super::message::Manifest;
+use super::rejection::{Reason, Rejection};
+use super::signing::TrustedKeys;
+use crate::event::decode_json;
+use crate::model::bundle::Bundle;
+use crate::spec::FeatureKind;
+
+/// Decodes and checks an assembled bundle file.
+pub fn validate(
+    file: &Assembled,
+    manifest: &Manifest,
+    trusted: &TrustedKeys,
+) -> Result<Bundle, Rejection> {
+    if trusted.required() {
+        let Some(signature) = manifest.signature.as_deref() else {
+            return Err(Rejection::new(
+                Reason::Unsigned,
+                "the bundle is not signed and [model] trusted_keys requires a signature (publish with --signing-key)",
+            ));
+        };
+        trusted
+            .verify(&file.digest, signature)
+            .map_err(|e| Rejection::new(Reason::Signature, e))?;
+    }
+    let bundle = Bundle::from_avro(&file.bytes).map_err(classify)?;
+    if bundle.version != manifest.version || bundle.base_version != manifest.base_version {
+        return Err(Rejection::new(
+            Reason::Spec,
+            format!(
+                "the manifest announces version {} (base {:?}), the bundle holds {} (base {:?})",
+                manifest.version, manifest.base_version, bundle.version, bundle.base_version
+            ),
+        ));
+    }
+    trial(&bundle)?;
+    Ok(bundle)
+}
+
+/// Sorts a bundle decoding error into its reason.
+fn classify(message: String) -> Rejection {
+    let reason = if message.contains("non-finite") {
+        Reason::NotFinite
+    } else if message.starts_with("not an Avro")
+        || message.starts_with("corrupt Avro")
+        || message.starts_with("holds ")
+        || message.starts_with("does not match schemas/bundle.avsc")
+    {
+        Reason::Schema
+    } else {
+        Reason::Spec
+    };
+    Rejection::new(reason, message)
+}
+
+/// Scores a synthetic event, built from the bundle's own spec, through the serving decoder
+/// with every model the bundle holds: all must give a finite prediction.
+pub fn trial(bundle: &Bundle) -> Result<(), Rejection> {
+    let spec = &bundle.spec;
+    let mut event = Map::new();
+    let id = bundle
+        .partitions
+        .first()
+        .map(|m| m.partition.clone())
+        .unwrap_or_else(|| "trial".into());
+    event.insert(spec.partition_column.clone(), Value::String(id));
+    for f in &spec.features {
+        let value = match f.kind {
+            FeatureKind::Numeric => Value::from(1.0),
+            FeatureKind::Bool => Value::Bool(true),
+            FeatureKind::OneHot => Value::String(
+                f.categories
+                    .as_ref()
+                    .and_then(|c| c.first())
+                    .cloned()
+                    .unwrap_or_default(),
+            ),
+            FeatureKind::HourOfDay | FeatureKind::DayOfWeek | FeatureKind::Month => {
+                Value::String("2026-01-05T12:00:00Z".into())
+            }
+        };
+        event.insert(f.column.clone(), value);
+    }
+    let bytes = serde_json::to_vec(&Value::Object(event))
+        .map_err(|e| Rejection::new(Reason::TrialScoring, e.to_string()))?;
+    let decoded = decode_json(&bytes, &spec.partition_column, bundle.encoder())
+        .map_err(|e| Rejection::new(Reason::TrialScoring, format!("the trial event: {e}")))?;
+    for m in bundle.models() {
+        let p = m.model.predict(&decoded.inputs);
+        if !p.is_finite() {
+            return Err(Rejection::new(
+                Reason::TrialScoring,
+                format!(
+                    "partition {:?} predicts {p} for the trial event",
+                    m.partition
+                ),
+            ));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,664 @@
+//! Hot reload against a real broker (tansu): bundles published on the control topic while
+//! events stream are validated and swapped in with no event lost or scored twice; bad bundles
+//! are rejected with their reasons; deltas, rollbacks, restarts and late instances converge.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::{http_get, metric_sum, run, run_ok, Broker, Daemon};
+use manymodel::control::message::{chunk_headers, ControlMessage, Manifest};
+use manymodel::local;
+use manymodel::model::bundle::Bundle;
+use manymodel::model::Model;
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use serde_json::Value;
+
+/// A serve config that takes its bundles from the control topic `control`.
+fn control_config(
+    dir: &Path,
+    name: &str,
+    brokers: &str,
+    output: &str,
+    bundle: Option<&Path>,
+    trusted: Option<&Path>,
+) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    let bundle = bundle
+        .map(|b| format!("bundle = \"{}\"\n", b.display()))
+        .unwrap_or_default();
+    let trusted = trusted
+        .map(|k| format!("trusted_keys = [\"{}\"]\n", k.display()))
+        .unwrap_or_default();
+    std::fs::write(
+        &path,
+        format!(
+            r#"[kafka]
+brokers = "{brokers}"
+group_id = "{name}"
+input_topic = "in"
+output_topic = "{output}"
+dlq_topic = "dlq"
+control_topic = "control"
+commit_interval_ms = 200
+[model]
+{bundle}{trusted}[metrics]
+listen = "127.0.0.1:0"
+"#
+        ),
+    )
+    .expect("config written");
+    path
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Generates stores and events, and the history split so bundles can differ.
+fn generate(dir: &Path, stores: usize, events: usize) {
+    run_ok(&[
+        "generate",
+        "--stores",
+        &stores.to_string(),
+        "--days",
+        "21",
+        "--events",
+        &events.to_string(),
+        "--out",
+        s(dir),
+    ]);
+}
+
+/// Trains `version` on the first `rows` history rows (so each version fits other numbers).
+fn train(dir: &Path, rows: usize, version: &str, base: Option<(&Path, &str)>) -> PathBuf {
+    let history = std::fs::read_to_string(dir.join("history.csv")).expect("history");
+    let subset: Vec<&str> = history.lines().take(rows + 1).collect();
+    let input = dir.join(format!("history-{version}.csv"));
+    std::fs::write(&input, subset.join("\n") + "\n").expect("subset written");
+    let output = dir.join(format!("{version}.avro"));
+    let spec = dir.join("train.toml");
+    let mut args = vec![
+        "train",
+        "--spec",
+        s(&spec),
+        "--input",
+        s(&input),
+        "--output",
+        s(&output),
+        "--version",
+        version,
+    ];
+    if let Some((b, partitions)) = base {
+        args.extend(["--base", s(b), "--partitions", partitions]);
+    }
+    run_ok(&args);
+    output
+}
+
+fn publish(brokers: &str, bundle: &Path, key: Option<&Path>) -> String {
+    let mut args = vec![
+        "publish",
+        "--bundle",
+        s(bundle),
+        "--brokers",
+        brokers,
+        "--control-topic",
+        "control",
+    ];
+    if let Some(k) = key {
+        args.extend(["--signing-key", s(k)]);
+    }
+    run_ok(&args)
+}
+
+/// Publishes a bundle the way a broken publisher would: `damage` gets the chunks and may
+/// change them; the manifest describes the undamaged file.
+fn publish_damaged(brokers: &str, bundle: &Path, damage: impl FnOnce(&mut Vec<Vec<u8>>)) {
+    let bytes = std::fs::read(bundle).expect("bundle");
+    let version = Bundle::from_avro(&bytes).expect("valid bundle").version;
+    let mut chunks: Vec<Vec<u8>> = bytes.chunks(4096).map(<[u8]>::to_vec).collect();
+    let manifest = Manifest {
+        publish_id: format!("damaged-{version}"),
+        version: version.clone(),
+        base_version: None,
+        size: bytes.len() as u64,
+        chunks: chunks.len() as u32,
+        sha256: manymodel::control::assembly::sha256_hex(&bytes),
+        signature: None,
+        signer: None,
+        activate: true,
+        published_at_ms: 0,
+    };
+    damage(&mut chunks);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
+    for (i, c) in chunks.iter().enumerate() {
+        producer
+            .send(
+                BaseRecord::<[u8], [u8]>::to("control")
+                    .partition(0)
+                    .key(version.as_bytes())
+                    .payload(c)
+                    .headers(chunk_headers(&manifest.publish_id, i as u32)),
+            )
+            .expect("chunk queued");
+    }
+    let text = serde_json::to_vec(&ControlMessage::Manifest(manifest)).expect("json");
+    producer
+        .send(
+            BaseRecord::<[u8], [u8]>::to("control")
+                .partition(0)
+                .payload(&text),
+        )
+        .expect("manifest queued");
+    producer.flush(Duration::from_secs(30)).expect("flushed");
+}
+
+fn send_raw(brokers: &str, payload: &[u8]) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("producer");
+    producer
+        .send(
+            BaseRecord::<[u8], [u8]>::to("control")
+                .partition(0)
+                .payload(payload),
+        )
+        .expect("queued");
+    producer.flush(Duration::from_secs(30)).expect("flushed");
+}
+
+/// Waits until the daemon's /readyz names `version` as the active bundle.
+fn wait_active(daemon: &Daemon, version: &str) {
+    let addr = daemon.metrics_addr();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = http_get(&addr, "/readyz");
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if code == 200 && v["bundle_version"] == version {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{version} never became active: /readyz {code} {body}\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Offline predictions of every event by `bundle`: event_id → prediction.
+fn offline(dir: &Path, bundle: &Path) -> HashMap<String, f64> {
+    let out = bundle.with_extension("predictions.jsonl");
+    run_ok(&[
+        "predict",
+        "--bundle",
+        s(bundle),
+        "--input",
+        s(&dir.join("events.jsonl")),
+        "--output",
+        s(&out),
+    ]);
+    std::fs::read_to_string(&out)
+        .expect("predictions")
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("json");
+            (
+                v["event_id"].as_str().expect("event_id").to_owned(),
+                v["prediction"].as_f64().expect("prediction"),
+            )
+        })
+        .collect()
+}
+
+fn events(dir: &Path) -> Vec<Vec<u8>> {
+    std::fs::read_to_string(dir.join("events.jsonl"))
+        .expect("events")
+        .lines()
+        .map(|l| l.as_bytes().to_vec())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bundles_swap_in_while_events_stream_and_bad_ones_are_rejected() {
+    let broker = Broker::start();
+    let brokers = broker.brokers();
+    broker.create_topic("in", 3);
+    broker.create_topic("out", 3);
+    broker.create_topic("dlq", 1);
+    broker.create_topic("control", 1);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    let total = 100_000;
+    generate(d, 40, total);
+    let key = d.join("release.key");
+    let rogue = d.join("rogue.key");
+    run_ok(&["keygen", "--out", s(&key)]);
+    run_ok(&["keygen", "--out", s(&rogue)]);
+
+    // Ten bundles, told apart by the history rows they were fitted on.
+    let v01 = train(d, 8_000, "v01", None);
+    let v02 = train(d, 9_000, "v02", None);
+    let v03 = train(d, 10_000, "v03", Some((&v02, "S001,S002,S003")));
+    let v04 = train(d, 11_000, "v04-corrupt", None);
+    let v05 = train(d, 12_000, "v05-truncated", None);
+    let v06 = train(d, 13_000, "v06-rogue", None);
+    let v07 = train(d, 14_000, "v07", None);
+    let v08 = train(d, 15_000, "v08", None);
+    let v09 = train(d, 16_000, "v09", Some((&v08, "S004,S005")));
+    let v10 = train(d, 17_000, "v10", None);
+
+    publish(&brokers, &v01, Some(&key));
+    let config = control_config(
+        d,
+        "reload",
+        &brokers,
+        "out",
+        None,
+        Some(&key.with_extension("key.pub")),
+    );
+    let daemon = Daemon::start(&config);
+    daemon.wait_assigned();
+    wait_active(&daemon, "v01");
+
+    let payloads = std::sync::Arc::new(events(d));
+    let producing = {
+        let (brokers, payloads) = (brokers.clone(), payloads.clone());
+        tokio::spawn(
+            async move { local::produce_events(&brokers, "in", payloads, Some(6_000)).await },
+        )
+    };
+    // The activation order a store's predictions must follow.
+    let mut epochs = vec!["v01"];
+    let pace = || std::thread::sleep(Duration::from_millis(700));
+    let b = brokers.clone();
+    let files = [&v02, &v03, &v04, &v05, &v06, &v07, &v08, &v09, &v10].map(|p| p.clone());
+    let (key_, rogue_) = (key.clone(), rogue.clone());
+    let publishing = tokio::task::spawn_blocking(move || {
+        let [v02, v03, v04, v05, v06, v07, v08, v09, v10] = files;
+        let (key, rogue) = (key_, rogue_);
+        pace();
+        publish(&b, &v02, Some(&key));
+        pace();
+        publish(&b, &v03, Some(&key));
+        pace();
+        publish_damaged(&b, &v04, |c| c[1][10] ^= 0xff);
+        pace();
+        publish_damaged(&b, &v05, |c| {
+            c.remove(2);
+        });
+        pace();
+        publish(&b, &v06, Some(&rogue));
+        pace();
+        send_raw(&b, b"\x00\x01 not a control record");
+        publish(&b, &v07, Some(&key));
+        pace();
+        run_ok(&[
+            "control",
+            "rollback",
+            "--brokers",
+            &b,
+            "--control-topic",
+            "control",
+        ]);
+        pace();
+        publish(&b, &v08, Some(&key));
+        pace();
+        publish(&b, &v09, Some(&key));
+        pace();
+        publish(&b, &v10, Some(&key));
+    });
+    epochs.extend(["v02", "v03", "v07", "v03", "v08", "v09", "v10"]);
+    publishing.await.expect("publisher thread");
+    producing
+        .await
+        .expect("producer task")
+        .expect("events produced");
+
+    let records = local::read(&brokers, "out", total, Duration::from_secs(120))
+        .await
+        .expect("predictions read");
+    wait_active(&daemon, "v10");
+
+    // Expected predictions per version; deltas are compared with their materialised bundle.
+    let mut expected: HashMap<String, HashMap<String, f64>> = HashMap::new();
+    for (version, path) in [
+        ("v01", v01.clone()),
+        ("v02", v02.clone()),
+        ("v07", v07.clone()),
+        ("v08", v08.clone()),
+        ("v10", v10.clone()),
+    ] {
+        expected.insert(version.into(), offline(d, &path));
+    }
+    for (version, base, delta) in [("v03", &v02, &v03), ("v09", &v08, &v09)] {
+        let full = manymodel::model::delta::apply(
+            &Bundle::read(base).expect("base"),
+            &Bundle::read(delta).expect("delta"),
+        )
+        .expect("delta applies");
+        let path = d.join(format!("{version}-full.avro"));
+        full.write(&path).expect("written");
+        expected.insert(version.into(), offline(d, &path));
+    }
+
+    let mut seen = HashSet::new();
+    let mut position: HashMap<String, usize> = HashMap::new();
+    let mut by_version: HashMap<String, usize> = HashMap::new();
+    for r in &records {
+        let v: Value = serde_json::from_slice(&r.value).expect("prediction JSON");
+        let id = v["event_id"].as_str().expect("event_id").to_owned();
+        let version = v["model_version"].as_str().expect("version").to_owned();
+        let store = v["store_id"].as_str().expect("store").to_owned();
+        assert_eq!(r.headers.get("model-version"), Some(&version));
+        let want = expected
+            .get(&version)
+            .unwrap_or_else(|| panic!("{id} stamped {version}, which was never activated"))[&id];
+        let got = v["prediction"].as_f64().expect("prediction");
+        assert!(
+            (got - want).abs() <= 1e-9 * want.abs().max(1.0),
+            "{id} stamped {version}: {got}, but {version} predicts {want}"
+        );
+        // Per store, versions follow the activations: forward, and back only at the rollback.
+        let at = position.entry(store.clone()).or_insert(0);
+        match epochs[*at..].iter().position(|e| *e == version) {
+            Some(step) => *at += step,
+            None => panic!(
+                "store {store}: {version} after {}, against the activation order {epochs:?}",
+                epochs[*at]
+            ),
+        }
+        assert!(seen.insert(id.clone()), "{id} has two predictions");
+        *by_version.entry(version).or_default() += 1;
+    }
+    assert_eq!(seen.len(), total, "every event has exactly one prediction");
+    eprintln!("predictions by version: {by_version:?}");
+
+    let metrics = http_get(&daemon.metrics_addr(), "/metrics").1;
+    for reason in ["checksum", "incomplete", "signature", "garbage"] {
+        assert_eq!(
+            metric_sum(
+                &metrics,
+                &format!("manymodel_bundle_rejections_total{{reason=\"{reason}\"}}")
+            ),
+            1.0,
+            "one rejection for {reason}:\n{metrics}"
+        );
+    }
+    let log = daemon.log_text();
+    for version in ["v04-corrupt", "v05-truncated", "v06-rogue"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("control record rejected") && l.contains(version)),
+            "{version} rejected in the log:\n{log}"
+        );
+        assert!(!by_version.contains_key(version));
+    }
+    assert!(daemon.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_without_a_local_bundle_comes_up_on_the_control_topics_version() {
+    let broker = Broker::start();
+    let brokers = broker.brokers();
+    for (t, n) in [
+        ("in", 2),
+        ("out", 2),
+        ("out-late", 2),
+        ("dlq", 1),
+        ("control", 1),
+    ] {
+        broker.create_topic(t, n);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    generate(d, 10, 200);
+    let v1 = train(d, 3_000, "v1", None);
+    let v2 = train(d, 4_000, "v2", None);
+
+    // Nothing published yet: up, but not ready.
+    let config = control_config(d, "first", &brokers, "out", None, None);
+    let daemon = Daemon::start(&config);
+    let addr = daemon.metrics_addr();
+    let (code, body) = http_get(&addr, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("no bundle is active"), "{body}");
+
+    publish(&brokers, &v1, None);
+    wait_active(&daemon, "v1");
+    assert!(daemon.terminate().success());
+
+    // Restarted with no local bundle: the control topic's version.
+    let daemon = Daemon::start(&config);
+    wait_active(&daemon, "v1");
+    daemon.wait_assigned();
+    let payloads = events(d);
+    local::produce_events(&brokers, "in", std::sync::Arc::new(payloads), None)
+        .await
+        .expect("events produced");
+    let records = local::read(&brokers, "out", 200, Duration::from_secs(60))
+        .await
+        .expect("predictions");
+    assert_eq!(records.len(), 200);
+    assert!(records
+        .iter()
+        .all(|r| r.headers.get("model-version").map(String::as_str) == Some("v1")));
+
+    // v2, then a rollback to v1; an instance started later converges on v1 as well.
+    publish(&brokers, &v2, None);
+    wait_active(&daemon, "v2");
+    run_ok(&[
+        "control",
+        "rollback",
+        "--brokers",
+        &brokers,
+        "--control-topic",
+        "control",
+    ]);
+    wait_active(&daemon, "v1");
+    run_ok(&[
+        "control",
+        "activate",
+        "--version",
+        "v2",
+        "--brokers",
+        &brokers,
+        "--control-topic",
+        "control",
+    ]);
+    wait_active(&daemon, "v2");
+    let late_config = control_config(d, "late", &brokers, "out-late", Some(&v1), None);
+    let late = Daemon::start(&late_config);
+    wait_active(&late, "v2");
+
+    // Commands the daemons cannot honour are rejected, and they keep serving.
+    run_ok(&[
+        "control",
+        "activate",
+        "--version",
+        "v9",
+        "--brokers",
+        &brokers,
+        "--control-topic",
+        "control",
+    ]);
+    std::thread::sleep(Duration::from_secs(1));
+    wait_active(&daemon, "v2");
+    let metrics = http_get(&late.metrics_addr(), "/metrics").1;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "manymodel_bundle_rejections_total{reason=\"unknown_version\"}"
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert!(late.terminate().success());
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn a_delta_keeps_the_base_models_it_does_not_replace_and_is_refused_as_a_local_bundle() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    generate(d, 8, 10);
+    let base = train(d, 3_000, "base", None);
+    let delta = train(d, 2_000, "delta", Some((&base, "S002")));
+    let b = Bundle::read(&base).expect("base");
+    let dl = Bundle::read(&delta).expect("delta");
+    assert_eq!(dl.base_version.as_deref(), Some("base"));
+    assert_eq!(dl.partitions.len(), 1);
+    let full = manymodel::model::delta::apply(&b, &dl).expect("applies");
+    assert_eq!(full.partitions.len(), b.partitions.len());
+    for m in &full.partitions {
+        let from = if m.partition == "S002" { &dl } else { &b };
+        assert_eq!(Some(m), from.partition(&m.partition));
+    }
+    assert!(manymodel::model::delta::apply(&dl, &dl).is_err());
+
+    // Scoring a delta alone would silently use the fallback for every other store: refused.
+    let o = run(&[
+        "predict",
+        "--bundle",
+        s(&delta),
+        "--input",
+        s(&d.join("events.jsonl")),
+        "--output",
+        s(&d.join("p.jsonl")),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is a delta of base"));
+
+    // Asking for a store the history lacks, or a delta of a delta, is a usage error.
+    let spec = d.join("train.toml");
+    let history = d.join("history.csv");
+    let out = d.join("x.avro");
+    for args in [
+        vec!["--base", s(&base), "--partitions", "NOPE"],
+        vec!["--base", s(&delta)],
+    ] {
+        let mut all = vec![
+            "train",
+            "--spec",
+            s(&spec),
+            "--input",
+            s(&history),
+            "--output",
+            s(&out),
+        ];
+        all.extend(args);
+        let o = run(&all);
+        assert_eq!(
+            o.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bundle_of_100000_partitions_publishes_and_swaps_in() {
+    let broker = Broker::start();
+    let brokers = broker.brokers();
+    for (t, n) in [("in", 2), ("out", 2), ("dlq", 1), ("control", 1)] {
+        broker.create_topic(t, n);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    generate(d, 5, 100);
+    let small = train(d, 3_000, "small", None);
+
+    // 100,000 stores, each with its own intercept, built from the small bundle's spec.
+    let base = Bundle::read(&small).expect("small bundle");
+    let stores = 100_000;
+    let partitions: Vec<_> = (0..stores)
+        .map(|i| {
+            let mut m = base.partitions[i % base.partitions.len()].clone();
+            m.partition = format!("Z{i:06}");
+            if let Model::Linear(l) = &mut m.model {
+                l.intercept += i as f64;
+                // Distinct coefficients, so the file is as large as a real one (no free
+                // compression).
+                for (j, c) in l.coefficients.iter_mut().enumerate() {
+                    *c += ((i * 7919 + j * 104_729) % 10_007) as f64 * 1e-4;
+                }
+            }
+            m
+        })
+        .collect();
+    let big = Bundle::new(
+        "big".into(),
+        None,
+        base.created_at_ms + 1,
+        base.spec.clone(),
+        base.rows_used,
+        0,
+        base.fallback.clone(),
+        partitions,
+    )
+    .expect("big bundle");
+    let big_path = d.join("big.avro");
+    big.write(&big_path).expect("written");
+    let size = std::fs::metadata(&big_path).expect("size").len();
+
+    let config = control_config(d, "big", &brokers, "out", Some(&small), None);
+    let daemon = Daemon::start(&config);
+    daemon.wait_assigned();
+    let started = Instant::now();
+    let said = publish(&brokers, &big_path, None);
+    let publish_s = started.elapsed().as_secs_f64();
+    wait_active(&daemon, "big");
+    let active_s = started.elapsed().as_secs_f64();
+
+    // Events of three of the new stores are scored by their own models under "big".
+    let events: Vec<Vec<u8>> = events(d)
+        .iter()
+        .take(30)
+        .enumerate()
+        .map(|(i, e)| {
+            let mut v: Value = serde_json::from_slice(e).expect("event");
+            v["store_id"] = Value::from(format!("Z{:06}", [7, 50_000, 99_999][i % 3]));
+            serde_json::to_vec(&v).expect("json")
+        })
+        .collect();
+    local::produce_events(&brokers, "in", std::sync::Arc::new(events), None)
+        .await
+        .expect("produced");
+    let records = local::read(&brokers, "out", 30, Duration::from_secs(60))
+        .await
+        .expect("predictions");
+    assert_eq!(records.len(), 30);
+    for r in &records {
+        let v: Value = serde_json::from_slice(&r.value).expect("json");
+        assert_eq!(v["model_version"], "big");
+        assert_eq!(v["model"], "partition");
+    }
+    let metrics = http_get(&daemon.metrics_addr(), "/metrics").1;
+    assert_eq!(
+        metric_sum(&metrics, "manymodel_bundle_partitions"),
+        stores as f64
+    );
+    let pause = metric_sum(&metrics, "manymodel_bundle_swap_pause_seconds");
+    let load_ms = daemon
+        .log_text()
+        .lines()
+        .find(|l| l.contains("bundle validated") && l.contains("version=big"))
+        .and_then(|l| l.split("load_ms=").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .map(str::to_owned)
+        .unwrap_or_default();
+    eprintln!(
+        "100,000-partition bundle: {size} bytes; {said}publish {publish_s:.2}s; active after {active_s:.2}s; assembled and validated in {load_ms} ms; swap pause {:.1} µs",
+        pause * 1e6
+    );
+    assert!(daemon.terminate().success());
+}
