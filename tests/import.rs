@@ -450,3 +450,121 @@ async fn an_imported_bundle_is_served_over_kafka_as_predict_scores_it() {
     }
     assert!(daemon.terminate().success());
 }
+
+/// Waits until the daemon's /readyz names `version` as the active bundle.
+fn wait_active(daemon: &Daemon, version: &str) {
+    let addr = daemon.metrics_addr();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = common::http_get(&addr, "/readyz");
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if code == 200 && v["bundle_version"] == version {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{version} never became active: /readyz {code} {body}\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_imported_trees_only_bundle_hot_reloads_scores_missing_values_and_dead_letters_unknown_stores(
+) {
+    let broker = Broker::start();
+    let brokers = broker.brokers();
+    for (t, n) in [("in", 2), ("out", 2), ("dlq", 1), ("control", 1)] {
+        broker.create_topic(t, n);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mixed = d.join("mixed.avro");
+    import(&write_manifest(d, MIXED), &mixed);
+    let trees_dir = d.join("trees");
+    let manifest = write_manifest(&trees_dir, "[partitions]\nT1 = \"models/T1.json\"\n");
+    let trees = trees_dir.join("trees.avro");
+    run_ok(&[
+        "import",
+        "--manifest",
+        manifest.to_str().unwrap(),
+        "--output",
+        trees.to_str().unwrap(),
+        "--version",
+        "imp-2",
+    ]);
+
+    let config = d.join("reload.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"[kafka]
+brokers = "{brokers}"
+group_id = "reload"
+input_topic = "in"
+output_topic = "out"
+dlq_topic = "dlq"
+control_topic = "control"
+commit_interval_ms = 200
+[model]
+bundle = "{}"
+[metrics]
+listen = "127.0.0.1:0"
+"#,
+            mixed.display()
+        ),
+    )
+    .unwrap();
+    let daemon = Daemon::start(&config);
+    wait_active(&daemon, "imp-1");
+    run_ok(&[
+        "publish",
+        "--bundle",
+        trees.to_str().unwrap(),
+        "--brokers",
+        &brokers,
+        "--control-topic",
+        "control",
+    ]);
+    wait_active(&daemon, "imp-2");
+    daemon.wait_assigned();
+
+    let events = vec![
+        event("cheap", "T1", json!(4.0), "sunny", false),
+        event("missing", "T1", Value::Null, "sunny", true),
+        event("unknown", "Z9", json!(4.0), "sunny", false),
+    ];
+    local::produce_events(
+        &brokers,
+        "in",
+        std::sync::Arc::new(events.iter().map(|e| e.clone().into_bytes()).collect()),
+        None,
+    )
+    .await
+    .expect("events produced");
+    let out = local::read(&brokers, "out", 2, Duration::from_secs(60))
+        .await
+        .expect("predictions readable");
+    let by_id: HashMap<String, Value> = out
+        .iter()
+        .map(|r| {
+            let p: Value = serde_json::from_slice(&r.value).unwrap();
+            (p["event_id"].as_str().unwrap().to_owned(), p)
+        })
+        .collect();
+    assert_eq!(by_id.len(), 2, "{}", daemon.log_text());
+    assert_eq!(by_id["cheap"]["prediction"], json!(11.0));
+    assert_eq!(by_id["missing"]["prediction"], json!(13.0));
+    assert!(by_id.values().all(|p| p["model_version"] == "imp-2"));
+    let dead = local::read(&brokers, "dlq", 1, Duration::from_secs(60))
+        .await
+        .expect("dead letters readable");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(
+        dead[0].headers.get("error-kind").map(String::as_str),
+        Some("unknown_partition")
+    );
+    assert!(dead[0].headers["error-message"].contains("no fallback"));
+    assert!(daemon.terminate().success());
+}
