@@ -36,11 +36,13 @@ pub fn summary(b: &Bundle) -> String {
         s.push('\n');
     }
     let _ = writeln!(s, "model inputs:     {}", b.encoder().width());
-    let _ = writeln!(
-        s,
-        "training rows:    {} used, {} rejected",
-        b.rows_used, b.rows_rejected
-    );
+    if b.spec.model != crate::spec::ModelKind::Imported {
+        let _ = writeln!(
+            s,
+            "training rows:    {} used, {} rejected",
+            b.rows_used, b.rows_rejected
+        );
+    }
     let _ = write!(s, "partitions:       {}", b.partitions.len());
     let linear = b
         .partitions
