@@ -36,7 +36,8 @@ fn python_with_xgboost() -> String {
                 "install",
                 "--quiet",
                 "--disable-pip-version-check",
-                "xgboost",
+                // The CPU-only wheel: no CUDA libraries to download.
+                "xgboost-cpu",
                 "numpy",
             ])
             .status()
