@@ -378,6 +378,25 @@ mod tests {
     }
 
     #[test]
+    fn models_without_feature_names_use_xgboosts_f_indices() {
+        let mut doc = model("reg:squarederror", 0);
+        doc["learner"]
+            .as_object_mut()
+            .unwrap()
+            .remove("feature_names");
+        let table: BTreeMap<String, String> = [
+            ("f0".to_string(), "price".to_string()),
+            ("f1".to_string(), "d=3".to_string()),
+        ]
+        .into();
+        let inputs: Vec<String> = ["price", "d=3"].map(String::from).to_vec();
+        let names = FeatureNames::new(&table, &inputs).unwrap();
+        let m = read(doc, &names, true).unwrap();
+        assert_eq!(m.ignored, vec!["f2".to_string()]);
+        assert!((m.trees.predict(&[9.0, 1.0]) - (2.0 + f64::from(0.3f32))).abs() < 1e-12);
+    }
+
+    #[test]
     fn unsupported_models_are_refused_with_the_reason() {
         let table = BTreeMap::new();
         let inputs: Vec<String> = ["WEEKDAY_3", "price"].map(String::from).to_vec();
