@@ -530,7 +530,7 @@ listen = "127.0.0.1:0"
     wait_active(&daemon, "imp-2");
     daemon.wait_assigned();
 
-    let events = vec![
+    let events = [
         event("cheap", "T1", json!(4.0), "sunny", false),
         event("missing", "T1", Value::Null, "sunny", true),
         event("unknown", "Z9", json!(4.0), "sunny", false),
