@@ -1,6 +1,7 @@
 //! Cross-check against XGBoost itself: per-store regressors trained in Python (one-hot weekday
 //! and hour features, min 100 rows per store, a fallback on all rows, some stores saved as
-//! JSON and some as UBJSON, some with early stopping), imported with `manymodel import` and
+//! JSON and some as UBJSON, some with early stopping, some DART), imported with
+//! `manymodel import` and
 //! scored with `manymodel predict`, must equal XGBoost's own `predict` within 1e-5 (relative)
 //! on held-out events with missing values, for each supported objective.
 

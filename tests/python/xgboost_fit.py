@@ -82,8 +82,10 @@ def main():
         base = os.path.join(out_dir, name)
         os.makedirs(os.path.join(base, "models"), exist_ok=True)
 
-        def fit(x, y, early_stopping):
+        def fit(x, y, early_stopping, dart=False):
             params = dict(n_estimators=40, max_depth=4, learning_rate=0.2, objective=objective)
+            if dart:
+                params.update(booster="dart", rate_drop=0.2, seed=1)
             x, y = np.array(x), np.array(y)
             if early_stopping:
                 m = xgb.XGBRegressor(early_stopping_rounds=3, **params)
@@ -100,7 +102,12 @@ def main():
             x, y = by_store[store]
             if len(y) < MIN_ROWS:
                 continue
-            m = fit(x, y, early_stopping=(objective == "reg:squarederror" and k % 2 == 0))
+            m = fit(
+                x,
+                y,
+                early_stopping=(objective == "reg:squarederror" and k % 2 == 0),
+                dart=(objective == "reg:tweedie" and k % 3 == 0),
+            )
             # Half the stores in XGBoost's binary format, to cover both readers.
             ext = "ubj" if k % 2 == 1 else "json"
             m.save_model(os.path.join(base, "models", f"{store}.{ext}"))
