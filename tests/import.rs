@@ -568,3 +568,16 @@ listen = "127.0.0.1:0"
     assert!(dead[0].headers["error-message"].contains("no fallback"));
     assert!(daemon.terminate().success());
 }
+
+#[test]
+fn bench_trees_prints_predictions_per_second_for_the_asked_ensemble() {
+    let out = run_ok(&["bench", "--trees", "10", "--depth", "3"]);
+    assert!(out.contains("10 trees of depth 3 (150 nodes"), "{out}");
+    let rate: f64 = out
+        .split(" predictions/s")
+        .next()
+        .and_then(|s| s.split_whitespace().last())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no rate in {out}"));
+    assert!(rate > 0.0);
+}

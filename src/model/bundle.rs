@@ -275,6 +275,8 @@ impl Bundle {
         // the writer schema with our definitions of the named types.)
         let reader = Reader::new(bytes)
             .map_err(|e| format!("not an Avro object container with a bundle schema: {e}"))?;
+        // Files written by this version need no resolution (it copies the whole datum).
+        let same_schema = reader.writer_schema() == reader_schema;
         let mut datum = None;
         for value in reader {
             let value = value.map_err(|e| format!("corrupt Avro data: {e}"))?;
@@ -282,10 +284,12 @@ impl Bundle {
                 return Err("holds more than one Bundle datum".into());
             }
         }
-        let value = datum
-            .ok_or("holds no Bundle datum")?
-            .resolve(reader_schema)
-            .map_err(|e| format!("does not match schemas/bundle.avsc: {e}"))?;
+        let mut value = datum.ok_or("holds no Bundle datum")?;
+        if !same_schema {
+            value = value
+                .resolve(reader_schema)
+                .map_err(|e| format!("does not match schemas/bundle.avsc: {e}"))?;
+        }
         let record: BundleRecord = apache_avro::from_value(&value)
             .map_err(|e| format!("does not match schemas/bundle.avsc: {e}"))?;
         record.into_bundle()
