@@ -68,7 +68,8 @@ pub fn training_spec(requested: &TrainSpec, base: &Bundle) -> Result<TrainSpec, 
     Ok(spec)
 }
 
-/// `delta` applied on top of `base`: a full bundle under the delta's version.
+/// `delta` applied on top of `base`: a full bundle (no `base_version`) under the delta's
+/// version.
 pub fn apply(base: &Bundle, delta: &Bundle) -> Result<Bundle, String> {
     match &delta.base_version {
         Some(v) if *v == base.version => {}
@@ -100,9 +101,10 @@ pub fn apply(base: &Bundle, delta: &Bundle) -> Result<Bundle, String> {
         .cloned()
         .collect();
     merged.extend(delta.partitions.iter().cloned());
+    // The result is a full bundle: it needs no base any more (the log keeps the lineage).
     Bundle::assemble(
         delta.version.clone(),
-        delta.base_version.clone(),
+        None,
         delta.created_at_ms,
         delta.spec.clone(),
         (base.rows_used, base.rows_rejected),
