@@ -387,6 +387,7 @@ impl Reader<'_> {
         let topic = &self.config.kafka.input_topic;
         match t.commit(consumer, topic, &positions).await? {
             Outcome::Committed => {
+                tracing::debug!(?positions, "transaction committed");
                 self.stats.committed(true);
                 self.revocations = self.tracker.revocations();
                 Ok(())
