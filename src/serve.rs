@@ -173,22 +173,23 @@ pub async fn run(
     let flushed = drained
         && producer
             .flush(deadline.saturating_duration_since(Instant::now()))
-            .is_ok()
-        && tracker.in_flight() == 0;
+            .is_ok();
+    // Outputs refused by the broker are still being sent again: give them until the deadline.
+    while flushed && tracker.in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let delivered = flushed && tracker.in_flight() == 0;
     if let Some(c) = committer {
         let _ = c.await;
     }
     background.cancel();
-    if !flushed {
+    if !delivered {
         hard_stop.cancel();
-        return Err(Error::Kafka(format!(
-            "shutdown deadline of {}s passed with {} events in flight; their offsets were not committed and will be read again",
-            config.pipeline.shutdown_timeout_secs,
-            tracker.in_flight()
-        )));
     }
     let positions = tracker.all_committable();
     match transactions {
+        // A transaction is all or nothing: with events undelivered, nothing of it commits.
+        Some(mut t) if !delivered => t.abort().await?,
         Some(mut t) => {
             if t.commit(&consumer, &k.input_topic, &positions).await? == Outcome::Aborted {
                 return Err(Error::Kafka(
@@ -196,11 +197,19 @@ pub async fn run(
                 ));
             }
         }
+        // The delivered prefix is committed either way, so the next instance repeats less.
         None => {
             let _guard = tracker.commit_guard();
             consumer::commit(&consumer, &k.input_topic, &positions, CommitMode::Sync)
                 .map_err(|e| Error::Kafka(format!("final offset commit failed: {e}")))?;
         }
+    }
+    if !delivered {
+        return Err(Error::Kafka(format!(
+            "shutdown deadline of {}s passed with {} events in flight; their offsets were not committed and will be read again",
+            config.pipeline.shutdown_timeout_secs,
+            tracker.in_flight()
+        )));
     }
     tracing::info!(actors, committed = ?positions, "stopped cleanly");
     Ok(())
