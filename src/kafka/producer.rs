@@ -291,16 +291,7 @@ impl OutputProducer {
         delivery: Box<Delivery>,
     ) {
         delivery.ack.sent();
-        let mut record = BaseRecord::with_opaque_to(topic, delivery);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Some(p) = payload {
-            record = record.payload(p);
-        }
-        if let Some(h) = headers {
-            record = record.headers(h);
-        }
+        let mut record = base_record(topic, key, payload, headers, delivery);
         let mut pause = Duration::from_millis(1);
         loop {
             match self.producer.send(record) {
@@ -334,16 +325,7 @@ impl OutputProducer {
         delivery: Box<Delivery>,
     ) -> std::result::Result<(), OwnedRecord> {
         delivery.ack.sent();
-        let mut record = BaseRecord::with_opaque_to(topic, delivery);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Some(p) = payload {
-            record = record.payload(p);
-        }
-        if let Some(h) = headers {
-            record = record.headers(h);
-        }
+        let record = base_record(topic, key, payload, headers, delivery);
         match self.producer.send(record) {
             Ok(()) => Ok(()),
             Err((e, r)) => {
@@ -363,6 +345,25 @@ impl OutputProducer {
                 })
             }
         }
+    }
+
+    /// [`OutputProducer::send`] for a record that owns its bytes.
+    pub async fn send_owned(&self, record: OwnedRecord) {
+        let OwnedRecord {
+            topic,
+            key,
+            payload,
+            headers,
+            delivery,
+        } = record;
+        self.send(
+            &topic,
+            key.as_deref(),
+            payload.as_deref(),
+            headers,
+            delivery,
+        )
+        .await
     }
 
     /// [`OutputProducer::try_send`] for a parked record.
@@ -435,6 +436,27 @@ impl OutputProducer {
             .transaction_failed
             .swap(false, std::sync::atomic::Ordering::AcqRel)
     }
+}
+
+/// A record for librdkafka, carrying its delivery.
+fn base_record<'a>(
+    topic: &'a str,
+    key: Option<&'a [u8]>,
+    payload: Option<&'a [u8]>,
+    headers: Option<OwnedHeaders>,
+    delivery: Box<Delivery>,
+) -> BaseRecord<'a, [u8], [u8], Box<Delivery>> {
+    let mut record = BaseRecord::with_opaque_to(topic, delivery);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if let Some(p) = payload {
+        record = record.payload(p);
+    }
+    if let Some(h) = headers {
+        record = record.headers(h);
+    }
+    record
 }
 
 /// Sends refused outputs again, one at a time, pausing longer after each refusal (up to 30 s).
