@@ -221,24 +221,7 @@ impl Backpressure {
                 }
                 match work {
                     Work::Score(job) => router.route(job).await,
-                    Work::Produce(r) => {
-                        let OwnedRecord {
-                            topic,
-                            key,
-                            payload,
-                            headers,
-                            delivery,
-                        } = r;
-                        producer
-                            .send(
-                                &topic,
-                                key.as_deref(),
-                                payload.as_deref(),
-                                headers,
-                                delivery,
-                            )
-                            .await
-                    }
+                    Work::Produce(r) => producer.send_owned(r).await,
                 }
             }
         }
