@@ -15,8 +15,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::chaos::{
-    assignments, committed_offsets, input_positions, memory_kib, ProduceThrottle, Seen, Storage,
-    Tansu, Throttle, TopicReader,
+    assignments, committed_offsets, input_positions, memory_kib, wait_assigned, ProduceThrottle,
+    Seen, Storage, Tansu, Throttle, TopicReader,
 };
 use common::{generate_and_train, http_get, metric_sum, Daemon};
 use manymodel::local;
@@ -121,14 +121,13 @@ fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
     }
 }
 
-fn gauge(addr: &str, name: &str) -> f64 {
+/// A metric's value, `None` while the daemon has not exported it.
+fn gauge(addr: &str, name: &str) -> Option<f64> {
     let (status, text) = http_get(addr, "/metrics");
     assert_eq!(status, 200);
-    assert!(
-        text.contains(name),
-        "{name} is not among the metrics:\n{text}"
-    );
-    metric_sum(&text, name)
+    text.lines()
+        .any(|l| l.starts_with(name))
+        .then(|| metric_sum(&text, name))
 }
 
 fn distinct(records: &[Seen]) -> usize {
@@ -240,11 +239,11 @@ fn a_fleet_losing_one_instance_and_gaining_one_predicts_every_event_with_bounded
             &pipeline,
         ))
     };
-    let a = start("a");
-    let b = start("b");
+    let mut a = start("a");
+    let mut b = start("b");
     let mut c = start("c");
-    for d in [&a, &b, &c] {
-        d.wait_assigned();
+    for d in [&mut a, &mut b, &mut c] {
+        wait_assigned(d);
     }
     // The group settles: the latest assignments of the three split the Kafka partitions.
     wait_for(Duration::from_secs(60), "the group to settle", || {
@@ -271,8 +270,8 @@ fn a_fleet_losing_one_instance_and_gaining_one_predicts_every_event_with_bounded
     let _ = c.child.kill();
     let _ = c.child.wait();
     assert!(out.read_until(Duration::from_secs(120), progress(FLEET_EVENTS * 6 / 10)));
-    let d = start("d");
-    d.wait_assigned();
+    let mut d = start("d");
+    wait_assigned(&mut d);
     let _ = out.read_until(Duration::from_secs(240), |r| distinct(r) >= FLEET_EVENTS);
     producer.join().expect("producer thread");
 
@@ -347,7 +346,7 @@ fn after_a_sigterm_a_restarted_instance_repeats_nothing_the_first_one_committed(
     create_topics(&broker, KAFKA_PARTITIONS);
     let w = workload(dir.path(), 20, EVENTS);
     let kafka = "commit_interval_ms = 200";
-    let first = Daemon::start(&config(
+    let mut first = Daemon::start(&config(
         dir.path(),
         "first",
         &broker.brokers(),
@@ -356,7 +355,7 @@ fn after_a_sigterm_a_restarted_instance_repeats_nothing_the_first_one_committed(
         kafka,
         "",
     ));
-    first.wait_assigned();
+    wait_assigned(&mut first);
     // Ten seconds of input, so the stop comes mid-stream.
     let producer = produce_in_background(&broker.brokers(), &w.events, Some(2_000));
     let mut out = TopicReader::new(&broker.brokers(), "out");
@@ -373,7 +372,7 @@ fn after_a_sigterm_a_restarted_instance_repeats_nothing_the_first_one_committed(
     out.read_to_end();
     let by_first = out.records.len();
 
-    let second = Daemon::start(&config(
+    let mut second = Daemon::start(&config(
         dir.path(),
         "second",
         &broker.brokers(),
@@ -382,7 +381,7 @@ fn after_a_sigterm_a_restarted_instance_repeats_nothing_the_first_one_committed(
         kafka,
         "",
     ));
-    second.wait_assigned();
+    wait_assigned(&mut second);
     producer.join().expect("producer thread");
     let _ = out.read_until(Duration::from_secs(120), |r| distinct(r) >= EVENTS);
     let second_log = second.log_text();
@@ -427,7 +426,7 @@ fn a_broker_restart_mid_stream_makes_the_daemon_unready_and_loses_nothing() {
     let mut broker = Tansu::start(Storage::Sqlite(data), None, dir.path());
     create_topics(&broker, 3);
     let w = workload(dir.path(), 20, EVENTS);
-    let daemon = Daemon::start(&config(
+    let mut daemon = Daemon::start(&config(
         dir.path(),
         "survivor",
         &broker.brokers(),
@@ -436,7 +435,7 @@ fn a_broker_restart_mid_stream_makes_the_daemon_unready_and_loses_nothing() {
         "commit_interval_ms = 200",
         "",
     ));
-    daemon.wait_assigned();
+    wait_assigned(&mut daemon);
     let addr = daemon.metrics_addr();
     // Twenty seconds of input: it keeps coming (into the producer's queue) while the broker
     // is down.
@@ -457,7 +456,6 @@ fn a_broker_restart_mid_stream_makes_the_daemon_unready_and_loses_nothing() {
         assert_eq!(health, 200, "still alive with the broker down: {body}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    let mut daemon = daemon;
     assert!(
         daemon.child.try_wait().expect("daemon status").is_none(),
         "the daemon keeps running without a broker:\n{}",
@@ -516,7 +514,7 @@ fn a_slow_output_pauses_reading_and_keeps_memory_bounded_then_everything_arrives
     produce_all(&broker.brokers(), &w.events);
 
     proxy.set(Throttle::Slow(SLOW_BYTES_PER_SEC));
-    let daemon = Daemon::start(&config(
+    let mut daemon = Daemon::start(&config(
         dir.path(),
         "slow",
         &broker.brokers(),
@@ -525,22 +523,24 @@ fn a_slow_output_pauses_reading_and_keeps_memory_bounded_then_everything_arrives
         "commit_interval_ms = 200",
         &format!("max_in_flight = {SLOW_MAX_IN_FLIGHT}"),
     ));
-    daemon.wait_assigned();
+    wait_assigned(&mut daemon);
     let addr = daemon.metrics_addr();
     let pid = daemon.child.id();
-    let mut max_in_flight = 0.0f64;
+    let mut max_in_flight: Option<f64> = None;
     let mut max_paused = 0.0f64;
     let mut max_rss = 0;
     let sampling = Instant::now();
     while sampling.elapsed() < Duration::from_secs(20) {
         let in_flight = gauge(&addr, "manymodel_in_flight_events");
-        let paused = gauge(&addr, "manymodel_paused_kafka_partitions");
+        let paused = gauge(&addr, "manymodel_paused_kafka_partitions").unwrap_or(0.0);
         let (rss, _) = memory_kib(pid);
-        assert!(
-            in_flight <= SLOW_MAX_IN_FLIGHT as f64,
-            "{in_flight} events in flight, over max_in_flight = {SLOW_MAX_IN_FLIGHT}"
-        );
-        max_in_flight = max_in_flight.max(in_flight);
+        if let Some(n) = in_flight {
+            assert!(
+                n <= SLOW_MAX_IN_FLIGHT as f64,
+                "{n} events in flight, over max_in_flight = {SLOW_MAX_IN_FLIGHT}"
+            );
+            max_in_flight = Some(max_in_flight.unwrap_or(0.0).max(n));
+        }
         max_paused = max_paused.max(paused);
         max_rss = max_rss.max(rss);
         std::thread::sleep(Duration::from_millis(500));
@@ -551,12 +551,16 @@ fn a_slow_output_pauses_reading_and_keeps_memory_bounded_then_everything_arrives
     let while_slow = out.records.len();
     println!(
         "slow output: {while_slow} predictions out after 20 s throttled; in flight at most \
-         {max_in_flight}, paused Kafka partitions at most {max_paused}; RSS at most {max_rss} \
+         {max_in_flight:?}, paused Kafka partitions at most {max_paused}; RSS at most {max_rss} \
          KiB, peak (VmHWM) {hwm} KiB, bound {SLOW_RSS_BOUND_KIB} KiB"
     );
     assert!(
         while_slow < EVENTS / 2,
         "the throttle did not slow the output ({while_slow} predictions)"
+    );
+    assert!(
+        max_in_flight.is_some(),
+        "manymodel_in_flight_events was never exported"
     );
     assert!(
         max_paused > 0.0,
@@ -599,13 +603,13 @@ fn cooperative_sticky_assignment_loses_nothing_when_instances_join_and_leave() {
             "",
         ))
     };
-    let first = start("coop-first");
-    first.wait_assigned();
+    let mut first = start("coop-first");
+    wait_assigned(&mut first);
     let producer = produce_in_background(&broker.brokers(), &w.events, Some(2_000));
     let mut out = TopicReader::new(&broker.brokers(), "out");
     assert!(out.read_until(Duration::from_secs(120), |r| r.len() >= EVENTS * 3 / 10));
-    let second = start("coop-second");
-    second.wait_assigned();
+    let mut second = start("coop-second");
+    wait_assigned(&mut second);
     assert!(out.read_until(Duration::from_secs(120), |r| r.len() >= EVENTS * 6 / 10));
     let first_log = first.log_text();
     let status = first.terminate();
@@ -647,7 +651,7 @@ fn a_pipeline_that_cannot_write_reports_stalled_on_healthz_and_recovers() {
 
     // The output takes nothing: every Produce request is held at the proxy.
     proxy.set(Throttle::Held);
-    let daemon = Daemon::start(&config(
+    let mut daemon = Daemon::start(&config(
         dir.path(),
         "stall",
         &broker.brokers(),
@@ -656,7 +660,7 @@ fn a_pipeline_that_cannot_write_reports_stalled_on_healthz_and_recovers() {
         "commit_interval_ms = 200",
         "max_in_flight = 1000\nstall_timeout_secs = 5",
     ));
-    daemon.wait_assigned();
+    wait_assigned(&mut daemon);
     let addr = daemon.metrics_addr();
     let mut stalled = String::new();
     wait_for(Duration::from_secs(60), "/healthz to answer 503", || {

@@ -481,3 +481,23 @@ pub fn signal(pid: u32, signal: &str) {
         .expect("kill runs");
     assert!(status.success(), "kill -{signal} {pid}");
 }
+
+/// Waits until the daemon logs an assignment, failing at once (with its log) if it exits
+/// first, e.g. on a config it refuses.
+pub fn wait_assigned(daemon: &mut super::Daemon) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let text = daemon.log_text();
+        if text.contains("Kafka partitions assigned") {
+            return;
+        }
+        if let Ok(Some(status)) = daemon.child.try_wait() {
+            panic!("the daemon exited ({status}) before any assignment:\n{text}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "daemon never got an assignment:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
