@@ -493,18 +493,19 @@ const SLOW_MAX_IN_FLIGHT: usize = 5_000;
 /// Produce requests pass the proxy at this rate while throttled: a few hundred predictions a
 /// second, far below what the daemon reads.
 const SLOW_BYTES_PER_SEC: u64 = 64 * 1024;
-/// Resident memory the daemon must stay under while its output is slow, in KiB. An idle
-/// daemon with a small bundle takes ~30 MiB (binary, runtime threads, two librdkafka clients
-/// with their buffers); `max_in_flight` events of ~1 KiB each while decoded, scored and
-/// queued (record, event, prediction, librdkafka's copy) add ~5 MiB; librdkafka's fetch
-/// queue and socket buffers add up to a few tens of MiB more. 128 MiB leaves room for
-/// allocator slack, yet an instance that kept reading the whole 50,000-event input into
-/// memory would not stay under it once the backlog grows to production sizes.
+/// Resident memory the daemon must stay under while its output is slow, in KiB. Measured on
+/// the test machine: a daemon holding 50,000 of these events took 55 MiB, one holding
+/// 200,000 took 160 MiB, so ~20 MiB at rest (binary, runtime threads, two librdkafka clients)
+/// plus ~0.7 KiB per event read and not yet acknowledged (record, decoded event, queued job,
+/// prediction and librdkafka's copy of it). With `max_in_flight` = 5,000 that is ~24 MiB;
+/// librdkafka may also prefetch up to `queued.min.messages` = 100,000 records (~25 MiB of
+/// these) before reading pauses. 128 MiB leaves room for allocator slack, and an instance
+/// that kept reading the 200,000-event backlog into memory goes over it (160 MiB).
 const SLOW_RSS_BOUND_KIB: u64 = 128 * 1024;
 
 #[test]
 fn a_slow_output_pauses_reading_and_keeps_memory_bounded_then_everything_arrives() {
-    const EVENTS: usize = 50_000;
+    const EVENTS: usize = 200_000;
     let dir = tempfile::tempdir().expect("temp dir");
     let (proxy, listener) = ProduceThrottle::listen();
     let broker = Tansu::start(Storage::Memory, Some(proxy.port()), dir.path());
