@@ -16,7 +16,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use rdkafka::consumer::Consumer;
-use rdkafka::TopicPartitionList;
+use rdkafka::{Offset, TopicPartitionList};
+use std::time::Duration;
 
 use crate::kafka::consumer::InputConsumer;
 use crate::kafka::offsets::{Ack, OffsetTracker};
@@ -167,19 +168,31 @@ impl Backpressure {
         let owned = tracker.owned();
         let mut pause = TopicPartitionList::new();
         let mut resume = TopicPartitionList::new();
+        // Where each resumed Kafka partition goes on reading: one past its last record read.
+        let mut resume_at = Vec::new();
         let mut now_paused = HashMap::with_capacity(owned.len());
         for offsets in &owned {
             let p = offsets.partition();
             let id = Arc::as_ptr(offsets) as usize;
+            // A Kafka partition with nothing read yet in this assignment is never paused:
+            // librdkafka resumes such a partition from where it had fetched to, not from
+            // where the application read to, which would skip records.
+            let Some(next) = offsets.next_read() else {
+                continue;
+            };
             let wanted = self.holding_all || self.parked.contains_key(&p) || offsets.failing() > 0;
+            // Paused in an earlier assignment of the same Kafka partition: whether the pause
+            // survived the rebalance is librdkafka's business, so resume it to be sure.
+            let earlier = self.paused.get(&p).is_some_and(|&was| was != id);
             let was = self.paused.get(&p) == Some(&id);
             if wanted {
                 if !was {
                     let _ = pause.add_partition(&self.topic, p);
                 }
                 now_paused.insert(p, id);
-            } else if was {
+            } else if was || earlier {
                 let _ = resume.add_partition(&self.topic, p);
+                resume_at.push((p, next));
             }
         }
         if pause.count() > 0 {
@@ -190,6 +203,14 @@ impl Backpressure {
         if resume.count() > 0 {
             if let Err(e) = consumer.resume(&resume) {
                 tracing::warn!(error = %e, "cannot resume Kafka partitions");
+            }
+            // Reading goes on exactly after the last record read, whatever librdkafka had
+            // fetched and dropped meanwhile (an asynchronous seek: it never blocks the loop).
+            for (p, next) in resume_at {
+                if let Err(e) = consumer.seek(&self.topic, p, Offset::Offset(next), Duration::ZERO)
+                {
+                    tracing::warn!(kafka_partition = p, offset = next, error = %e, "cannot seek a resumed Kafka partition");
+                }
             }
         }
         self.paused = now_paused;

@@ -114,7 +114,7 @@ impl ConsumerContext for RebalanceContext {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
                 let assigned: Vec<i32> = tpl
@@ -124,6 +124,11 @@ impl ConsumerContext for RebalanceContext {
                     .collect();
                 for &p in &assigned {
                     self.tracker.assign(p);
+                }
+                // A Kafka partition paused for backpressure before a rebalance gave it back
+                // to this instance starts unpaused: its parked work was dropped with the revoke.
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(error = %e, "cannot resume newly assigned Kafka partitions");
                 }
                 self.stats.assignment_changed(assigned.len() as u64, 0);
                 tracing::info!(topic = %self.topic, kafka_partitions = ?assigned, "Kafka partitions assigned");

@@ -15,7 +15,7 @@
 //! revoke can never land after it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Counters shared by every assignment, read by backpressure and the stall watchdog.
@@ -44,6 +44,9 @@ pub struct PartitionOffsets {
     /// Outputs the broker refused and that are being retried; while any is, the Kafka
     /// partition stays paused.
     failing: AtomicUsize,
+    /// One past the last offset read in this assignment, -1 before the first: where reading
+    /// goes on after a pause.
+    next_read: AtomicI64,
     totals: Arc<Totals>,
 }
 
@@ -65,6 +68,7 @@ impl PartitionOffsets {
             revoked: AtomicBool::new(false),
             in_producer: AtomicUsize::new(0),
             failing: AtomicUsize::new(0),
+            next_read: AtomicI64::new(-1),
             totals,
         }
     }
@@ -112,6 +116,12 @@ impl PartitionOffsets {
     /// Outputs refused by the broker and being retried.
     pub fn failing(&self) -> usize {
         self.failing.load(Ordering::Relaxed)
+    }
+
+    /// One past the last offset read in this assignment, once anything was read.
+    pub fn next_read(&self) -> Option<i64> {
+        let n = self.next_read.load(Ordering::Acquire);
+        (n >= 0).then_some(n)
     }
 
     /// Outputs handed to the producer and not yet settled.
@@ -246,6 +256,7 @@ impl OffsetTracker {
             }
         };
         offsets.lock().pending.push_back((offset, false));
+        offsets.next_read.store(offset + 1, Ordering::Release);
         self.totals.in_flight.fetch_add(1, Ordering::Relaxed);
         Ack { offsets, offset }
     }
