@@ -501,3 +501,18 @@ pub fn wait_assigned(daemon: &mut super::Daemon) {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The (low, high) watermarks of `topic`'s Kafka partitions `0..partitions`.
+pub fn watermarks(brokers: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("client created");
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(30))
+                .unwrap_or((-1, -1))
+        })
+        .collect()
+}
