@@ -15,8 +15,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::chaos::{
-    assignments, committed_offsets, input_positions, memory_kib, wait_assigned, ProduceThrottle,
-    Seen, Storage, Tansu, Throttle, TopicReader,
+    assignments, committed_offsets, input_positions, memory_kib, wait_assigned, watermarks,
+    ProduceThrottle, Seen, Storage, Tansu, Throttle, TopicReader,
 };
 use common::{generate_and_train, http_get, metric_sum, Daemon};
 use manymodel::local;
@@ -148,23 +148,76 @@ fn prediction_counts(reader: &TopicReader) -> HashMap<&str, usize> {
 }
 
 /// Asserts every event got at least one prediction; returns the duplicates (records beyond the
-/// first per event).
-fn assert_all_predicted(reader: &TopicReader, events: usize, logs: &[(&str, String)]) -> usize {
+/// first per event). When some are missing, says which input offsets they were at and what
+/// `group` committed, so a commit past an unprocessed record shows.
+fn assert_all_predicted(
+    brokers: &str,
+    group: &str,
+    reader: &TopicReader,
+    events: usize,
+    logs: &[(&str, String)],
+) -> usize {
     let counts = prediction_counts(reader);
-    let missing = (0..events)
+    let missing: Vec<String> = (0..events)
         .map(|i| format!("ev-{i}"))
         .filter(|id| !counts.contains_key(id.as_str()))
-        .take(5)
-        .collect::<Vec<_>>();
-    assert!(
-        missing.is_empty(),
-        "{} of {events} events have no prediction (e.g. {missing:?}); logs:\n{}",
-        events - counts.len().min(events),
-        logs.iter()
-            .map(|(who, log)| format!("----- {who}\n{log}"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+        .collect();
+    if !missing.is_empty() {
+        let positions = input_positions(brokers, "in");
+        let partitions = positions.values().map(|(p, _)| p + 1).max().unwrap_or(1);
+        let absent = missing
+            .iter()
+            .filter(|id| !positions.contains_key(*id))
+            .count();
+        println!(
+            "{} event ids in the input topic, {absent} of the {} missing are not in it; \
+             watermarks {:?}",
+            positions.len(),
+            missing.len(),
+            watermarks(brokers, "in", partitions)
+        );
+        let committed = committed_offsets(brokers, group, "in", partitions);
+        let mut lost: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+        for id in &missing {
+            if let Some((p, o)) = positions.get(id) {
+                lost.entry(*p).or_default().push(*o);
+            }
+        }
+        let ranges: Vec<String> = lost
+            .iter_mut()
+            .map(|(p, offsets)| {
+                offsets.sort_unstable();
+                let mut runs: Vec<(i64, i64)> = Vec::new();
+                for &o in offsets.iter() {
+                    match runs.last_mut() {
+                        Some((_, end)) if *end + 1 == o => *end = o,
+                        _ => runs.push((o, o)),
+                    }
+                }
+                let shown: Vec<String> = runs
+                    .iter()
+                    .take(5)
+                    .map(|(a, b)| format!("{a}..={b}"))
+                    .collect();
+                format!(
+                    "Kafka partition {p}: {} missing in {} runs {shown:?}, committed {:?}",
+                    offsets.len(),
+                    runs.len(),
+                    committed.get(p)
+                )
+            })
+            .collect();
+        panic!(
+            "{} of {events} events have no prediction (e.g. {:?}); by input offset: \
+             {ranges:#?}\nlogs:\n{}",
+            missing.len(),
+            &missing[..missing.len().min(5)],
+            logs.iter()
+                .map(|(who, log)| format!("----- {who}\n{log}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
     reader.records.len() - counts.len()
 }
 
@@ -226,7 +279,9 @@ fn a_fleet_losing_one_instance_and_gaining_one_predicts_every_event_with_bounded
     let w = workload(dir.path(), 50, FLEET_EVENTS);
     let kafka = format!(
         "commit_interval_ms = {FLEET_COMMIT_INTERVAL_MS}\n\
-         librdkafka_options = {{ \"session.timeout.ms\" = \"6000\", \"heartbeat.interval.ms\" = \"500\" }}"
+         [kafka.librdkafka_options]\n\
+         \"session.timeout.ms\" = \"6000\"\n\
+         \"heartbeat.interval.ms\" = \"500\""
     );
     let pipeline = format!("max_in_flight = {FLEET_MAX_IN_FLIGHT}");
     let start = |name: &str| {
@@ -287,7 +342,7 @@ fn a_fleet_losing_one_instance_and_gaining_one_predicts_every_event_with_bounded
         assert!(status.success(), "{who}: SIGTERM exits 0, got {status:?}");
     }
     out.read_to_end();
-    let duplicates = assert_all_predicted(&out, FLEET_EVENTS, &logs);
+    let duplicates = assert_all_predicted(&broker.brokers(), "fleet", &out, FLEET_EVENTS, &logs);
 
     let owners = owners(&logs, &from);
     let changed: BTreeSet<i32> = owners
@@ -389,6 +444,8 @@ fn after_a_sigterm_a_restarted_instance_repeats_nothing_the_first_one_committed(
     assert!(second.terminate().success(), "SIGTERM exits 0");
     out.read_to_end();
     let duplicates = assert_all_predicted(
+        &broker.brokers(),
+        "restart",
         &out,
         EVENTS,
         &[("first", first_log), ("second", second_log)],
@@ -482,7 +539,13 @@ fn a_broker_restart_mid_stream_makes_the_daemon_unready_and_loses_nothing() {
     let status = daemon.terminate();
     assert!(status.success(), "SIGTERM exits 0, got {status:?}");
     out.read_to_end();
-    let duplicates = assert_all_predicted(&out, EVENTS, &[("survivor", log)]);
+    let duplicates = assert_all_predicted(
+        &broker.brokers(),
+        "survivor",
+        &out,
+        EVENTS,
+        &[("survivor", log)],
+    );
     println!("broker restart: {duplicates} duplicates");
 }
 
@@ -584,7 +647,8 @@ fn a_slow_output_pauses_reading_and_keeps_memory_bounded_then_everything_arrives
     let log = daemon.log_text();
     assert!(daemon.terminate().success(), "SIGTERM exits 0");
     out.read_to_end();
-    let duplicates = assert_all_predicted(&out, EVENTS, &[("slow", log)]);
+    let duplicates =
+        assert_all_predicted(&broker.brokers(), "slow", &out, EVENTS, &[("slow", log)]);
     println!("slow output: {duplicates} duplicates after release");
 }
 
@@ -599,7 +663,8 @@ fn cooperative_sticky_assignment_loses_nothing_when_instances_join_and_leave() {
     create_topics(&broker, 6);
     let w = workload(dir.path(), 30, EVENTS);
     let kafka = "commit_interval_ms = 200\n\
-                 librdkafka_options = { \"partition.assignment.strategy\" = \"cooperative-sticky\" }";
+                 [kafka.librdkafka_options]\n\
+                 \"partition.assignment.strategy\" = \"cooperative-sticky\"";
     let start = |name: &str| {
         Daemon::start(&config(
             dir.path(),
@@ -629,6 +694,8 @@ fn cooperative_sticky_assignment_loses_nothing_when_instances_join_and_leave() {
     assert!(second.terminate().success(), "SIGTERM exits 0");
     out.read_to_end();
     let duplicates = assert_all_predicted(
+        &broker.brokers(),
+        "cooperative",
         &out,
         EVENTS,
         &[("first", first_log.clone()), ("second", second_log.clone())],
@@ -702,5 +769,5 @@ fn a_pipeline_that_cannot_write_reports_stalled_on_healthz_and_recovers() {
     let log = daemon.log_text();
     assert!(daemon.terminate().success(), "SIGTERM exits 0");
     out.read_to_end();
-    assert_all_predicted(&out, EVENTS, &[("stall", log)]);
+    assert_all_predicted(&broker.brokers(), "stall", &out, EVENTS, &[("stall", log)]);
 }

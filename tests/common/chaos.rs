@@ -378,7 +378,9 @@ impl TopicReader {
         }
     }
 
-    /// Reads up to the high watermark of every Kafka partition, as it is now.
+    /// Reads up to the high watermark of every Kafka partition, as it is now, and on until
+    /// nothing more arrives for two seconds (tansu's in-memory engine has been seen
+    /// answering a high watermark of 1 for a topic holding thousands of records).
     pub fn read_to_end(&mut self) {
         let mut high = BTreeMap::new();
         for &p in self.next.keys() {
@@ -389,14 +391,19 @@ impl TopicReader {
             high.insert(p, h);
         }
         let deadline = Instant::now() + Duration::from_secs(120);
-        while high.iter().any(|(p, h)| self.next[p] < *h) {
+        loop {
+            let before = self.records.len();
+            self.poll(Duration::from_secs(2));
+            let behind = high.iter().any(|(p, h)| self.next[p] < *h);
+            if !behind && self.records.len() == before {
+                return;
+            }
             assert!(
                 Instant::now() < deadline,
                 "{} not read to its end: at {:?}, end {high:?}",
                 self.topic,
                 self.next
             );
-            self.poll(Duration::from_millis(200));
         }
     }
 }
@@ -500,4 +507,19 @@ pub fn wait_assigned(daemon: &mut super::Daemon) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// The (low, high) watermarks of `topic`'s Kafka partitions `0..partitions`.
+pub fn watermarks(brokers: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .create()
+        .expect("client created");
+    (0..partitions)
+        .map(|p| {
+            consumer
+                .fetch_watermarks(topic, p, Duration::from_secs(30))
+                .unwrap_or((-1, -1))
+        })
+        .collect()
 }
