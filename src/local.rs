@@ -52,10 +52,27 @@ pub fn produce(
     key: impl Fn(&[u8]) -> Option<Vec<u8>>,
     rate: Option<u64>,
 ) -> Result<()> {
-    let producer: BaseProducer = ClientConfig::new()
+    produce_with(brokers, topic, payloads, key, rate, &[])
+}
+
+/// [`produce`] with extra librdkafka producer `options`.
+pub fn produce_with(
+    brokers: &str,
+    topic: &str,
+    payloads: &[Vec<u8>],
+    key: impl Fn(&[u8]) -> Option<Vec<u8>>,
+    rate: Option<u64>,
+    options: &[(&str, &str)],
+) -> Result<()> {
+    let mut config = ClientConfig::new();
+    config
         .set("bootstrap.servers", brokers)
         .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "500000")
+        .set("queue.buffering.max.messages", "500000");
+    for (k, v) in options {
+        config.set(*k, *v);
+    }
+    let producer: BaseProducer = config
         .create()
         .map_err(|e| Error::Kafka(format!("producer for {brokers}: {e}")))?;
     let started = Instant::now();

@@ -40,7 +40,8 @@ struct Setup {
     ids: Vec<String>,
 }
 
-fn setup() -> Setup {
+/// `version` names the workload's temporary folder too, so each test has its own.
+fn setup(version: &str) -> Setup {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
@@ -49,7 +50,7 @@ fn setup() -> Setup {
     for (topic, n) in [("in", 3), ("out", 3), ("dlq", 1)] {
         cluster.create_topic(topic, n, 1).expect("topic created");
     }
-    let work = local::workload(12, 60, EVENTS, 11, "eos-v1").expect("workload");
+    let work = local::workload(12, 60, EVENTS, 11, version).expect("workload");
     let mut payloads: Vec<Vec<u8>> = work.events.lines().map(|l| l.as_bytes().to_vec()).collect();
     let ids = work
         .events
@@ -216,7 +217,7 @@ async fn assert_exactly_once(brokers: &str, ids: &[String], attempts: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_produce_and_commit_leaves_one_committed_prediction_per_event() {
-    let s = setup();
+    let s = setup("eos-crash");
     let brokers = s.cluster.bootstrap_servers();
 
     // The first instance never reaches a commit: it scores and produces everything into its
@@ -242,7 +243,7 @@ async fn a_crash_between_produce_and_commit_leaves_one_committed_prediction_per_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_offset_commits_abort_the_transaction_and_the_events_are_scored_again() {
-    let s = setup();
+    let s = setup("eos-refused");
     let brokers = s.cluster.bootstrap_servers();
     // The first two offset commits are refused as if the group had moved on: each aborts
     // its transaction, and the instance rewinds to the committed offsets and tries again.
