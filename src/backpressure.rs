@@ -123,6 +123,12 @@ impl Backpressure {
         }
     }
 
+    /// True when every Kafka partition should be held but `kafka_partition`, read from just
+    /// now, is not paused yet (it had nothing read when the hold began).
+    pub fn holding_unpaused(&self, kafka_partition: i32) -> bool {
+        self.holding_all && !self.paused.contains_key(&kafka_partition)
+    }
+
     fn resume_below(&self) -> usize {
         self.max_in_flight / 10 * 9
     }

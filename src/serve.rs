@@ -527,7 +527,10 @@ impl Reader<'_> {
         let changed = self
             .flow
             .dispatch(kafka_partition, work, &mut self.router, self.producer);
-        if changed || self.flow.in_flight_crossed(self.tracker) {
+        if changed
+            || self.flow.in_flight_crossed(self.tracker)
+            || self.flow.holding_unpaused(kafka_partition)
+        {
             self.flow.sync(consumer, self.tracker);
         }
     }
@@ -558,7 +561,9 @@ impl Reader<'_> {
                 .try_send(topic, key, payload, headers, delivery)
             {
                 Ok(()) => {
-                    if self.flow.in_flight_crossed(self.tracker) {
+                    if self.flow.in_flight_crossed(self.tracker)
+                        || self.flow.holding_unpaused(kafka_partition)
+                    {
                         self.flow.sync(consumer, self.tracker);
                     }
                     return;
