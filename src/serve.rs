@@ -29,12 +29,12 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, Timestamp};
 use tokio_util::sync::CancellationToken;
 
+use crate::codec::{Decoder, PredictionEncoder};
 use crate::config::ServeConfig;
 use crate::control::reader::{ControlOptions, LocalBundle};
 use crate::control::signing::TrustedKeys;
 use crate::control::ActiveBundle;
 use crate::error::{Error, RecordError, RecordErrorKind, Result};
-use crate::event::decode_json;
 use crate::kafka::consumer::{self, InputConsumer};
 use crate::kafka::offsets::OffsetTracker;
 use crate::kafka::producer::{producer_config, Delivery, Output, OutputProducer};
@@ -83,12 +83,23 @@ pub async fn run(
         stats.clone(),
     )?);
     let hard_stop = CancellationToken::new();
+    let decoder = Decoder::new(&config.input, shutdown.clone())?;
+    if let Some(why) = decoder.cannot_feed(&bundle.spec) {
+        return Err(Error::Usage(format!("bundle {}: {why}", bundle.version)));
+    }
+    let encoder = PredictionEncoder::new(
+        &config.output,
+        &k.output_topic,
+        &bundle.spec.partition_column,
+    )
+    .await?;
     crate::metrics::bundle_activated(&bundle.version, bundle.partitions.len(), None);
     stats.health.bundle_active(&bundle.version);
     let router = Router::new(
         ActorContext {
             producer: producer.clone(),
             output_topic: Arc::from(k.output_topic.as_str()),
+            encoder,
             stats: stats.clone(),
             cancel: hard_stop.clone(),
             labelled: Arc::new(
@@ -128,6 +139,7 @@ pub async fn run(
         stats: &stats,
         router,
         mode,
+        decoder,
     };
     let router = reader.read_until(&consumer, &shutdown).await;
 
@@ -189,6 +201,8 @@ struct Reader<'a> {
     stats: &'a PipelineStats,
     router: Router,
     mode: Mode,
+    /// Turns record bytes into events (`[input]`), built once.
+    decoder: Decoder,
 }
 
 impl Reader<'_> {
@@ -282,12 +296,17 @@ impl Reader<'_> {
                 ),
             ))
         } else {
-            decode_json(
-                bytes,
-                &self.bundle.spec.partition_column,
-                self.bundle.encoder(),
-            )
-            .and_then(|event| {
+            let decoded = self
+                .decoder
+                .decode(
+                    bytes,
+                    &self.bundle.spec.partition_column,
+                    self.bundle.encoder(),
+                )
+                .await;
+            // Stopped while the schema registry was unreachable: the offset stays unfinished.
+            let Some(decoded) = decoded else { return };
+            decoded.and_then(|event| {
                 let unknown = self.bundle.partition(&event.partition).is_none();
                 if unknown && !self.bundle.has_fallback() {
                     Err(scoring::no_fallback(&event.partition))

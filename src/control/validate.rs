@@ -8,7 +8,7 @@ use super::assembly::Assembled;
 use super::message::Manifest;
 use super::rejection::{Reason, Rejection};
 use super::signing::TrustedKeys;
-use crate::event::decode_json;
+use crate::codec::json::decode_json;
 use crate::model::bundle::Bundle;
 use crate::spec::FeatureKind;
 
