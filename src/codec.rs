@@ -468,9 +468,10 @@ impl PredictionEncoder {
 
 use crate::prediction::OutPlan;
 
-/// The Avro datum of a JSON event under `schema` (a record of simple fields, nullable unions
-/// and timestamps): how the benchmark and the tests make the Avro twin of a JSON event.
-/// Timestamps given as RFC 3339 text become epoch milliseconds; absent fields take `null`.
+/// The Avro datum of a JSON event under `schema` (a record of simple fields, nullable unions,
+/// enums, arrays and timestamps): how the benchmark and the tests make the Avro twin of a
+/// JSON event. RFC 3339 text written to a `long` becomes epoch milliseconds; absent fields
+/// take `null`.
 pub fn avro_twin(schema: &Schema, event: &serde_json::Value) -> Result<Vec<u8>, String> {
     use apache_avro::types::Value as A;
     use serde_json::Value as J;
@@ -493,6 +494,25 @@ pub fn avro_twin(schema: &Schema, event: &serde_json::Value) -> Result<Vec<u8>, 
             }
             (Schema::Null, _) => A::Null,
             (Schema::String, J::String(t)) => A::String(t.clone()),
+            (Schema::Bytes, J::String(t)) => A::Bytes(t.clone().into_bytes()),
+            (Schema::Enum(e), J::String(t)) => A::Enum(
+                e.symbols
+                    .iter()
+                    .position(|x| x == t)
+                    .ok_or("not a symbol")? as u32,
+                t.clone(),
+            ),
+            (Schema::Array(a), J::Array(items)) => A::Array(
+                items
+                    .iter()
+                    .map(|i| convert(&a.items, i))
+                    .collect::<Result<_, _>>()?,
+            ),
+            (Schema::Long, J::String(t)) => A::Long(
+                chrono::DateTime::parse_from_rfc3339(t)
+                    .map_err(|e| format!("{t:?}: {e}"))?
+                    .timestamp_millis(),
+            ),
             (Schema::String, v) => A::String(v.to_string()),
             (Schema::Boolean, J::Bool(b)) => A::Boolean(*b),
             (Schema::Double, J::Number(n)) => A::Double(n.as_f64().unwrap_or_default()),

@@ -338,11 +338,12 @@ fn run(command: Command) -> manymodel::Result<()> {
                 &mut std::io::stderr(),
             )?;
             println!(
-                "{} predictions ({} by the fallback) written to {}; {} lines rejected",
+                "{} predictions ({} by the fallback) written to {}; {} {} rejected",
                 report.predicted,
                 report.fallback,
                 output.display(),
-                report.rejected
+                report.rejected,
+                if format == "avro" { "records" } else { "lines" }
             );
         }
         Command::Publish {
