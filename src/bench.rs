@@ -384,6 +384,7 @@ async fn reload_latency(
             trusted: Default::default(),
             keep_versions: 4,
             max_bundle_bytes: 1 << 30,
+            formats: Default::default(),
         },
         None,
         cancel.clone(),

@@ -225,6 +225,52 @@ impl Decoder {
     }
 }
 
+/// What a bundle must fit to be served with the configured formats: the Avro reader schema
+/// must have every column its spec reads, and the Avro prediction schema a field for its
+/// partition column. Checked before a bundle from the control topic is swapped in.
+#[derive(Debug, Clone, Default)]
+pub struct FormatCheck {
+    reader: Option<ReaderSchema>,
+    output: Option<Schema>,
+}
+
+impl FormatCheck {
+    /// The check for `[input]` and `[output]`.
+    pub fn new(input: &InputConfig, output: &OutputConfig) -> Result<Self, Error> {
+        let reader = match input.format {
+            Format::Json => None,
+            Format::Avro => {
+                let text = schema_text(input.schema.as_deref(), SALES_EVENT_AVSC)?;
+                Some(
+                    ReaderSchema::parse(&text)
+                        .map_err(|e| Error::Usage(format!("[input] schema: {e}")))?,
+                )
+            }
+        };
+        let output = match output.format {
+            Format::Json => None,
+            Format::Avro => {
+                let text = schema_text(output.schema.as_deref(), PREDICTION_AVSC)?;
+                Some(Schema::parse_str(&text).map_err(|e| {
+                    Error::Usage(format!("[output] schema: not an Avro schema: {e}"))
+                })?)
+            }
+        };
+        Ok(FormatCheck { reader, output })
+    }
+
+    /// Why a bundle of `spec` cannot be served with these formats, if it cannot.
+    pub fn check(&self, spec: &TrainSpec) -> Option<String> {
+        if let Some(why) = self.reader.as_ref().and_then(|r| check_reader(r, spec)) {
+            return Some(why);
+        }
+        let output = self.output.as_ref()?;
+        OutPlan::new(output, &spec.partition_column).err().map(|e| {
+            format!("the Avro prediction schema cannot hold this bundle's predictions: {e}")
+        })
+    }
+}
+
 /// Why `reader` cannot feed `spec`, if it cannot.
 pub fn check_reader(reader: &ReaderSchema, spec: &TrainSpec) -> Option<String> {
     let mut wants = vec![(spec.partition_column.as_str(), Reads::Key)];
@@ -544,4 +590,44 @@ pub fn avro_twin(schema: &Schema, event: &serde_json::Value) -> Result<Vec<u8>, 
         fields.push((f.name.clone(), value));
     }
     apache_avro::to_avro_datum(schema, A::Record(fields)).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn avro_input(schema: Option<&Path>) -> InputConfig {
+        InputConfig {
+            format: Format::Avro,
+            schema: schema.map(Path::to_path_buf),
+            ..InputConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_shipped_schemas_fit_the_generated_spec_and_a_schema_without_a_feature_does_not() {
+        let spec = TrainSpec::parse(crate::generate::TRAIN_TOML).unwrap();
+        let output = OutputConfig {
+            format: Format::Avro,
+            ..OutputConfig::default()
+        };
+        let shipped = FormatCheck::new(&avro_input(None), &output).unwrap();
+        assert_eq!(shipped.check(&spec), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("narrow.avsc");
+        let narrow = SALES_EVENT_AVSC
+            .replace(r#"{"name": "weather", "type": "string", "doc": "A category: sunny, cloudy or rainy."},"#, "")
+            .replace(r#"{"name": "promo", "type": "boolean"},"#, r#"{"name": "promo", "type": "bytes"},"#);
+        std::fs::write(&path, narrow).unwrap();
+        let check = FormatCheck::new(&avro_input(Some(&path)), &OutputConfig::default()).unwrap();
+        let why = check.check(&spec).unwrap();
+        assert!(why.contains("\"weather\""), "{why}");
+        assert!(why.contains("\"promo\"") && why.contains("bytes"), "{why}");
+
+        let mut other = spec.clone();
+        other.partition_column = "zone".into();
+        let why = shipped.check(&other).unwrap();
+        assert!(why.contains("zone"), "{why}");
+    }
 }

@@ -416,6 +416,7 @@ pub async fn serve(config_path: &std::path::Path) -> Result<()> {
                 })?,
                 keep_versions: config.model.keep_versions,
                 max_bundle_bytes: config.model.max_bundle_bytes,
+                formats: crate::codec::FormatCheck::new(&config.input, &config.output)?,
             };
             let stop = shutdown.clone();
             let (bundles, thread) = crate::control::reader::start(options, local, stop);
