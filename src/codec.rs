@@ -146,7 +146,7 @@ impl Decoder {
                 ))
             })?;
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            let writer = Schema::parse_str(&text).map_err(|e| {
+            let writer = avro::parse_schema(&text).map_err(|e| {
                 Error::Usage(format!("{}: not an Avro schema: {e}", path.display()))
             })?;
             let k = known(
@@ -251,7 +251,7 @@ impl FormatCheck {
             Format::Json => None,
             Format::Avro => {
                 let text = schema_text(output.schema.as_deref(), PREDICTION_AVSC)?;
-                Some(Schema::parse_str(&text).map_err(|e| {
+                Some(avro::parse_schema(&text).map_err(|e| {
                     Error::Usage(format!("[output] schema: not an Avro schema: {e}"))
                 })?)
             }
@@ -324,7 +324,7 @@ impl AvroDecoder {
         let mut pause = Duration::from_millis(200);
         let k = loop {
             match registry.schema_by_id(id).await {
-                Fetch::Found(text) => match Schema::parse_str(&text) {
+                Fetch::Found(text) => match avro::parse_schema(&text) {
                     Ok(writer) => {
                         let k = known(&writer, &self.reader, &format!("writer schema id {id}"));
                         tracing::info!(
@@ -405,7 +405,7 @@ impl PredictionEncoder {
             return Ok(Self::json());
         }
         let text = schema_text(output.schema.as_deref(), PREDICTION_AVSC)?;
-        let schema = Schema::parse_str(&text)
+        let schema = avro::parse_schema(&text)
             .map_err(|e| Error::Usage(format!("[output] schema: not an Avro schema: {e}")))?;
         OutPlan::new(&schema, partition_column)
             .map_err(|e| Error::Usage(format!("[output] schema: {e}")))?;

@@ -67,10 +67,16 @@ fn good_datums() -> Vec<Vec<u8>> {
     let sales = avro_twin(&Schema::parse_str(SALES_EVENT_AVSC).unwrap(), &event).unwrap();
     let wide = Schema::parse_str(WIDE).unwrap();
     let link = |v, next| A::Record(vec![("v".into(), A::Int(v)), ("next".into(), next)]);
-    let chain = link(1, A::Union(1, Box::new(link(2, A::Union(0, Box::new(A::Null))))));
+    let chain = link(
+        1,
+        A::Union(1, Box::new(link(2, A::Union(0, Box::new(A::Null))))),
+    );
     let value = A::Record(vec![
         ("event_id".into(), A::Union(2, Box::new(A::Long(7)))),
-        ("store_id".into(), A::Union(1, Box::new(A::Bytes(b"S1".to_vec())))),
+        (
+            "store_id".into(),
+            A::Union(1, Box::new(A::Bytes(b"S1".to_vec()))),
+        ),
         ("chain".into(), chain),
         (
             "basket".into(),

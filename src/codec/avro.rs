@@ -415,6 +415,64 @@ impl<'s> Resolver<'s> {
     }
 }
 
+/// Parses an Avro schema that came from outside (a file, a registry, a container header).
+///
+/// apache-avro 0.21 panics, rather than erring, on a named type, namespace or alias that is
+/// not a valid Avro name, so those are checked first; any other panic of its parser is
+/// caught and reported as an error too.
+pub fn parse_schema(text: &str) -> Result<Schema, String> {
+    let json: Value = serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    check_names(&json)?;
+    std::panic::catch_unwind(|| Schema::parse_str(text))
+        .map_err(|_| "the Avro schema parser failed on it".to_owned())?
+        .map_err(|e| e.to_string())
+}
+
+/// Whether `s` is an Avro full name: dot-separated `[A-Za-z_][A-Za-z0-9_]*` parts.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.split('.').all(|part| {
+            let mut chars = part.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
+fn check_names(v: &Value) -> Result<(), String> {
+    match v {
+        Value::Object(o) => {
+            let named = matches!(
+                o.get("type").and_then(Value::as_str),
+                Some("record" | "enum" | "fixed" | "error")
+            );
+            if named {
+                match o.get("name") {
+                    Some(Value::String(n)) if valid_name(n) => {}
+                    Some(n) => return Err(format!("{n} is not a valid Avro name")),
+                    None => {}
+                }
+            }
+            if let Some(Value::String(ns)) = o.get("namespace") {
+                if !ns.is_empty() && !valid_name(ns) {
+                    return Err(format!("{ns:?} is not a valid Avro namespace"));
+                }
+            }
+            if let Some(Value::Array(aliases)) = o.get("aliases") {
+                for a in aliases {
+                    if !a.as_str().is_some_and(valid_name) {
+                        return Err(format!("{a} is not a valid Avro alias"));
+                    }
+                }
+            }
+            o.values().try_for_each(check_names)
+        }
+        Value::Array(items) => items.iter().try_for_each(check_names),
+        _ => Ok(()),
+    }
+}
+
 /// A reader schema: a record whose fields name what events carry.
 #[derive(Debug, Clone)]
 pub struct ReaderSchema {
@@ -424,7 +482,7 @@ pub struct ReaderSchema {
 impl ReaderSchema {
     /// Parses a reader schema; it must be a record.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let schema = Schema::parse_str(text).map_err(|e| format!("not an Avro schema: {e}"))?;
+        let schema = parse_schema(text).map_err(|e| format!("not an Avro schema: {e}"))?;
         match &schema {
             Schema::Record(_) => Ok(ReaderSchema { schema }),
             _ => Err("an event schema must be an Avro record".into()),

@@ -52,8 +52,45 @@ impl<'a> Bytes<'a> {
     }
 }
 
+/// Checks that a container file's header holds a schema apache-avro can parse without
+/// panicking (see [`super::avro::parse_schema`]), before apache-avro's own reader sees it.
+pub fn check_header(file: &[u8]) -> Result<(), String> {
+    read_header(file).map(|_| ())
+}
+
 /// Reads a container file.
 pub fn read(file: &[u8]) -> Result<Container, String> {
+    let (schema, codec, sync, pos) = read_header(file)?;
+    let mut b = Bytes { b: file, pos };
+    let mut blocks = Vec::new();
+    while b.pos < file.len() {
+        let count = b.long()?;
+        let count = u64::try_from(count).map_err(|_| format!("a block of {count} records"))?;
+        let size = b.len()?;
+        let data = b.take(size)?;
+        if b.take(16)? != sync {
+            return Err(format!(
+                "a block ending at byte {} has the wrong sync marker",
+                b.pos
+            ));
+        }
+        let data = match codec.as_str() {
+            "null" => data.to_vec(),
+            "deflate" => miniz_oxide::inflate::decompress_to_vec_with_limit(data, MAX_BLOCK)
+                .map_err(|e| format!("a deflate block does not inflate: {e:?}"))?,
+            other => {
+                return Err(format!(
+                    "codec {other:?} is not supported (write the file with codec null or deflate)"
+                ))
+            }
+        };
+        blocks.push((count, data));
+    }
+    Ok(Container { schema, blocks })
+}
+
+/// Schema, codec, sync marker and where the blocks start.
+fn read_header(file: &[u8]) -> Result<(Schema, String, &[u8], usize), String> {
     let mut b = Bytes { b: file, pos: 0 };
     if b.take(4).ok() != Some(b"Obj\x01") {
         return Err("not an Avro object container file (no Obj\\x01 header)".into());
@@ -82,33 +119,9 @@ pub fn read(file: &[u8]) -> Result<Container, String> {
         }
     }
     let schema = schema.ok_or("the header has no avro.schema")?;
-    let schema = Schema::parse_str(&schema).map_err(|e| format!("its schema: {e}"))?;
+    let schema = super::avro::parse_schema(&schema).map_err(|e| format!("its schema: {e}"))?;
     let sync = b.take(16)?;
-    let mut blocks = Vec::new();
-    while b.pos < file.len() {
-        let count = b.long()?;
-        let count = u64::try_from(count).map_err(|_| format!("a block of {count} records"))?;
-        let size = b.len()?;
-        let data = b.take(size)?;
-        if b.take(16)? != sync {
-            return Err(format!(
-                "a block ending at byte {} has the wrong sync marker",
-                b.pos
-            ));
-        }
-        let data = match codec.as_str() {
-            "null" => data.to_vec(),
-            "deflate" => miniz_oxide::inflate::decompress_to_vec_with_limit(data, MAX_BLOCK)
-                .map_err(|e| format!("a deflate block does not inflate: {e:?}"))?,
-            other => {
-                return Err(format!(
-                    "codec {other:?} is not supported (write the file with codec null or deflate)"
-                ))
-            }
-        };
-        blocks.push((count, data));
-    }
-    Ok(Container { schema, blocks })
+    Ok((schema, codec, sync, b.pos))
 }
 
 /// Writes datums into a container file with the null codec.
