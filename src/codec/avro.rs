@@ -215,11 +215,9 @@ impl<'s> Names<'s> {
 
     fn collect(&mut self, s: &'s Schema) {
         match s {
-            Schema::Record(r) => {
-                if self.0.insert(full_name(&r.name), s).is_none() {
-                    for f in &r.fields {
-                        self.collect(&f.schema);
-                    }
+            Schema::Record(r) if self.0.insert(full_name(&r.name), s).is_none() => {
+                for f in &r.fields {
+                    self.collect(&f.schema);
                 }
             }
             Schema::Enum(e) => {
@@ -593,11 +591,7 @@ impl Plan {
         let mut steps = Vec::with_capacity(w.fields.len());
         for wf in &w.fields {
             let matched = rfields.iter().position(|rf| {
-                rf.name == wf.name
-                    || rf
-                        .aliases
-                        .as_ref()
-                        .is_some_and(|a| a.iter().any(|a| *a == wf.name))
+                rf.name == wf.name || rf.aliases.as_ref().is_some_and(|a| a.contains(&wf.name))
             });
             let skip = resolver.skips.add(&wf.schema)?;
             let (reader_name, read) = match matched {
