@@ -519,3 +519,80 @@ fn predict_reads_an_avro_container_file_resolving_an_older_writer_like_jsonl() {
     }
     assert_eq!(seen, data().expected.len());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bundle_whose_columns_the_reader_schema_lacks_is_refused_at_start_and_on_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let narrow = dir.path().join("narrow.avsc");
+    let text = SALES_EVENT_AVSC.replace(
+        r#"{"name": "weather", "type": "string", "doc": "A category: sunny, cloudy or rainy."},"#,
+        "",
+    );
+    assert!(!text.contains("weather\""));
+    std::fs::write(&narrow, text).unwrap();
+    let broker = Broker::shared();
+    let input = format!(
+        "[input]\nformat = \"avro\"\nschema = \"{}\"\n[input.schemas]\n1 = \"{0}\"\n",
+        narrow.display()
+    );
+
+    // A local bundle: serve refuses to start, naming the column.
+    for t in ["in-narrow", "out-narrow", "dlq-narrow", "control-narrow"] {
+        broker.create_topic(t, 1);
+    }
+    let config = write_config(
+        dir.path(),
+        "narrow",
+        &broker.brokers(),
+        ("in-narrow", "out-narrow", "dlq-narrow"),
+        &data().bundle,
+        "fallback",
+    );
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&input);
+    std::fs::write(&config, &text).unwrap();
+    let out = common::manymodel()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("\"weather\""), "{stderr}");
+
+    // From the control topic: rejected with reason "format", nothing swapped in.
+    let text = text
+        .replace(&format!("bundle = \"{}\"\n", data().bundle.display()), "")
+        .replace(
+            "commit_interval_ms = 200\n",
+            "commit_interval_ms = 200\ncontrol_topic = \"control-narrow\"\n",
+        );
+    std::fs::write(&config, text).unwrap();
+    let d = Daemon::start(&config);
+    let addr = d.metrics_addr();
+    run_ok(&[
+        "publish",
+        "--bundle",
+        data().bundle.to_str().unwrap(),
+        "--brokers",
+        &broker.brokers(),
+        "--control-topic",
+        "control-narrow",
+    ]);
+    let series = "manymodel_bundle_rejections_total{reason=\"format\"}";
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = common::http_get(&addr, "/metrics");
+        if common::metric_sum(&body, series) >= 1.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{series}:\n{}",
+            d.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(d.log_text().contains("weather"), "{}", d.log_text());
+    assert!(d.terminate().success());
+}
