@@ -596,3 +596,29 @@ async fn a_bundle_whose_columns_the_reader_schema_lacks_is_refused_at_start_and_
     assert!(d.log_text().contains("weather"), "{}", d.log_text());
     assert!(d.terminate().success());
 }
+
+#[test]
+fn bench_with_avro_input_runs_end_to_end() {
+    let out = run_ok(&[
+        "bench",
+        "--format",
+        "avro",
+        "--events",
+        "2000",
+        "--stores",
+        "10",
+        "--latency-rate",
+        "200",
+    ]);
+    assert!(out.contains("Avro (Confluent framing) events"), "{out}");
+    let scoring = out
+        .lines()
+        .find(|l| l.starts_with("scoring "))
+        .unwrap_or("");
+    let rate: f64 = scoring
+        .split_whitespace()
+        .nth(1)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0.0);
+    assert!(rate > 0.0, "every Avro event scored: {out}");
+}

@@ -59,3 +59,62 @@ impl<'de> serde::de::Visitor<'de> for Wanted<'_> {
         Ok(slots)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{FeatureKind, FeatureSpec};
+
+    fn encoder() -> FeatureEncoder {
+        FeatureEncoder::new(&[FeatureSpec {
+            column: "price".into(),
+            kind: FeatureKind::Numeric,
+            categories: None,
+        }])
+        .unwrap()
+    }
+
+    fn kind(bytes: &str) -> RecordErrorKind {
+        decode_json(bytes.as_bytes(), "store_id", &encoder())
+            .unwrap_err()
+            .kind
+    }
+
+    #[test]
+    fn a_good_event_decodes_with_its_id_and_key() {
+        let e = decode_json(
+            br#"{"event_id":"ev-1","store_id":7,"price":2.5,"extra":[1]}"#,
+            "store_id",
+            &encoder(),
+        )
+        .unwrap();
+        assert_eq!(e.partition, "7");
+        assert_eq!(e.partition_value, serde_json::json!(7));
+        assert_eq!(e.event_id, Some(serde_json::json!("ev-1")));
+        assert_eq!(e.inputs, vec![2.5]);
+    }
+
+    #[test]
+    fn each_kind_of_bad_event_is_named() {
+        assert_eq!(kind("{not json"), RecordErrorKind::InvalidJson);
+        assert_eq!(kind("[1,2]"), RecordErrorKind::InvalidJson);
+        assert_eq!(kind(r#"{"price":1}"#), RecordErrorKind::MissingKey);
+        assert_eq!(
+            kind(r#"{"store_id":null,"price":1}"#),
+            RecordErrorKind::EmptyKey
+        );
+        assert_eq!(
+            kind(r#"{"store_id":"","price":1}"#),
+            RecordErrorKind::EmptyKey
+        );
+        assert_eq!(
+            kind(r#"{"store_id":"S","price":"x"}"#),
+            RecordErrorKind::WrongType
+        );
+        assert_eq!(kind(r#"{"store_id":"S"}"#), RecordErrorKind::MissingFeature);
+        assert_eq!(
+            kind(r#"{"store_id":"S","price":1e999}"#),
+            RecordErrorKind::InvalidJson
+        );
+    }
+}
