@@ -137,6 +137,29 @@ pub struct KafkaConfig {
     /// `[model] bundle` and never reloads. Create it with one Kafka partition.
     #[serde(default)]
     pub control_topic: Option<String>,
+    /// The delivery guarantee: `at_least_once` (the default: offsets are committed after
+    /// the predictions are acknowledged; a crash repeats the uncommitted tail) or
+    /// `exactly_once` (predictions, dead letters and offsets are committed together in
+    /// Kafka transactions; consumers of the output read with `isolation.level =
+    /// read_committed`).
+    #[serde(default)]
+    pub processing: Processing,
+    /// The producer's `transactional.id` in `exactly_once` mode. It must be stable across
+    /// restarts of one instance and unique in the fleet, so a restarted instance fences its
+    /// own previous incarnation at once; the default is `GROUP_ID-HOSTNAME`.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
+}
+
+/// The delivery guarantee of `[kafka] processing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Processing {
+    /// Every event gets at least one prediction; a crash repeats the uncommitted tail.
+    #[default]
+    AtLeastOnce,
+    /// Every event gets exactly one committed prediction, through Kafka transactions.
+    ExactlyOnce,
 }
 
 fn default_commit_interval_ms() -> u64 {
@@ -190,6 +213,19 @@ pub struct PipelineConfig {
     /// On SIGINT/SIGTERM, how long to drain in-flight events before giving up, in seconds.
     #[serde(default = "default_shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
+    /// Events read and not yet acknowledged, over all Kafka partitions, before the consumer
+    /// pauses every Kafka partition: the bound on the pipeline's memory when the output is
+    /// slow. Reading resumes below nine tenths of it.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// When events are waiting (lag or in-flight work) and nothing has been acknowledged for
+    /// this many seconds, `/healthz` reports the daemon stalled and the log says where.
+    #[serde(default = "default_stall_timeout_secs")]
+    pub stall_timeout_secs: u64,
+    /// On a rebalance, how long the revoke waits for outputs of the revoked Kafka partitions
+    /// already handed to the producer, in milliseconds, before it commits what completed.
+    #[serde(default = "default_revoke_timeout_ms")]
+    pub revoke_timeout_ms: u64,
 }
 
 fn default_mailbox_capacity() -> usize {
@@ -201,6 +237,15 @@ fn default_max_record_bytes() -> usize {
 fn default_shutdown_timeout_secs() -> u64 {
     30
 }
+fn default_max_in_flight() -> usize {
+    50_000
+}
+fn default_stall_timeout_secs() -> u64 {
+    60
+}
+fn default_revoke_timeout_ms() -> u64 {
+    5_000
+}
 
 impl Default for PipelineConfig {
     fn default() -> Self {
@@ -208,6 +253,9 @@ impl Default for PipelineConfig {
             mailbox_capacity: default_mailbox_capacity(),
             max_record_bytes: default_max_record_bytes(),
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
+            max_in_flight: default_max_in_flight(),
+            stall_timeout_secs: default_stall_timeout_secs(),
+            revoke_timeout_ms: default_revoke_timeout_ms(),
         }
     }
 }
@@ -288,6 +336,12 @@ impl ServeConfig {
         }
         if config.pipeline.mailbox_capacity == 0 {
             return Err("pipeline.mailbox_capacity must be at least 1".into());
+        }
+        if config.pipeline.max_in_flight == 0 {
+            return Err("pipeline.max_in_flight must be at least 1".into());
+        }
+        if config.pipeline.stall_timeout_secs == 0 {
+            return Err("pipeline.stall_timeout_secs must be at least 1".into());
         }
         Ok(config)
     }

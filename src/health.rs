@@ -1,7 +1,8 @@
 //! What `/healthz` and `/readyz` report, gathered from the loops that know it.
 //!
 //! `/healthz` asks "is the process alive and are its loops turning": the consumer loop beats
-//! at least once a second even when no record arrives. `/readyz` asks "should traffic count on
+//! at least once a second even when no record arrives, and the stall watchdog
+//! ([`crate::watchdog`]) has not found work waiting with nothing progressing. `/readyz` asks "should traffic count on
 //! this instance": a bundle is active, the consumer is subscribed (it has an assignment or is
 //! waiting for one) and a broker is reachable. Both answer with a JSON body saying why.
 
@@ -28,6 +29,10 @@ pub struct Health {
     broker_up: AtomicBool,
     /// Why the broker is thought down.
     broker_error: Mutex<Option<String>>,
+    /// Where the pipeline is stuck, while the stall watchdog says it is.
+    stalled: Mutex<Option<String>>,
+    /// The consumer lag summed over the input's Kafka partitions, from the last statistics.
+    lag: AtomicI64,
 }
 
 impl Default for Health {
@@ -38,6 +43,8 @@ impl Default for Health {
             subscribed: AtomicBool::new(false),
             broker_up: AtomicBool::new(true),
             broker_error: Mutex::new(None),
+            stalled: Mutex::new(None),
+            lag: AtomicI64::new(0),
         }
     }
 }
@@ -68,14 +75,39 @@ impl Health {
         }
     }
 
+    /// The consumer lag summed over the input's Kafka partitions.
+    pub fn set_lag(&self, lag: i64) {
+        self.lag.store(lag, Ordering::Relaxed);
+    }
+
+    /// The last consumer lag reported.
+    pub fn lag(&self) -> i64 {
+        self.lag.load(Ordering::Relaxed)
+    }
+
+    /// The watchdog's verdict: where the pipeline is stuck, or `None` when it progresses.
+    pub fn set_stalled(&self, reason: Option<String>) {
+        crate::metrics::stalled(reason.is_some());
+        if let Ok(mut s) = self.stalled.lock() {
+            *s = reason;
+        }
+    }
+
     /// `/healthz`: status code and body.
     pub fn healthz(&self) -> (u16, String) {
         let age = now_ms() - self.loop_beat_ms.load(Ordering::Relaxed);
-        let ok = age < LOOP_STALE_MS;
+        let stalled = self.stalled.lock().ok().and_then(|s| s.clone());
+        let turning = age < LOOP_STALE_MS;
+        let ok = turning && stalled.is_none();
+        let reason = if !turning {
+            Some(format!("the consumer loop has not turned for {age} ms"))
+        } else {
+            stalled.map(|s| format!("stalled: {s}"))
+        };
         let body = json!({
-            "status": if ok { "ok" } else { "stuck" },
+            "status": if ok { "ok" } else if turning { "stalled" } else { "stuck" },
             "consumer_loop_last_beat_ms_ago": age,
-            "reason": if ok { None } else { Some(format!("the consumer loop has not turned for {age} ms")) },
+            "reason": reason,
         });
         (if ok { 200 } else { 503 }, body.to_string())
     }

@@ -1,7 +1,8 @@
 //! Kafka plumbing: the consumer and its rebalances, the producer and its acknowledgements, and
-//! the offset tracker that connects the two.
+//! the offset tracker that connects the two, and the transactions of exactly-once mode.
 
 pub mod client_log;
 pub mod consumer;
 pub mod offsets;
 pub mod producer;
+pub mod transaction;

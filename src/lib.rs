@@ -36,6 +36,8 @@
 //! | [`control`] | hot reload: publishing bundles, the control topic, validation, the active version |
 //! | [`kafka`] | consumer, producer, offset tracking |
 //! | [`router`], [`partition`] | the per-partition actors |
+//! | [`backpressure`] | parked work and paused Kafka partitions when a queue is full |
+//! | [`watchdog`] | the stall watchdog: work waiting, nothing acknowledged |
 //! | [`serve`] | the daemon: wiring, commits, shutdown |
 //! | [`metrics`] | every metric name, described once, and the in-process tally |
 //! | [`health`], [`http`] | `/healthz`, `/readyz` and the listener that serves them with `/metrics` |
@@ -45,6 +47,7 @@
 //! | [`local`] | Kafka helpers for the demo, the benchmark and the tests |
 //! | [`error`] | the error types |
 
+pub mod backpressure;
 pub mod bench;
 pub mod bench_trees;
 pub mod codec;
@@ -72,5 +75,6 @@ pub mod scoring;
 pub mod serve;
 pub mod spec;
 pub mod train;
+pub mod watchdog;
 
 pub use error::{Error, Result};

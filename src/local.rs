@@ -193,6 +193,8 @@ pub fn serve_config(
             librdkafka_options: BTreeMap::new(),
             commit_interval_ms: 500,
             control_topic: None,
+            processing: Default::default(),
+            transactional_id: None,
         },
         model: ModelConfig {
             bundle: None,

@@ -55,6 +55,12 @@ pub const MAILBOX_DEPTH: &str = "manymodel_mailbox_depth";
 pub const PRODUCER_QUEUE: &str = "manymodel_producer_queue_depth";
 /// Kafka partitions paused for backpressure.
 pub const PAUSED_PARTITIONS: &str = "manymodel_paused_kafka_partitions";
+/// Events read and not yet acknowledged, over all Kafka partitions.
+pub const IN_FLIGHT: &str = "manymodel_in_flight_events";
+/// 1 while the stall watchdog finds work waiting and nothing progressing.
+pub const STALLED: &str = "manymodel_stalled";
+/// Kafka transactions of exactly-once mode, by `result` (committed or aborted).
+pub const TRANSACTIONS: &str = "manymodel_transactions_total";
 /// Build information: 1, labelled with version and git commit.
 pub const BUILD_INFO: &str = "manymodel_build_info";
 /// Events scored for the stores listed in `per_partition_metrics`, by partition.
@@ -147,6 +153,21 @@ pub fn describe() {
         "Kafka partitions paused for backpressure."
     );
     describe_gauge!(
+        IN_FLIGHT,
+        Unit::Count,
+        "Events read and not yet acknowledged, over all Kafka partitions; bounded by [pipeline] max_in_flight."
+    );
+    describe_gauge!(
+        STALLED,
+        Unit::Count,
+        "1 while events wait and nothing has been acknowledged for [pipeline] stall_timeout_secs."
+    );
+    describe_counter!(
+        TRANSACTIONS,
+        Unit::Count,
+        "Kafka transactions in exactly_once mode, by result (committed, aborted)."
+    );
+    describe_gauge!(
         BUILD_INFO,
         "Build information (value 1), labelled with version and git commit."
     );
@@ -184,6 +205,8 @@ pub fn install() -> Result<PrometheusHandle, String> {
     )
     .set(1.0);
     gauge!(PAUSED_PARTITIONS).set(0.0);
+    gauge!(IN_FLIGHT).set(0.0);
+    gauge!(STALLED).set(0.0);
     Ok(handle)
 }
 
@@ -219,6 +242,27 @@ pub fn queues(actors: usize, mailbox_depth: usize, producer_queue: i32) {
     gauge!(ACTORS).set(actors as f64);
     gauge!(MAILBOX_DEPTH).set(mailbox_depth as f64);
     gauge!(PRODUCER_QUEUE).set(producer_queue as f64);
+}
+
+/// Sets the number of paused Kafka partitions.
+pub fn paused_partitions(n: usize) {
+    gauge!(PAUSED_PARTITIONS).set(n as f64);
+}
+
+/// Sets the number of events in flight.
+pub fn in_flight(n: usize) {
+    gauge!(IN_FLIGHT).set(n as f64);
+}
+
+/// Sets whether the pipeline is stalled.
+pub fn stalled(yes: bool) {
+    gauge!(STALLED).set(if yes { 1.0 } else { 0.0 });
+}
+
+/// Counts a finished transaction.
+pub fn transaction(committed: bool) {
+    counter!(TRANSACTIONS, "result" => if committed { "committed" } else { "aborted" })
+        .increment(1);
 }
 
 /// The counter of events scored for one listed store.

@@ -89,6 +89,14 @@ impl PartitionHandle {
         self.tx.send(job).await.map_err(|e| e.0)
     }
 
+    /// Queues a job if there is room now.
+    // A full queue hands the job back by value to be parked; boxing it would cost an
+    // allocation for every event to spare one move on the rare full queue.
+    #[allow(clippy::result_large_err)]
+    pub fn try_send(&self, job: Job) -> Result<(), mpsc::error::TrySendError<Job>> {
+        self.tx.try_send(job)
+    }
+
     /// Jobs waiting in the queue.
     pub fn depth(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
@@ -140,6 +148,10 @@ impl PartitionActor {
     }
 
     async fn score(&mut self, job: Job) {
+        if job.ack.is_revoked() {
+            // Its Kafka partition moved to another instance, which scores it again.
+            return;
+        }
         let bundle = &job.bundle;
         let index = self.index_in(bundle, &job.event.partition);
         let (model, source) = match index.and_then(|i| bundle.partitions.get(i)) {
@@ -166,11 +178,7 @@ impl PartitionActor {
             key: VERSION_HEADER,
             value: Some(bundle.version.as_str()),
         });
-        let delivery = Box::new(Delivery {
-            ack: job.ack,
-            output: Output::Prediction(source),
-            source_timestamp_ms: job.timestamp_ms,
-        });
+        let delivery = Delivery::new(job.ack, Output::Prediction(source), job.timestamp_ms);
         self.ctx
             .producer
             .send(

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::partition::{ActorContext, Job, PartitionHandle};
@@ -33,20 +34,38 @@ impl Router {
     /// Hands a job to its partition's actor, creating the actor on first use and waiting
     /// while its queue is full.
     pub async fn route(&mut self, job: Job) {
-        let handle = match self.actors.get(&job.event.partition) {
-            Some(h) => h,
-            None => {
-                let id = job.event.partition.clone();
-                let h =
-                    PartitionHandle::spawn(&id, self.capacity, self.ctx.clone(), &mut self.tasks);
-                self.actors.entry(id).or_insert(h)
-            }
-        };
-        if let Err(job) = handle.send(job).await {
+        if let Err(job) = self.handle(&job.event.partition).send(job).await {
             // The actor stopped (only on cancellation); its offset stays unfinished and is
             // therefore never committed.
             tracing::debug!(partition = %job.event.partition, "actor gone; event left uncommitted");
         }
+    }
+
+    /// Hands a job to its partition's actor without waiting: a full queue gives the job
+    /// back, for the caller to park.
+    // A full queue hands the job back by value to be parked; boxing it would cost an
+    // allocation for every event to spare one move on the rare full queue.
+    #[allow(clippy::result_large_err)]
+    pub fn try_route(&mut self, job: Job) -> Result<(), Job> {
+        match self.handle(&job.event.partition).try_send(job) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(job)) => Err(job),
+            Err(mpsc::error::TrySendError::Closed(job)) => {
+                // The actor stopped (only on cancellation): the offset stays unfinished.
+                tracing::debug!(partition = %job.event.partition, "actor gone; event left uncommitted");
+                Ok(())
+            }
+        }
+    }
+
+    /// The actor of `partition`, started on first use.
+    fn handle(&mut self, partition: &str) -> &PartitionHandle {
+        if !self.actors.contains_key(partition) {
+            let h =
+                PartitionHandle::spawn(partition, self.capacity, self.ctx.clone(), &mut self.tasks);
+            self.actors.insert(partition.to_owned(), h);
+        }
+        &self.actors[partition]
     }
 
     /// Live actors.

@@ -18,9 +18,19 @@
 //! it read it and hands that bundle to the actor with the event, so a swap happens between two
 //! records, costs one pointer exchange, and every prediction carries the version that made it.
 //!
+//! Backpressure ([`crate::backpressure`]): the loop never waits on a full queue; it parks the
+//! record and pauses its Kafka partition, and keeps polling, so the group never evicts it.
+//! The stall watchdog ([`crate::watchdog`]) looks once a second for work waiting with nothing
+//! acknowledged.
+//!
+//! Delivery guarantee: at-least-once by default (periodic commits of the finished prefix, and
+//! on revoke and shutdown); in `exactly_once` mode ([`crate::kafka::transaction`]) the loop
+//! cuts a transaction every `commit_interval_ms` instead, and a revoke aborts the open one.
+//!
 //! Shutdown (SIGINT/SIGTERM, or the caller's token): stop reading, close the router so every
-//! actor drains its queue, flush the producer, commit synchronously. If the drain deadline
-//! passes first, nothing more is committed and [`run`] returns an error.
+//! actor drains its queue, flush the producer, commit synchronously (or commit the last
+//! transaction). If the drain deadline passes first, nothing more is committed and [`run`]
+//! returns an error.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,20 +39,25 @@ use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::message::{Message, Timestamp};
 use tokio_util::sync::CancellationToken;
 
+use rdkafka::message::OwnedHeaders;
+
+use crate::backpressure::{Backpressure, Work};
 use crate::codec::{Decoder, PredictionEncoder};
-use crate::config::ServeConfig;
+use crate::config::{Processing, ServeConfig};
 use crate::control::reader::{ControlOptions, LocalBundle};
 use crate::control::signing::TrustedKeys;
 use crate::control::ActiveBundle;
 use crate::error::{Error, RecordError, RecordErrorKind, Result};
 use crate::kafka::consumer::{self, InputConsumer};
 use crate::kafka::offsets::OffsetTracker;
-use crate::kafka::producer::{producer_config, Delivery, Output, OutputProducer};
+use crate::kafka::producer::{producer_config, Delivery, Output, OutputProducer, OwnedRecord};
+use crate::kafka::transaction::{Outcome, Transactions};
 use crate::metrics::PipelineStats;
 use crate::model::bundle::Bundle;
 use crate::partition::{ActorContext, Job};
 use crate::router::Router;
 use crate::scoring::{self, UnknownPartition};
+use crate::watchdog::StallWatchdog;
 
 /// What the pipeline does with each record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,19 +84,18 @@ pub async fn run(
         tracing::info!("stopped before any bundle became active");
         return Ok(());
     };
+    let exactly_once = k.processing == Processing::ExactlyOnce;
     let tracker = Arc::new(OffsetTracker::default());
-    let producer = OutputProducer::new(
-        &producer_config(&k.brokers, &k.librdkafka_options),
-        stats.clone(),
-    )?;
-    let consumer = Arc::new(consumer::create(
-        &k.brokers,
-        &k.group_id,
-        &k.input_topic,
-        &k.librdkafka_options,
-        tracker.clone(),
-        stats.clone(),
-    )?);
+    let mut client = producer_config(&k.brokers, &k.librdkafka_options);
+    if exactly_once {
+        client.set("transactional.id", transactional_id(config));
+    }
+    let (producer, retries) = OutputProducer::new(&client, stats.clone())?;
+    let transactions = match exactly_once {
+        true => Some(Transactions::start(producer.clone()).await?),
+        false => None,
+    };
+    let consumer = Arc::new(consumer::create(config, tracker.clone(), stats.clone())?);
     let hard_stop = CancellationToken::new();
     let decoder = Decoder::new(&config.input, shutdown.clone())?;
     if let Some(why) = decoder.cannot_feed(&bundle.spec) {
@@ -93,6 +107,8 @@ pub async fn run(
         &bundle.spec.partition_column,
     )
     .await?;
+    let background = CancellationToken::new();
+    tokio::spawn(retries.run(background.clone()));
     crate::metrics::bundle_activated(&bundle.version, bundle.partitions.len(), None);
     stats.health.bundle_active(&bundle.version);
     let router = Router::new(
@@ -118,16 +134,19 @@ pub async fn run(
         partitions = bundle.partitions.len(),
         input = %k.input_topic,
         output = %k.output_topic,
+        processing = ?k.processing,
         "serving"
     );
 
-    let committer = tokio::spawn(commit_periodically(
-        consumer.clone(),
-        k.input_topic.clone(),
-        tracker.clone(),
-        Duration::from_millis(k.commit_interval_ms.max(10)),
-        shutdown.clone(),
-    ));
+    let committer = (!exactly_once).then(|| {
+        tokio::spawn(commit_periodically(
+            consumer.clone(),
+            k.input_topic.clone(),
+            tracker.clone(),
+            Duration::from_millis(k.commit_interval_ms.max(10)),
+            shutdown.clone(),
+        ))
+    });
 
     let reader = Reader {
         config,
@@ -140,33 +159,85 @@ pub async fn run(
         router,
         mode,
         decoder,
+        flow: Backpressure::new(&k.input_topic, config.pipeline.max_in_flight),
+        watchdog: StallWatchdog::new(Duration::from_secs(config.pipeline.stall_timeout_secs)),
+        transactions,
+        revocations: 0,
+        read_since_commit: false,
     };
-    let router = reader.read_until(&consumer, &shutdown).await;
+    let (router, mut flow, transactions) = reader.read_until(&consumer, &shutdown).await?;
 
-    // Drain: actors first (they enqueue the last predictions), then the producer.
+    // Drain: parked work and actors first (they enqueue the last predictions), then the
+    // producer.
     let deadline = Instant::now() + Duration::from_secs(config.pipeline.shutdown_timeout_secs);
     let actors = router.actors();
-    let drained = router
-        .close(deadline.saturating_duration_since(Instant::now()))
-        .await;
+    let mut router = router;
+    let parked_drained = tokio::time::timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        flow.drain(&mut router, &producer),
+    )
+    .await
+    .is_ok();
+    let drained = parked_drained
+        && router
+            .close(deadline.saturating_duration_since(Instant::now()))
+            .await;
     let flushed = drained
         && producer
             .flush(deadline.saturating_duration_since(Instant::now()))
             .is_ok();
-    let _ = committer.await;
-    if !flushed {
+    // Outputs refused by the broker are still being sent again: give them until the deadline.
+    while flushed && tracker.in_flight() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let delivered = flushed && tracker.in_flight() == 0;
+    if let Some(c) = committer {
+        let _ = c.await;
+    }
+    background.cancel();
+    if !delivered {
         hard_stop.cancel();
+    }
+    let positions = tracker.all_committable();
+    match transactions {
+        // A transaction is all or nothing: with events undelivered, nothing of it commits.
+        Some(mut t) if !delivered => t.abort().await?,
+        Some(mut t) => {
+            if t.commit(&consumer, &k.input_topic, &positions).await? == Outcome::Aborted {
+                return Err(Error::Kafka(
+                    "the last transaction was aborted at shutdown; its events are read again by the next instance".into(),
+                ));
+            }
+        }
+        // The delivered prefix is committed either way, so the next instance repeats less.
+        None => {
+            let _guard = tracker.commit_guard();
+            consumer::commit(&consumer, &k.input_topic, &positions, CommitMode::Sync)
+                .map_err(|e| Error::Kafka(format!("final offset commit failed: {e}")))?;
+        }
+    }
+    if !delivered {
         return Err(Error::Kafka(format!(
             "shutdown deadline of {}s passed with {} events in flight; their offsets were not committed and will be read again",
             config.pipeline.shutdown_timeout_secs,
             tracker.in_flight()
         )));
     }
-    let positions = tracker.all_committable();
-    consumer::commit(&consumer, &k.input_topic, &positions, CommitMode::Sync)
-        .map_err(|e| Error::Kafka(format!("final offset commit failed: {e}")))?;
     tracing::info!(actors, committed = ?positions, "stopped cleanly");
     Ok(())
+}
+
+/// The `transactional.id` of exactly-once mode: configured, or `GROUP_ID-HOSTNAME`.
+fn transactional_id(config: &ServeConfig) -> String {
+    config.kafka.transactional_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "manymodel".into());
+        format!("{}-{host}", config.kafka.group_id)
+    })
 }
 
 /// Waits until `bundles` holds a bundle; `None` if `shutdown` comes first or no bundle can
@@ -203,18 +274,35 @@ struct Reader<'a> {
     mode: Mode,
     /// Turns record bytes into events (`[input]`), built once.
     decoder: Decoder,
+    /// Parked work and paused Kafka partitions.
+    flow: Backpressure,
+    /// Looks for work waiting with nothing acknowledged.
+    watchdog: StallWatchdog,
+    /// The open transaction, in exactly-once mode.
+    transactions: Option<Transactions>,
+    /// The tracker's revocation count when the open transaction began.
+    revocations: u64,
+    /// Whether anything was read since the last transaction.
+    read_since_commit: bool,
 }
 
 impl Reader<'_> {
-    /// Reads until `shutdown`, then hands back the router for draining.
+    /// Reads until `shutdown`, then hands back what the drain needs.
     async fn read_until(
         mut self,
         consumer: &InputConsumer,
         shutdown: &CancellationToken,
-    ) -> Router {
-        // The loop beats and samples its queues once a second, records or not.
+    ) -> Result<(Router, Backpressure, Option<Transactions>)> {
+        // The loop beats, samples its queues and asks the watchdog once a second, records or
+        // not; parked work is offered again every few milliseconds.
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut relieve = tokio::time::interval(Duration::from_millis(5));
+        relieve.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let every = Duration::from_millis(self.config.kafka.commit_interval_ms.max(10));
+        let mut transaction = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        transaction.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.revocations = self.tracker.revocations();
         loop {
             tokio::select! {
                 biased;
@@ -223,12 +311,21 @@ impl Reader<'_> {
                     Ok(()) => self.swap(),
                     Err(_) => self.follow = false,
                 },
-                _ = tick.tick() => {
-                    self.stats.health.beat();
-                    crate::metrics::queues(self.router.actors(), self.router.queued(), self.producer.in_flight());
+                _ = tick.tick() => self.second(),
+                _ = relieve.tick() => {
+                    self.flow.relieve(consumer, self.tracker, &mut self.router, self.producer);
+                    if self.transactions.is_some() && self.tracker.revocations() != self.revocations {
+                        // Outputs of a revoked Kafka partition sit in the open transaction
+                        // without their offsets: discard them all and start over.
+                        tracing::info!("Kafka partitions were revoked: aborting the open transaction");
+                        self.abort(consumer).await?;
+                    }
+                }
+                _ = transaction.tick(), if self.transactions.is_some() => {
+                    self.cut_transaction(consumer, shutdown).await?;
                 }
                 message = consumer.recv() => match message {
-                    Ok(m) => self.handle(&m).await,
+                    Ok(m) => self.handle(consumer, &m).await,
                     Err(e) => {
                         consumer.context().log.error("consumer", &e, "while reading");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -236,7 +333,113 @@ impl Reader<'_> {
                 },
             }
         }
-        self.router
+        Ok((self.router, self.flow, self.transactions))
+    }
+
+    /// Once a second: the heartbeat, the queue gauges and the stall watchdog.
+    fn second(&mut self) {
+        let health = &self.stats.health;
+        health.beat();
+        let in_flight = self.tracker.in_flight();
+        crate::metrics::queues(
+            self.router.actors(),
+            self.router.queued(),
+            self.producer.in_flight(),
+        );
+        crate::metrics::in_flight(in_flight);
+        let waiting = in_flight > 0 || self.flow.parked() > 0 || health.lag() > 0;
+        let (tracker, flow, router, producer) =
+            (self.tracker, &self.flow, &self.router, self.producer);
+        self.watchdog
+            .check(tracker.finished(), waiting, health, || {
+                let mut parts: Vec<String> = tracker
+                    .owned()
+                    .iter()
+                    .filter(|o| o.in_flight() > 0 || flow.parked_in(o.partition()) > 0)
+                    .map(|o| {
+                        format!(
+                            "Kafka partition {}: {} in flight from offset {}, {} parked, {} refused by the broker{}",
+                            o.partition(),
+                            o.in_flight(),
+                            o.oldest_unfinished().map_or("-".into(), |x| x.to_string()),
+                            flow.parked_in(o.partition()),
+                            o.failing(),
+                            if flow.is_paused(o.partition()) { ", paused" } else { "" }
+                        )
+                    })
+                    .collect();
+                parts.push(format!(
+                    "{} in partition mailboxes, {} outputs in the producer queue, consumer lag {}",
+                    router.queued(),
+                    producer.in_flight(),
+                    health.lag()
+                ));
+                parts.join("; ")
+            });
+    }
+
+    /// Exactly-once: stop reading, let every event read in the transaction be acknowledged,
+    /// then commit it with its offsets.
+    async fn cut_transaction(
+        &mut self,
+        consumer: &InputConsumer,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        if !std::mem::take(&mut self.read_since_commit) {
+            return Ok(());
+        }
+        self.flow.drain(&mut self.router, self.producer).await;
+        let deadline = Instant::now() + TRANSACTION_DRAIN;
+        while self.tracker.in_flight() > 0 && Instant::now() < deadline {
+            if shutdown.is_cancelled() {
+                return Ok(()); // the shutdown path commits
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let Some(t) = self.transactions.as_mut() else {
+            return Ok(());
+        };
+        if self.tracker.in_flight() > 0 {
+            tracing::warn!(
+                in_flight = self.tracker.in_flight(),
+                "events of this transaction were not acknowledged in time; aborting it"
+            );
+            return self.abort(consumer).await;
+        }
+        let positions = self.tracker.all_committable();
+        let topic = &self.config.kafka.input_topic;
+        match t.commit(consumer, topic, &positions).await? {
+            Outcome::Committed => {
+                tracing::debug!(?positions, "transaction committed");
+                self.stats.committed(true);
+                self.revocations = self.tracker.revocations();
+                Ok(())
+            }
+            Outcome::Aborted => self.rewind(consumer).await,
+        }
+    }
+
+    /// Exactly-once: aborts the open transaction and rewinds to the committed offsets.
+    async fn abort(&mut self, consumer: &InputConsumer) -> Result<()> {
+        // Outstanding work is dropped first, so nothing of it reaches the next transaction.
+        self.tracker.reset();
+        self.flow.clear();
+        if let Some(t) = self.transactions.as_mut() {
+            t.abort().await?;
+        }
+        self.rewind(consumer).await
+    }
+
+    /// Exactly-once, after an abort: every owned Kafka partition reads again from its
+    /// committed offset.
+    async fn rewind(&mut self, consumer: &InputConsumer) -> Result<()> {
+        self.tracker.reset();
+        self.flow.clear();
+        self.revocations = self.tracker.revocations();
+        let owned: Vec<i32> = self.tracker.owned().iter().map(|o| o.partition()).collect();
+        crate::kafka::transaction::rewind(consumer, &self.config.kafka.input_topic, &owned)?;
+        tracing::info!(kafka_partitions = ?owned, "transaction aborted; rewound to the committed offsets");
+        Ok(())
     }
 
     /// Makes the newly activated bundle the one every following record is scored with.
@@ -265,9 +468,18 @@ impl Reader<'_> {
         tokio::task::spawn_blocking(move || drop(previous));
     }
 
-    async fn handle(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
+    /// Registers one record, decodes it and hands it on: to its partition actor, or to the
+    /// producer as a dead letter (or a passthrough copy). Never waits: what cannot be handed
+    /// on now is parked and its Kafka partition paused.
+    async fn handle(
+        &mut self,
+        consumer: &InputConsumer,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+    ) {
         self.stats.consumed();
-        let ack = self.tracker.begin(m.partition(), m.offset());
+        self.read_since_commit = true;
+        let kafka_partition = m.partition();
+        let ack = self.tracker.begin(kafka_partition, m.offset());
         let timestamp_ms = match m.timestamp() {
             Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
             Timestamp::NotAvailable => None,
@@ -275,14 +487,9 @@ impl Reader<'_> {
         let payload = m.payload();
         let k = &self.config.kafka;
         if self.mode == Mode::Passthrough {
-            let delivery = Box::new(Delivery {
-                ack,
-                output: Output::Copy,
-                source_timestamp_ms: timestamp_ms,
-            });
-            self.producer
-                .send(&k.output_topic, m.key(), payload, None, delivery)
-                .await;
+            let delivery = Delivery::new(ack, Output::Copy, timestamp_ms);
+            let topic = k.output_topic.clone();
+            self.produce(consumer, &topic, m.key(), payload, None, delivery);
             return;
         }
         let bytes = payload.unwrap_or_default();
@@ -317,33 +524,79 @@ impl Reader<'_> {
                 }
             })
         };
-        match decoded {
-            Ok(event) => {
-                self.router
-                    .route(Job {
-                        bundle: self.bundle.clone(),
-                        event,
-                        ack,
-                        timestamp_ms,
-                        read_at: Instant::now(),
-                    })
-                    .await
-            }
+        let work = match decoded {
+            Ok(event) => Work::Score(Job {
+                bundle: self.bundle.clone(),
+                event,
+                ack,
+                timestamp_ms,
+                read_at: Instant::now(),
+            }),
             Err(error) => {
                 tracing::debug!(
                     topic = m.topic(),
-                    kafka_partition = m.partition(),
+                    kafka_partition,
                     offset = m.offset(),
                     %error,
                     "dead-lettering record"
                 );
-                self.producer
-                    .dead_letter(&k.dlq_topic, m.topic(), m.key(), payload, &error, ack)
-                    .await;
+                let headers = OutputProducer::dead_letter_headers(m.topic(), &error, &ack);
+                let delivery = Delivery::new(ack, Output::DeadLetter(error.kind), None);
+                let topic = k.dlq_topic.clone();
+                self.produce(consumer, &topic, m.key(), payload, Some(headers), delivery);
+                return;
             }
+        };
+        let changed = self
+            .flow
+            .dispatch(kafka_partition, work, &mut self.router, self.producer);
+        if changed || self.flow.in_flight_crossed(self.tracker) {
+            self.flow.sync(consumer, self.tracker);
         }
     }
+
+    /// Sends a record read from Kafka straight to the producer (a dead letter or a
+    /// passthrough copy), or parks it behind earlier work of its Kafka partition.
+    fn produce(
+        &mut self,
+        consumer: &InputConsumer,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+        delivery: Box<Delivery>,
+    ) {
+        let kafka_partition = delivery.ack.partition();
+        let record = if self.flow.parked_in(kafka_partition) > 0 {
+            OwnedRecord {
+                topic: topic.to_owned(),
+                key: key.map(<[u8]>::to_vec),
+                payload: payload.map(<[u8]>::to_vec),
+                headers,
+                delivery,
+            }
+        } else {
+            match self
+                .producer
+                .try_send(topic, key, payload, headers, delivery)
+            {
+                Ok(()) => {
+                    if self.flow.in_flight_crossed(self.tracker) {
+                        self.flow.sync(consumer, self.tracker);
+                    }
+                    return;
+                }
+                Err(record) => record,
+            }
+        };
+        self.flow.park(kafka_partition, Work::Produce(record));
+        self.flow.sync(consumer, self.tracker);
+    }
 }
+
+/// How long exactly-once mode waits for a transaction's events to be acknowledged before it
+/// aborts the transaction.
+const TRANSACTION_DRAIN: Duration = Duration::from_secs(30);
 
 /// Commits the tracker's finished positions every `every` until `shutdown`.
 async fn commit_periodically(
@@ -365,8 +618,15 @@ async fn commit_periodically(
                 }
                 // A synchronous commit off the runtime: its result is known here, so it is
                 // counted, and a failed one is retried with the next tick.
-                let (c, t, p) = (consumer.clone(), topic.clone(), positions.clone());
-                let result = tokio::task::spawn_blocking(move || consumer::commit(&c, &t, &p, CommitMode::Sync)).await;
+                // Under the commit lock, re-checked there: a revoke in between retires the
+                // Kafka partitions this instance no longer owns.
+                let (c, t, tr) = (consumer.clone(), topic.clone(), tracker.clone());
+                let p = positions.clone();
+                let result = tokio::task::spawn_blocking(move || {
+                    let _guard = tr.commit_guard();
+                    let owned: Vec<(i32, i64)> = p.into_iter().filter(|(k, _)| tr.owns(*k)).collect();
+                    consumer::commit(&c, &t, &owned, CommitMode::Sync)
+                }).await;
                 let ok = matches!(result, Ok(Ok(())));
                 consumer.context().stats.committed(ok);
                 if !ok {

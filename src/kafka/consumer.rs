@@ -5,7 +5,6 @@
 //! synchronously while this instance still owns it, and the partition's state is retired so
 //! later acknowledgements cannot commit for it.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rdkafka::config::ClientConfig;
@@ -15,6 +14,7 @@ use rdkafka::consumer::{
 use rdkafka::error::KafkaResult;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
+use crate::config::{Processing, ServeConfig};
 use crate::error::{Error, Result};
 use crate::kafka::client_log::ClientLog;
 use crate::kafka::offsets::OffsetTracker;
@@ -30,6 +30,10 @@ pub struct RebalanceContext {
     pub stats: Arc<PipelineStats>,
     /// librdkafka's messages, rate-limited.
     pub log: ClientLog,
+    /// How long a revoke waits for outputs already handed to the producer.
+    pub revoke_timeout: std::time::Duration,
+    /// Offsets go into transactions, never into plain commits.
+    pub exactly_once: bool,
 }
 
 impl ClientContext for RebalanceContext {
@@ -38,14 +42,19 @@ impl ClientContext for RebalanceContext {
         self.stats
             .health
             .broker(up, (!up).then(|| "no broker connection is up".to_owned()));
+        let mut lag = 0;
         for (topic, t) in &statistics.topics {
             for (p, part) in &t.partitions {
                 // -1 is librdkafka's internal unassigned partition; -1001 lag means unknown.
                 if *p >= 0 && part.consumer_lag >= 0 {
                     crate::metrics::consumer_lag(topic, *p, part.consumer_lag);
+                    if *topic == self.topic {
+                        lag += part.consumer_lag;
+                    }
                 }
             }
         }
+        self.stats.health.set_lag(lag);
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
@@ -62,25 +71,46 @@ impl ClientContext for RebalanceContext {
 
 impl ConsumerContext for RebalanceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut commit = TopicPartitionList::new();
-            let mut revoked = Vec::new();
-            for elem in tpl.elements_for_topic(&self.topic) {
-                revoked.push(elem.partition());
-                if let Some(pos) = self.tracker.revoke(elem.partition()) {
-                    let _ = commit.add_partition_offset(
-                        &self.topic,
-                        elem.partition(),
-                        Offset::Offset(pos),
-                    );
-                }
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        // First stop the work: actors drop queued events of these Kafka partitions and the
+        // producer stops retrying their outputs. Then wait (bounded) for the outputs already
+        // on their way, so what completed is committed and the next owner repeats little.
+        let revoked: Vec<i32> = tpl
+            .elements_for_topic(&self.topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect();
+        let leaving: Vec<_> = revoked
+            .iter()
+            .filter_map(|&p| self.tracker.revoking(p))
+            .collect();
+        let deadline = std::time::Instant::now() + self.revoke_timeout;
+        while leaving.iter().any(|o| o.in_producer() > 0) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let unsettled: usize = leaving.iter().map(|o| o.in_producer()).sum();
+        // Retire and commit under the commit lock, so no periodic commit computed before
+        // this point can land after it.
+        let _guard = self.tracker.commit_guard();
+        let mut commit = TopicPartitionList::new();
+        for &p in &revoked {
+            if let Some(pos) = self.tracker.revoke(p) {
+                let _ = commit.add_partition_offset(&self.topic, p, Offset::Offset(pos));
             }
-            self.stats.assignment_changed(0, revoked.len() as u64);
-            tracing::info!(topic = %self.topic, kafka_partitions = ?revoked, "Kafka partitions revoked");
-            if commit.count() > 0 {
-                let ok = consumer.commit(&commit, CommitMode::Sync).is_ok();
-                self.stats.committed(ok);
-            }
+        }
+        self.stats.assignment_changed(0, revoked.len() as u64);
+        tracing::info!(
+            topic = %self.topic,
+            kafka_partitions = ?revoked,
+            outputs_not_acknowledged = unsettled,
+            "Kafka partitions revoked"
+        );
+        // In exactly-once mode offsets are committed only inside a transaction.
+        if commit.count() > 0 && !self.exactly_once {
+            let ok = consumer.commit(&commit, CommitMode::Sync).is_ok();
+            self.stats.committed(ok);
         }
     }
 
@@ -107,19 +137,19 @@ impl ConsumerContext for RebalanceContext {
 /// The input consumer.
 pub type InputConsumer = StreamConsumer<RebalanceContext>;
 
-/// Creates the consumer and subscribes it to `topic`.
+/// Creates the consumer of `[kafka] input_topic` and subscribes it.
 pub fn create(
-    brokers: &str,
-    group_id: &str,
-    topic: &str,
-    options: &BTreeMap<String, String>,
+    config: &ServeConfig,
     tracker: Arc<OffsetTracker>,
     stats: Arc<PipelineStats>,
 ) -> Result<InputConsumer> {
-    let mut config = ClientConfig::new();
-    config
+    let k = &config.kafka;
+    let (brokers, topic) = (k.brokers.as_str(), k.input_topic.as_str());
+    let exactly_once = k.processing == Processing::ExactlyOnce;
+    let mut client = ClientConfig::new();
+    client
         .set("bootstrap.servers", brokers)
-        .set("group.id", group_id)
+        .set("group.id", &k.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -129,9 +159,13 @@ pub fn create(
         .set("fetch.wait.max.ms", "20")
         // Statistics feed the lag gauges and broker reachability.
         .set("statistics.interval.ms", "5000");
-    for (k, v) in options {
-        if is_consumer_option(k) {
-            config.set(k, v);
+    if exactly_once {
+        // Never read an input event from an aborted upstream transaction.
+        client.set("isolation.level", "read_committed");
+    }
+    for (key, v) in &k.librdkafka_options {
+        if is_consumer_option(key) {
+            client.set(key, v);
         }
     }
     let context = RebalanceContext {
@@ -139,8 +173,10 @@ pub fn create(
         tracker,
         stats,
         log: ClientLog::default(),
+        revoke_timeout: std::time::Duration::from_millis(config.pipeline.revoke_timeout_ms),
+        exactly_once,
     };
-    let consumer: InputConsumer = config
+    let consumer: InputConsumer = client
         .create_with_context(context)
         .map_err(|e| Error::Kafka(format!("cannot create the consumer for {brokers}: {e}")))?;
     consumer

@@ -1,4 +1,4 @@
-//! Which input offsets are safe to commit.
+//! Which input offsets are safe to commit, and how much is in flight.
 //!
 //! Per Kafka partition the tracker keeps the offsets read but not yet finished, in read order.
 //! An offset is finished when its prediction (or dead letter) is acknowledged by the broker;
@@ -8,16 +8,43 @@
 //!
 //! Each assignment of a Kafka partition gets a fresh [`PartitionOffsets`]; an [`Ack`] holds the
 //! one it was issued by, so acknowledgements that arrive after a revoke land on the old,
-//! revoked state and can never move a commit this instance no longer owns.
+//! revoked state and can never move a commit this instance no longer owns. The revoked flag
+//! is also what tells actors and the producer to drop work of a Kafka partition that moved.
+//!
+//! Commits and revokes take the tracker's commit lock, so a periodic commit computed before a
+//! revoke can never land after it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Counters shared by every assignment, read by backpressure and the stall watchdog.
+#[derive(Debug, Default)]
+struct Totals {
+    /// Acks alive: events read and neither finished nor given up.
+    in_flight: AtomicUsize,
+    /// Offsets finished since start: the watchdog's measure of progress.
+    finished: AtomicU64,
+    /// Kafka partitions revoked since start: exactly-once mode aborts its open transaction
+    /// when this moves.
+    revocations: AtomicU64,
+}
 
 /// The offsets of one assignment of one Kafka partition.
 #[derive(Debug)]
 pub struct PartitionOffsets {
     partition: i32,
     state: Mutex<State>,
+    /// Set when the Kafka partition was revoked from this instance: its remaining work is
+    /// dropped, and nothing of it is committed any more.
+    revoked: AtomicBool,
+    /// Outputs of this assignment handed to the producer and not yet acknowledged or failed;
+    /// a revoke waits for them.
+    in_producer: AtomicUsize,
+    /// Outputs the broker refused and that are being retried; while any is, the Kafka
+    /// partition stays paused.
+    failing: AtomicUsize,
+    totals: Arc<Totals>,
 }
 
 #[derive(Debug, Default)]
@@ -28,15 +55,17 @@ struct State {
     committable: Option<i64>,
     /// The last position committed.
     committed: Option<i64>,
-    /// Set when the Kafka partition was revoked from this instance.
-    revoked: bool,
 }
 
 impl PartitionOffsets {
-    fn new(partition: i32) -> Self {
+    fn new(partition: i32, totals: Arc<Totals>) -> Self {
         PartitionOffsets {
             partition,
             state: Mutex::new(State::default()),
+            revoked: AtomicBool::new(false),
+            in_producer: AtomicUsize::new(0),
+            failing: AtomicUsize::new(0),
+            totals,
         }
     }
 
@@ -61,15 +90,38 @@ impl PartitionOffsets {
             s.pending.pop_front();
             s.committable = Some(o + 1);
         }
+        drop(s);
+        self.totals.finished.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Offsets read and not yet finished.
     pub fn in_flight(&self) -> usize {
         self.lock().pending.len()
     }
+
+    /// The oldest offset read and not yet finished.
+    pub fn oldest_unfinished(&self) -> Option<i64> {
+        self.lock().pending.front().map(|(o, _)| *o)
+    }
+
+    /// True once this assignment was revoked.
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(Ordering::Acquire)
+    }
+
+    /// Outputs refused by the broker and being retried.
+    pub fn failing(&self) -> usize {
+        self.failing.load(Ordering::Relaxed)
+    }
+
+    /// Outputs handed to the producer and not yet settled.
+    pub fn in_producer(&self) -> usize {
+        self.in_producer.load(Ordering::Acquire)
+    }
 }
 
-/// A claim on one read offset, finished once its output is acknowledged.
+/// A claim on one read offset, finished once its output is acknowledged. Dropping it
+/// unfinished gives the offset up: it is never committed by this assignment.
 #[derive(Debug)]
 pub struct Ack {
     offsets: Arc<PartitionOffsets>,
@@ -91,12 +143,49 @@ impl Ack {
     pub fn offset(&self) -> i64 {
         self.offset
     }
+
+    /// True once the Kafka partition was revoked: the work is another instance's now.
+    pub fn is_revoked(&self) -> bool {
+        self.offsets.is_revoked()
+    }
+
+    /// The output is handed to the producer; [`Ack::settled`] must follow.
+    pub fn sent(&self) {
+        self.offsets.in_producer.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The producer is done with the output, delivered or not.
+    pub fn settled(&self) {
+        self.offsets.in_producer.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// The broker refused the output and it will be retried: the Kafka partition pauses.
+    pub fn failing(&self) {
+        self.offsets.failing.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A retried output was acknowledged at last.
+    pub fn recovered(&self) {
+        self.offsets.failing.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        self.offsets
+            .totals
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// All Kafka partitions of the input topic this instance owns.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
     partitions: Mutex<HashMap<i32, Arc<PartitionOffsets>>>,
+    totals: Arc<Totals>,
+    /// Held while computing and sending a commit, and while retiring a revoked partition.
+    commit_lock: Mutex<()>,
 }
 
 impl OffsetTracker {
@@ -104,32 +193,60 @@ impl OffsetTracker {
         self.partitions.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn fresh(&self, partition: i32) -> Arc<PartitionOffsets> {
+        Arc::new(PartitionOffsets::new(partition, self.totals.clone()))
+    }
+
     /// Starts tracking a newly assigned Kafka partition, with fresh state.
     pub fn assign(&self, partition: i32) {
-        self.lock()
-            .insert(partition, Arc::new(PartitionOffsets::new(partition)));
+        let fresh = self.fresh(partition);
+        if let Some(old) = self.lock().insert(partition, fresh) {
+            old.revoked.store(true, Ordering::Release);
+        }
+    }
+
+    /// Marks a Kafka partition revoked, so its queued work is dropped and its producer
+    /// outputs can be waited for; [`OffsetTracker::revoke`] retires it.
+    pub fn revoking(&self, partition: i32) -> Option<Arc<PartitionOffsets>> {
+        let offsets = self.lock().get(&partition).cloned()?;
+        offsets.revoked.store(true, Ordering::Release);
+        Some(offsets)
     }
 
     /// Stops tracking a revoked Kafka partition and returns the position still to commit for
-    /// it, if any. Acknowledgements for it that arrive later change nothing.
+    /// it, if any. Acknowledgements for it that arrive later change nothing. The caller holds
+    /// the commit lock ([`OffsetTracker::commit_guard`]) while it commits the position.
     pub fn revoke(&self, partition: i32) -> Option<i64> {
         let offsets = self.lock().remove(&partition)?;
-        let mut s = offsets.lock();
-        s.revoked = true;
+        self.totals.revocations.fetch_add(1, Ordering::AcqRel);
+        offsets.revoked.store(true, Ordering::Release);
+        let s = offsets.lock();
         match (s.committable, s.committed) {
             (Some(c), Some(done)) if c <= done => None,
             (c, _) => c,
         }
     }
 
+    /// The commit lock: hold it from taking positions until their commit returned.
+    pub fn commit_guard(&self) -> MutexGuard<'_, ()> {
+        self.commit_lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Registers a read offset; the returned [`Ack`] finishes it.
     pub fn begin(&self, partition: i32, offset: i64) -> Ack {
-        let offsets = self
-            .lock()
-            .entry(partition)
-            .or_insert_with(|| Arc::new(PartitionOffsets::new(partition)))
-            .clone();
+        let offsets = {
+            let mut map = self.lock();
+            match map.get(&partition) {
+                Some(o) => o.clone(),
+                None => {
+                    let o = self.fresh(partition);
+                    map.insert(partition, o.clone());
+                    o
+                }
+            }
+        };
         offsets.lock().pending.push_back((offset, false));
+        self.totals.in_flight.fetch_add(1, Ordering::Relaxed);
         Ack { offsets, offset }
     }
 
@@ -146,8 +263,11 @@ impl OffsetTracker {
         let mut out: Vec<(i32, i64)> = partitions
             .iter()
             .filter_map(|p| {
+                if p.is_revoked() {
+                    return None;
+                }
                 let mut s = p.lock();
-                let c = s.committable.filter(|_| !s.revoked)?;
+                let c = s.committable?;
                 if only_moved && s.committed == Some(c) {
                     return None;
                 }
@@ -179,9 +299,41 @@ impl OffsetTracker {
         self.take(false)
     }
 
-    /// Events read and not yet finished, over all owned Kafka partitions.
+    /// Events read and not yet finished or given up, over all assignments.
     pub fn in_flight(&self) -> usize {
-        self.lock().values().map(|p| p.in_flight()).sum()
+        self.totals.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Offsets finished since start; it moves whenever the pipeline makes progress.
+    pub fn finished(&self) -> u64 {
+        self.totals.finished.load(Ordering::Relaxed)
+    }
+
+    /// Kafka partitions revoked since start.
+    pub fn revocations(&self) -> u64 {
+        self.totals.revocations.load(Ordering::Acquire)
+    }
+
+    /// The owned assignments, by Kafka partition.
+    pub fn owned(&self) -> Vec<Arc<PartitionOffsets>> {
+        let mut v: Vec<_> = self.lock().values().cloned().collect();
+        v.sort_unstable_by_key(|p| p.partition);
+        v
+    }
+
+    /// Whether `partition` is owned now.
+    pub fn owns(&self, partition: i32) -> bool {
+        self.lock().contains_key(&partition)
+    }
+
+    /// Forgets every assignment (after an aborted transaction): outstanding acks are given
+    /// up and the owned Kafka partitions start over with fresh state.
+    pub fn reset(&self) {
+        let mut map = self.lock();
+        for (p, old) in map.iter_mut() {
+            old.revoked.store(true, Ordering::Release);
+            *old = Arc::new(PartitionOffsets::new(*p, self.totals.clone()));
+        }
     }
 }
 

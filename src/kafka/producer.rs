@@ -2,16 +2,24 @@
 //!
 //! One librdkafka producer (with its own polling thread) carries both outputs. Each record
 //! travels with a [`Delivery`]: when the broker acknowledges it, the delivery callback finishes
-//! the input offset it came from, which is what lets the offset tracker commit. A record the
-//! broker does not acknowledge is logged and counted and its offset is never finished, so it
-//! is never committed past: at-least-once, even across a crash.
+//! the input offset it came from, which is what lets the offset tracker commit.
+//!
+//! A record the broker refuses (an unwritable dead-letter topic, a deleted output topic, a
+//! broker away for longer than `message.timeout.ms`) is never given up: its offset stays
+//! unfinished, so nothing past it is committed, its Kafka partition is paused (see
+//! [`crate::serve`]), and [`Retries`] sends it again with a growing pause until it is
+//! acknowledged or its Kafka partition moves to another instance.
+//!
+//! The consumer loop never waits on the producer: [`OutputProducer::try_send`] hands back an
+//! [`OwnedRecord`] when librdkafka's queue is full, and the loop parks it and pauses the Kafka
+//! partition instead.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Header, OwnedHeaders};
+use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
@@ -40,6 +48,42 @@ pub struct Delivery {
     pub output: Output,
     /// The input record's Kafka timestamp (ms), for end-to-end latency.
     pub source_timestamp_ms: Option<i64>,
+    /// Times the broker refused this output so far.
+    pub attempts: u32,
+}
+
+impl Delivery {
+    /// A first attempt at delivering `output` for `ack`.
+    pub fn new(ack: Ack, output: Output, source_timestamp_ms: Option<i64>) -> Box<Self> {
+        Box::new(Delivery {
+            ack,
+            output,
+            source_timestamp_ms,
+            attempts: 0,
+        })
+    }
+}
+
+/// An output record that owns its bytes: parked while the producer's queue is full, or
+/// waiting to be sent again after the broker refused it.
+pub struct OwnedRecord {
+    /// The topic it goes to.
+    pub topic: String,
+    /// Its key.
+    pub key: Option<Vec<u8>>,
+    /// Its value.
+    pub payload: Option<Vec<u8>>,
+    /// Its headers.
+    pub headers: Option<OwnedHeaders>,
+    /// What it finishes.
+    pub delivery: Box<Delivery>,
+}
+
+impl OwnedRecord {
+    /// The Kafka partition of the input offset it finishes.
+    pub fn kafka_partition(&self) -> i32 {
+        self.delivery.ack.partition()
+    }
 }
 
 /// The producer's context: it turns acknowledgements into finished offsets and metrics.
@@ -50,6 +94,11 @@ pub struct DeliveryContext {
     dlq_burst: std::sync::Mutex<(u64, Option<std::time::Instant>)>,
     /// librdkafka's messages, rate-limited.
     log: crate::kafka::client_log::ClientLog,
+    /// Refused outputs go here to be sent again; `None` in exactly-once mode, where a refused
+    /// output fails its transaction instead.
+    retries: Option<tokio::sync::mpsc::UnboundedSender<OwnedRecord>>,
+    /// Set when an output of the open transaction was refused (exactly-once mode).
+    transaction_failed: std::sync::atomic::AtomicBool,
 }
 
 impl DeliveryContext {
@@ -85,14 +134,16 @@ impl ClientContext for DeliveryContext {
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<Delivery>;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, delivery: Box<Delivery>) {
-        let Delivery {
-            ack,
-            output,
-            source_timestamp_ms,
-        } = *delivery;
+    fn delivery(&self, result: &DeliveryResult<'_>, mut delivery: Box<Delivery>) {
+        delivery.ack.settled();
         match result {
             Ok(_) => {
+                let Delivery {
+                    ack,
+                    output,
+                    source_timestamp_ms,
+                    attempts,
+                } = *delivery;
                 let latency_us = source_timestamp_ms.map(|t| (now_ms() - t).max(0) as u64 * 1000);
                 match output {
                     Output::Prediction(source) => self.stats.produced(source, latency_us),
@@ -102,16 +153,50 @@ impl ProducerContext for DeliveryContext {
                         self.log_dead_letter(kind);
                     }
                 }
+                if attempts > 0 {
+                    ack.recovered();
+                    tracing::info!(
+                        kafka_partition = ack.partition(),
+                        offset = ack.offset(),
+                        attempts,
+                        "refused output delivered at last"
+                    );
+                }
                 ack.finish();
             }
-            Err((e, _)) => {
+            Err((e, message)) => {
                 self.stats.delivery_failed();
-                tracing::error!(
-                    kafka_partition = ack.partition(),
-                    offset = ack.offset(),
-                    error = %e,
-                    "output not acknowledged by the broker; this input offset will not be committed and is read again after a restart"
-                );
+                let ack = &delivery.ack;
+                if delivery.attempts == 0 || delivery.attempts.is_power_of_two() {
+                    tracing::error!(
+                        topic = message.topic(),
+                        kafka_partition = ack.partition(),
+                        offset = ack.offset(),
+                        attempts = delivery.attempts + 1,
+                        error = %e,
+                        "output not acknowledged by the broker; its input offset is not committed, its Kafka partition is paused, and it is sent again"
+                    );
+                }
+                let Some(retries) = &self.retries else {
+                    self.transaction_failed
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    return;
+                };
+                if ack.is_revoked() {
+                    return; // the next owner reads the event again
+                }
+                if delivery.attempts == 0 {
+                    ack.failing();
+                }
+                delivery.attempts += 1;
+                let record = OwnedRecord {
+                    topic: message.topic().to_owned(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                    headers: message.headers().map(|h| h.detach()),
+                    delivery,
+                };
+                let _ = retries.send(record);
             }
         }
     }
@@ -169,22 +254,34 @@ fn is_producer_option(key: &str) -> bool {
 }
 
 impl OutputProducer {
-    /// Creates the producer.
-    pub fn new(config: &ClientConfig, stats: Arc<PipelineStats>) -> Result<Self> {
+    /// Creates the producer, and the [`Retries`] that must run beside it to send refused
+    /// outputs again. With a `transactional.id` in `config`, refused outputs fail the open
+    /// transaction instead ([`OutputProducer::transaction_failed`]) and there are no retries.
+    pub fn new(config: &ClientConfig, stats: Arc<PipelineStats>) -> Result<(Self, Retries)> {
+        let transactional = config.get("transactional.id").is_some();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let producer: ThreadedProducer<DeliveryContext> = config
             .create_with_context(DeliveryContext {
                 stats,
                 dlq_burst: std::sync::Mutex::new((0, None)),
                 log: Default::default(),
+                retries: (!transactional).then_some(tx),
+                transaction_failed: Default::default(),
             })
             .map_err(|e| Error::Kafka(format!("cannot create the producer: {e}")))?;
-        Ok(OutputProducer {
+        let producer = OutputProducer {
             producer: Arc::new(producer),
-        })
+        };
+        let retries = Retries {
+            producer: producer.clone(),
+            rx,
+        };
+        Ok((producer, retries))
     }
 
     /// Enqueues one record, waiting while librdkafka's queue is full (backpressure) and
-    /// retrying other errors with a growing pause: the offset is never given up.
+    /// retrying other errors with a growing pause. The record is dropped only when its Kafka
+    /// partition was revoked: the next owner scores the event again.
     pub async fn send(
         &self,
         topic: &str,
@@ -193,26 +290,22 @@ impl OutputProducer {
         headers: Option<OwnedHeaders>,
         delivery: Box<Delivery>,
     ) {
-        let mut record = BaseRecord::with_opaque_to(topic, delivery);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Some(p) = payload {
-            record = record.payload(p);
-        }
-        if let Some(h) = headers {
-            record = record.headers(h);
-        }
+        delivery.ack.sent();
+        let mut record = base_record(topic, key, payload, headers, delivery);
         let mut pause = Duration::from_millis(1);
         loop {
             match self.producer.send(record) {
                 Ok(()) => return,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
                 Err((e, r)) => {
                     record = r;
+                    if record.delivery_opaque.ack.is_revoked() {
+                        record.delivery_opaque.ack.settled();
+                        return;
+                    }
+                    if let KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) = e {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
                     tracing::warn!(topic, error = %e, "cannot enqueue output record; retrying in {:?}", pause);
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));
@@ -221,21 +314,82 @@ impl OutputProducer {
         }
     }
 
-    /// Sends a dead letter: the original key and value untouched, the reason and the source
-    /// position in headers.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn dead_letter(
+    /// Enqueues one record without waiting. When librdkafka cannot take it now, the record
+    /// comes back with its own copy of the bytes, for the caller to park and offer again.
+    pub fn try_send(
         &self,
-        dlq_topic: &str,
-        source_topic: &str,
+        topic: &str,
         key: Option<&[u8]>,
-        value: Option<&[u8]>,
-        error: &RecordError,
-        ack: Ack,
-    ) {
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+        delivery: Box<Delivery>,
+    ) -> std::result::Result<(), OwnedRecord> {
+        delivery.ack.sent();
+        let record = base_record(topic, key, payload, headers, delivery);
+        match self.producer.send(record) {
+            Ok(()) => Ok(()),
+            Err((e, r)) => {
+                if !matches!(
+                    e,
+                    KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)
+                ) {
+                    tracing::warn!(topic, error = %e, "cannot enqueue output record; offering it again shortly");
+                }
+                r.delivery_opaque.ack.settled();
+                Err(OwnedRecord {
+                    topic: topic.to_owned(),
+                    key: key.map(<[u8]>::to_vec),
+                    payload: payload.map(<[u8]>::to_vec),
+                    headers: r.headers,
+                    delivery: r.delivery_opaque,
+                })
+            }
+        }
+    }
+
+    /// [`OutputProducer::send`] for a record that owns its bytes.
+    pub async fn send_owned(&self, record: OwnedRecord) {
+        let OwnedRecord {
+            topic,
+            key,
+            payload,
+            headers,
+            delivery,
+        } = record;
+        self.send(
+            &topic,
+            key.as_deref(),
+            payload.as_deref(),
+            headers,
+            delivery,
+        )
+        .await
+    }
+
+    /// [`OutputProducer::try_send`] for a parked record.
+    pub fn try_resend(&self, record: OwnedRecord) -> std::result::Result<(), OwnedRecord> {
+        let OwnedRecord {
+            topic,
+            key,
+            payload,
+            headers,
+            delivery,
+        } = record;
+        self.try_send(
+            &topic,
+            key.as_deref(),
+            payload.as_deref(),
+            headers,
+            delivery,
+        )
+    }
+
+    /// The headers of a dead letter: the reason and the source position. The original key
+    /// and value travel untouched beside them.
+    pub fn dead_letter_headers(source_topic: &str, error: &RecordError, ack: &Ack) -> OwnedHeaders {
         let partition = ack.partition().to_string();
         let offset = ack.offset().to_string();
-        let headers = OwnedHeaders::new_with_capacity(5)
+        OwnedHeaders::new_with_capacity(5)
             .insert(Header {
                 key: "error-kind",
                 value: Some(error.kind.as_str()),
@@ -255,14 +409,7 @@ impl OutputProducer {
             .insert(Header {
                 key: "source-offset",
                 value: Some(offset.as_str()),
-            });
-        let delivery = Box::new(Delivery {
-            ack,
-            output: Output::DeadLetter(error.kind),
-            source_timestamp_ms: None,
-        });
-        self.send(dlq_topic, key, value, Some(headers), delivery)
-            .await;
+            })
     }
 
     /// Waits until every enqueued record is acknowledged or `timeout` passes.
@@ -275,5 +422,93 @@ impl OutputProducer {
     /// Records enqueued and not yet acknowledged.
     pub fn in_flight(&self) -> i32 {
         self.producer.in_flight_count()
+    }
+
+    /// The underlying producer, for the transaction calls of exactly-once mode.
+    pub fn transactional(&self) -> &ThreadedProducer<DeliveryContext> {
+        &self.producer
+    }
+
+    /// True (and reset) if an output of the open transaction was refused by the broker.
+    pub fn take_transaction_failed(&self) -> bool {
+        self.producer
+            .context()
+            .transaction_failed
+            .swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+}
+
+/// A record for librdkafka, carrying its delivery.
+fn base_record<'a>(
+    topic: &'a str,
+    key: Option<&'a [u8]>,
+    payload: Option<&'a [u8]>,
+    headers: Option<OwnedHeaders>,
+    delivery: Box<Delivery>,
+) -> BaseRecord<'a, [u8], [u8], Box<Delivery>> {
+    let mut record = BaseRecord::with_opaque_to(topic, delivery);
+    if let Some(k) = key {
+        record = record.key(k);
+    }
+    if let Some(p) = payload {
+        record = record.payload(p);
+    }
+    if let Some(h) = headers {
+        record = record.headers(h);
+    }
+    record
+}
+
+/// Sends refused outputs again, one at a time, pausing longer after each refusal (up to 30 s).
+pub struct Retries {
+    producer: OutputProducer,
+    rx: tokio::sync::mpsc::UnboundedReceiver<OwnedRecord>,
+}
+
+impl Retries {
+    /// Runs until `shutdown`.
+    pub async fn run(mut self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            let record = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.rx.recv() => match r {
+                    Some(r) => r,
+                    None => return,
+                },
+            };
+            let exp = record.delivery.attempts.saturating_sub(1).min(5);
+            let pause = Duration::from_millis(1000 << exp).min(Duration::from_secs(30));
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+            // Everything refused meanwhile goes out with it, so a burst of refusals costs
+            // one pause, not one per record.
+            let mut batch = vec![record];
+            while let Ok(r) = self.rx.try_recv() {
+                batch.push(r);
+            }
+            for record in batch {
+                if record.delivery.ack.is_revoked() {
+                    continue;
+                }
+                let OwnedRecord {
+                    topic,
+                    key,
+                    payload,
+                    headers,
+                    delivery,
+                } = record;
+                self.producer
+                    .send(
+                        &topic,
+                        key.as_deref(),
+                        payload.as_deref(),
+                        headers,
+                        delivery,
+                    )
+                    .await;
+            }
+        }
     }
 }

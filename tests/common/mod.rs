@@ -2,6 +2,8 @@
 //! runs it.
 #![allow(dead_code)]
 
+pub mod chaos;
+
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

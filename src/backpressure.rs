@@ -1,0 +1,234 @@
+//! Backpressure: work that cannot be handed on yet, and which Kafka partitions are paused.
+//!
+//! The consumer loop never waits on a full queue. When a partition actor's mailbox or the
+//! producer's queue has no room, the record is parked here, in read order per Kafka
+//! partition, and that Kafka partition is paused at the consumer; later records of it are
+//! parked behind it, so order holds. Parked work is offered again every few milliseconds and
+//! the Kafka partition resumes once its queue is empty. Because the loop keeps polling the
+//! consumer meanwhile, `max.poll.interval.ms` is never exceeded however slow scoring is.
+//!
+//! Two more reasons pause a Kafka partition: every partition pauses while more than
+//! `[pipeline] max_in_flight` events are read and not yet acknowledged (the memory bound when
+//! the output is slow), and a Kafka partition with an output the broker refused stays paused
+//! until that output is delivered (see [`crate::kafka::producer`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::TopicPartitionList;
+
+use crate::kafka::consumer::InputConsumer;
+use crate::kafka::offsets::{Ack, OffsetTracker};
+use crate::kafka::producer::{OutputProducer, OwnedRecord};
+use crate::partition::Job;
+use crate::router::Router;
+
+/// Work read from Kafka and not yet handed on.
+pub enum Work {
+    /// An event for its partition actor.
+    Score(Job),
+    /// A record for the producer: a dead letter, or a passthrough copy.
+    Produce(OwnedRecord),
+}
+
+impl Work {
+    fn ack(&self) -> &Ack {
+        match self {
+            Work::Score(job) => &job.ack,
+            Work::Produce(record) => &record.delivery.ack,
+        }
+    }
+
+    /// Hands the work on without waiting, or gives it back.
+    // A full queue hands the job back by value to be parked; boxing it would cost an
+    // allocation for every event to spare one move on the rare full queue.
+    #[allow(clippy::result_large_err)]
+    fn offer(self, router: &mut Router, producer: &OutputProducer) -> Result<(), Work> {
+        match self {
+            Work::Score(job) => router.try_route(job).map_err(Work::Score),
+            Work::Produce(record) => producer.try_resend(record).map_err(Work::Produce),
+        }
+    }
+}
+
+/// Parked work and the pause state of the consumer.
+pub struct Backpressure {
+    topic: String,
+    max_in_flight: usize,
+    /// Parked work per Kafka partition, in read order.
+    parked: HashMap<i32, VecDeque<Work>>,
+    /// Paused Kafka partitions, with the assignment (its state's address) they were paused
+    /// in: a revoke and a new assignment unpause a Kafka partition at the consumer.
+    paused: HashMap<i32, usize>,
+    /// Every Kafka partition is held because too much is in flight.
+    holding_all: bool,
+}
+
+impl Backpressure {
+    /// Backpressure for the input `topic`.
+    pub fn new(topic: &str, max_in_flight: usize) -> Self {
+        Backpressure {
+            topic: topic.to_owned(),
+            max_in_flight: max_in_flight.max(1),
+            parked: HashMap::new(),
+            paused: HashMap::new(),
+            holding_all: false,
+        }
+    }
+
+    /// Hands `work` of Kafka partition `kafka_partition` on, or parks it (behind anything
+    /// already parked for that Kafka partition) and pauses the Kafka partition. Returns true
+    /// if the pause state may need to change.
+    pub fn dispatch(
+        &mut self,
+        kafka_partition: i32,
+        work: Work,
+        router: &mut Router,
+        producer: &OutputProducer,
+    ) -> bool {
+        if let Some(queue) = self.parked.get_mut(&kafka_partition) {
+            queue.push_back(work);
+            return false;
+        }
+        match work.offer(router, producer) {
+            Ok(()) => false,
+            Err(work) => {
+                self.parked
+                    .entry(kafka_partition)
+                    .or_default()
+                    .push_back(work);
+                true
+            }
+        }
+    }
+
+    /// Parks `work` behind anything parked for `kafka_partition`; the caller then syncs the
+    /// pause state.
+    pub fn park(&mut self, kafka_partition: i32, work: Work) {
+        self.parked
+            .entry(kafka_partition)
+            .or_default()
+            .push_back(work);
+    }
+
+    /// True when the in-flight bound calls for a change of pause state.
+    pub fn in_flight_crossed(&self, tracker: &OffsetTracker) -> bool {
+        let n = tracker.in_flight();
+        if self.holding_all {
+            n <= self.resume_below()
+        } else {
+            n >= self.max_in_flight
+        }
+    }
+
+    fn resume_below(&self) -> usize {
+        self.max_in_flight / 10 * 9
+    }
+
+    /// Offers parked work again, drops work of revoked Kafka partitions, and pauses or
+    /// resumes Kafka partitions to match.
+    pub fn relieve(
+        &mut self,
+        consumer: &InputConsumer,
+        tracker: &OffsetTracker,
+        router: &mut Router,
+        producer: &OutputProducer,
+    ) {
+        self.parked.retain(|_, queue| {
+            // Work of a revoked Kafka partition is the next owner's: dropping it gives the
+            // offsets up, and they were never committed.
+            queue.retain(|w| !w.ack().is_revoked());
+            while let Some(work) = queue.pop_front() {
+                if let Err(work) = work.offer(router, producer) {
+                    queue.push_front(work);
+                    break;
+                }
+            }
+            !queue.is_empty()
+        });
+        self.sync(consumer, tracker);
+    }
+
+    /// Pauses and resumes Kafka partitions so that exactly those with a reason are paused.
+    pub fn sync(&mut self, consumer: &InputConsumer, tracker: &OffsetTracker) {
+        let in_flight = tracker.in_flight();
+        if self.holding_all && in_flight <= self.resume_below() {
+            self.holding_all = false;
+            tracing::info!(in_flight, "in-flight events back under the bound; resuming");
+        } else if !self.holding_all && in_flight >= self.max_in_flight {
+            self.holding_all = true;
+            tracing::info!(
+                in_flight,
+                max_in_flight = self.max_in_flight,
+                "too many events in flight (the output is slower than the input); pausing every Kafka partition"
+            );
+        }
+        let owned = tracker.owned();
+        let mut pause = TopicPartitionList::new();
+        let mut resume = TopicPartitionList::new();
+        let mut now_paused = HashMap::with_capacity(owned.len());
+        for offsets in &owned {
+            let p = offsets.partition();
+            let id = Arc::as_ptr(offsets) as usize;
+            let wanted = self.holding_all || self.parked.contains_key(&p) || offsets.failing() > 0;
+            let was = self.paused.get(&p) == Some(&id);
+            if wanted {
+                if !was {
+                    let _ = pause.add_partition(&self.topic, p);
+                }
+                now_paused.insert(p, id);
+            } else if was {
+                let _ = resume.add_partition(&self.topic, p);
+            }
+        }
+        if pause.count() > 0 {
+            if let Err(e) = consumer.pause(&pause) {
+                tracing::warn!(error = %e, "cannot pause Kafka partitions");
+            }
+        }
+        if resume.count() > 0 {
+            if let Err(e) = consumer.resume(&resume) {
+                tracing::warn!(error = %e, "cannot resume Kafka partitions");
+            }
+        }
+        self.paused = now_paused;
+        crate::metrics::paused_partitions(self.paused.len());
+    }
+
+    /// Events parked, over all Kafka partitions.
+    pub fn parked(&self) -> usize {
+        self.parked.values().map(VecDeque::len).sum()
+    }
+
+    /// Parked events of one Kafka partition.
+    pub fn parked_in(&self, kafka_partition: i32) -> usize {
+        self.parked.get(&kafka_partition).map_or(0, VecDeque::len)
+    }
+
+    /// Whether `kafka_partition` is paused now.
+    pub fn is_paused(&self, kafka_partition: i32) -> bool {
+        self.paused.contains_key(&kafka_partition)
+    }
+
+    /// Hands every parked job to its actor, waiting for room: the loop stops reading during
+    /// a drain, so waiting is what it should do.
+    pub async fn drain(&mut self, router: &mut Router, producer: &OutputProducer) {
+        for (_, queue) in self.parked.drain() {
+            for work in queue {
+                if work.ack().is_revoked() {
+                    continue;
+                }
+                match work {
+                    Work::Score(job) => router.route(job).await,
+                    Work::Produce(r) => producer.send_owned(r).await,
+                }
+            }
+        }
+    }
+
+    /// Forgets every parked record (after an aborted transaction: they are read again).
+    pub fn clear(&mut self) {
+        self.parked.clear();
+    }
+}

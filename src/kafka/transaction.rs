@@ -1,0 +1,173 @@
+//! Exactly-once mode (`[kafka] processing = "exactly_once"`): predictions, dead letters and
+//! input offsets are committed together in one Kafka transaction.
+//!
+//! The shape is rust-rdkafka's `transactions.rs` example: consume, score, produce into the
+//! open transaction, send the input offsets to it, commit. The consumer loop cuts a
+//! transaction every `commit_interval_ms`: it stops reading, waits until every event read in
+//! the transaction is acknowledged, sends the offsets with the consumer group's metadata (so a
+//! zombie instance that lost its Kafka partitions is fenced by the group generation) and
+//! commits. Anything that goes wrong before the commit aborts the transaction: its outputs are
+//! discarded for `read_committed` consumers, the loop rewinds every owned Kafka partition to
+//! its committed offset, and the events are scored again in the next transaction.
+
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::Producer;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::error::{Error, Result};
+use crate::kafka::consumer::InputConsumer;
+use crate::kafka::producer::OutputProducer;
+
+/// How long one transactional call may take before it counts as failed.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What became of a transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Committed with its offsets.
+    Committed,
+    /// Aborted: its outputs are discarded and its events must be read again.
+    Aborted,
+}
+
+/// The transactional producer's state machine, driven by the consumer loop.
+pub struct Transactions {
+    producer: OutputProducer,
+}
+
+impl Transactions {
+    /// Initialises transactions (fencing any earlier producer with the same
+    /// `transactional.id`) and opens the first one.
+    pub async fn start(producer: OutputProducer) -> Result<Self> {
+        let p = producer.clone();
+        blocking(move || {
+            p.transactional().init_transactions(CALL_TIMEOUT)?;
+            p.transactional().begin_transaction()
+        })
+        .await
+        .map_err(|e| {
+            Error::Kafka(format!(
+                "cannot start transactions (is the broker new enough, and the transactional.id unique to this instance?): {e}"
+            ))
+        })?;
+        Ok(Transactions { producer })
+    }
+
+    /// Sends `positions` (Kafka partition, next offset) of `topic` to the open transaction,
+    /// commits it and opens the next one. Every output of the transaction must be
+    /// acknowledged before this is called. An error that only dooms this transaction aborts
+    /// it; an error that dooms the producer (fenced by a newer instance) is returned.
+    pub async fn commit(
+        &mut self,
+        consumer: &InputConsumer,
+        topic: &str,
+        positions: &[(i32, i64)],
+    ) -> Result<Outcome> {
+        if self.producer.take_transaction_failed() {
+            tracing::warn!("an output of this transaction was refused by the broker; aborting it, its events are read again");
+            return self.abort().await.map(|()| Outcome::Aborted);
+        }
+        let mut offsets = TopicPartitionList::with_capacity(positions.len());
+        for &(p, o) in positions {
+            offsets.add_partition_offset(topic, p, Offset::Offset(o))?;
+        }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let metadata = consumer.group_metadata();
+            if offsets.count() > 0 && metadata.is_none() {
+                tracing::warn!(
+                    "no consumer group metadata to commit offsets with; aborting the transaction"
+                );
+                return self.abort().await.map(|()| Outcome::Aborted);
+            }
+            let p = self.producer.clone();
+            let offsets = offsets.clone();
+            let result = blocking(move || {
+                if let (true, Some(m)) = (offsets.count() > 0, &metadata) {
+                    p.transactional()
+                        .send_offsets_to_transaction(&offsets, m, CALL_TIMEOUT)?;
+                }
+                p.transactional().commit_transaction(CALL_TIMEOUT)
+            })
+            .await;
+            match result {
+                Ok(()) => break,
+                Err(KafkaError::Transaction(e)) if e.is_fatal() => {
+                    return Err(Error::Kafka(format!(
+                        "the transactional producer was fenced or failed fatally ({e}); another instance with the same transactional.id took over, or the broker lost the transaction"
+                    )));
+                }
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < 3 => {
+                    tracing::warn!(error = %e, attempt, "committing the transaction failed; retrying");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "committing the transaction failed; aborting it, its events are read again");
+                    return self.abort().await.map(|()| Outcome::Aborted);
+                }
+            }
+        }
+        crate::metrics::transaction(true);
+        let p = self.producer.clone();
+        blocking(move || p.transactional().begin_transaction())
+            .await
+            .map_err(|e| Error::Kafka(format!("cannot open the next transaction: {e}")))?;
+        Ok(Outcome::Committed)
+    }
+
+    /// Aborts the open transaction and opens the next one.
+    pub async fn abort(&mut self) -> Result<()> {
+        let p = self.producer.clone();
+        let result = blocking(move || {
+            p.transactional().abort_transaction(CALL_TIMEOUT)?;
+            p.transactional().begin_transaction()
+        })
+        .await;
+        self.producer.take_transaction_failed();
+        crate::metrics::transaction(false);
+        result.map_err(|e| Error::Kafka(format!("aborting a transaction failed: {e}")))
+    }
+}
+
+/// Runs a blocking librdkafka call off the runtime.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> std::result::Result<T, KafkaError> + Send + 'static,
+) -> std::result::Result<T, KafkaError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r,
+        Err(e) => Err(KafkaError::Canceled).inspect_err(
+            |_| tracing::error!(error = %e, "a transactional call panicked or was cancelled"),
+        ),
+    }
+}
+
+/// Where each owned Kafka partition's committed offset is, to rewind to after an abort.
+pub fn rewind(consumer: &InputConsumer, topic: &str, partitions: &[i32]) -> Result<()> {
+    let mut tpl = TopicPartitionList::with_capacity(partitions.len());
+    for &p in partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, CALL_TIMEOUT).map_err(|e| {
+        Error::Kafka(format!(
+            "reading committed offsets to rewind after an abort: {e}"
+        ))
+    })?;
+    for elem in committed.elements_for_topic(topic) {
+        let to = match elem.offset() {
+            Offset::Offset(o) => Offset::Offset(o),
+            _ => Offset::Beginning,
+        };
+        consumer
+            .seek(topic, elem.partition(), to, CALL_TIMEOUT)
+            .map_err(|e| {
+                Error::Kafka(format!(
+                    "rewinding {topic} Kafka partition {} after an abort: {e}",
+                    elem.partition()
+                ))
+            })?;
+    }
+    Ok(())
+}
