@@ -9,7 +9,8 @@
 //!
 //! 1. [`kafka::consumer`] reads a record; [`kafka::offsets`] registers its offset.
 //! 2. [`codec`] decodes it (JSON or Avro) and [`event`] turns it into an event (through
-//!    [`features`], the one encoder training also uses) or names what is wrong with it ([`error::RecordError`]), in which case
+//!    [`features`], the one encoder training also uses) or names what is wrong with it
+//!    ([`error::RecordError`]), in which case
 //!    [`kafka::producer`] sends it to the dead-letter topic.
 //! 3. [`router`] hands it to the [`partition`] actor of its partition id, which scores it
 //!    ([`model`]) and writes the [`prediction`] record.
