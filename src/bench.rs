@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
+use crate::codec::framing::Framing;
+use crate::codec::{avro_twin, Format, SALES_EVENT_AVSC};
+use crate::config::InputConfig;
 use crate::control::publish::{publish_bytes, PublishOptions, DEFAULT_CHUNK_BYTES};
 use crate::control::reader::ControlOptions;
 use crate::control::ActiveBundle;
@@ -41,6 +44,9 @@ pub struct BenchOptions {
     pub latency_rate: u64,
     /// Also measure latency while a new bundle is published and swapped in every second.
     pub reload: bool,
+    /// The input format: JSON, or Avro with Confluent framing (schema id 1 =
+    /// `schemas/sales_event.avsc`, from a local table).
+    pub format: Format,
 }
 
 /// One mode's figures.
@@ -58,6 +64,8 @@ struct Setup<'a> {
     brokers: &'a str,
     bundle: Arc<Bundle>,
     run_id: i64,
+    /// The `[input]` of every pipeline started.
+    input: InputConfig,
 }
 
 impl Setup<'_> {
@@ -73,13 +81,14 @@ impl Setup<'_> {
         tokio::task::JoinHandle<Result<()>>,
     ) {
         let name = format!("bench-{mode:?}-{input}-{}", self.run_id).to_lowercase();
-        let config = local::serve_config(
+        let mut config = local::serve_config(
             self.brokers,
             &name,
             input,
             output,
             &format!("bench-dlq-{}", self.run_id),
         );
+        config.input = self.input.clone();
         let stats = Arc::new(PipelineStats::default());
         let shutdown = CancellationToken::new();
         let handle = {
@@ -181,14 +190,42 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
 
     let work = local::workload(opts.stores, 14, opts.events.max(live_events), 11, "bench")?;
     let bundle = Arc::new(work.bundle);
-    let lines: Vec<Vec<u8>> = work.events.lines().map(|l| l.as_bytes().to_vec()).collect();
+    let mut lines: Vec<Vec<u8>> = work.events.lines().map(|l| l.as_bytes().to_vec()).collect();
+    let schema_file = std::env::temp_dir().join(format!("manymodel-bench-{run_id}.avsc"));
+    let input = match opts.format {
+        Format::Json => InputConfig::default(),
+        Format::Avro => {
+            // The same events as Avro twins, Confluent-framed with schema id 1.
+            let schema = apache_avro::Schema::parse_str(SALES_EVENT_AVSC)
+                .map_err(|e| Error::Internal(format!("schemas/sales_event.avsc: {e}")))?;
+            for line in &mut lines {
+                let json: serde_json::Value = serde_json::from_slice(line)
+                    .map_err(|e| Error::Internal(format!("a generated event: {e}")))?;
+                let mut framed = vec![0, 0, 0, 0, 1];
+                framed.extend(avro_twin(&schema, &json).map_err(Error::Internal)?);
+                *line = framed;
+            }
+            std::fs::write(&schema_file, SALES_EVENT_AVSC)
+                .map_err(|e| Error::io(&schema_file, e))?;
+            InputConfig {
+                format: Format::Avro,
+                framing: Framing::Confluent,
+                schemas: [("1".to_owned(), schema_file.clone())].into(),
+                ..InputConfig::default()
+            }
+        }
+    };
     let backlog = Arc::new(lines[..opts.events].to_vec());
     let live = Arc::new(lines[..live_events].to_vec());
 
     let _ = writeln!(
         out,
-        "manymodel bench: {} events, {} stores, {} Kafka partitions, broker {}",
+        "manymodel bench: {} {} events, {} stores, {} Kafka partitions, broker {}",
         opts.events,
+        match opts.format {
+            Format::Json => "JSON",
+            Format::Avro => "Avro (Confluent framing)",
+        },
         opts.stores,
         kafka_partitions,
         if mock.is_some() {
@@ -210,6 +247,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         brokers: &brokers,
         bundle,
         run_id,
+        input,
     };
     let mut figures = Vec::new();
     for (mode, output, live_in) in [
@@ -265,6 +303,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             "scoring+reload", "-"
         );
     }
+    let _ = std::fs::remove_file(&schema_file);
     let ratio = figures[1].1.events_per_sec / figures[0].1.events_per_sec;
     let _ = writeln!(
         out,
@@ -345,6 +384,7 @@ async fn reload_latency(
             trusted: Default::default(),
             keep_versions: 4,
             max_bundle_bytes: 1 << 30,
+            formats: Default::default(),
         },
         None,
         cancel.clone(),

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::codec::framing::Framing;
+use crate::codec::Format;
 use crate::error::{Error, Result};
 use crate::scoring::UnknownPartition;
 
@@ -25,6 +27,61 @@ pub struct ServeConfig {
     /// The operations listener: metrics and health.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The format of input records: JSON (the default) or Avro.
+    #[serde(default)]
+    pub input: InputConfig,
+    /// The format of prediction records: JSON (the default) or Avro.
+    #[serde(default)]
+    pub output: OutputConfig,
+}
+
+/// How input records are encoded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputConfig {
+    /// `json`: one JSON object per record; `avro`: one Avro datum per record.
+    #[serde(default)]
+    pub format: Format,
+    /// Avro only: `confluent` (magic byte 0 + 4-byte schema id), `single_object` (C3 01 +
+    /// CRC-64-AVRO fingerprint) or `raw` (a bare datum written with the reader schema).
+    #[serde(default)]
+    pub framing: Framing,
+    /// Avro only: the reader schema, the fields scoring reads and their defaults; relative to
+    /// this file. Without it, the shipped `schemas/sales_event.avsc`.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+    /// Avro with Confluent framing: the schema registry writer schemas are fetched from by
+    /// id (`GET /schemas/ids/{id}`), once per id. `http://` only.
+    #[serde(default)]
+    pub registry_url: Option<String>,
+    /// Avro: writer schemas known without a registry, schema id → `.avsc` file (relative to
+    /// this file). Consulted before the registry; with single-object framing, by fingerprint.
+    #[serde(default)]
+    pub schemas: BTreeMap<String, PathBuf>,
+}
+
+/// How prediction records are encoded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// `json` or `avro`.
+    #[serde(default)]
+    pub format: Format,
+    /// Avro only: `confluent`, `single_object` or `raw`, as for the input.
+    #[serde(default)]
+    pub framing: Framing,
+    /// Avro only: the prediction schema (relative to this file); without it, the shipped
+    /// `schemas/prediction.avsc`.
+    #[serde(default)]
+    pub schema: Option<PathBuf>,
+    /// Avro with Confluent framing: the registry the prediction schema is registered in at
+    /// start-up, under `<output_topic>-value`.
+    #[serde(default)]
+    pub registry_url: Option<String>,
+    /// Avro with Confluent framing: the prediction schema's registry id, instead of
+    /// registering it.
+    #[serde(default)]
+    pub schema_id: Option<u32>,
 }
 
 /// The operations listener.
@@ -215,6 +272,16 @@ impl ServeConfig {
             if let Some(bundle) = config.model.bundle.as_mut().filter(|b| b.is_relative()) {
                 *bundle = dir.join(&*bundle);
             }
+            let relative = |p: &mut PathBuf| {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            };
+            let input = &mut config.input;
+            let paths = input.schema.iter_mut().chain(input.schemas.values_mut());
+            paths
+                .chain(config.output.schema.iter_mut())
+                .for_each(relative);
             for key in &mut config.model.trusted_keys {
                 let is_hex = key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit());
                 if !is_hex && Path::new(key.as_str()).is_relative() {
@@ -252,6 +319,20 @@ impl ServeConfig {
                 return Err("kafka.control_topic must be a topic of its own".into())
             }
             _ => {}
+        }
+        for id in config.input.schemas.keys() {
+            if id.parse::<u32>().is_err() {
+                return Err(format!(
+                    "[input.schemas] key {id:?} is not a schema id (a 32-bit number)"
+                ));
+            }
+        }
+        if config.output.format == Format::Avro
+            && config.output.framing == Framing::Confluent
+            && config.output.schema_id.is_none()
+            && config.output.registry_url.is_none()
+        {
+            return Err("[output] format = \"avro\" with framing = \"confluent\" needs schema_id or registry_url".into());
         }
         if config.pipeline.mailbox_capacity == 0 {
             return Err("pipeline.mailbox_capacity must be at least 1".into());

@@ -99,6 +99,7 @@ pub async fn run(stores: usize, events: usize, out: &mut dyn Write) -> Result<()
             trusted: Default::default(),
             keep_versions: 4,
             max_bundle_bytes: 1 << 30,
+            formats: Default::default(),
         },
         None,
         shutdown.clone(),

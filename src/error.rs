@@ -110,6 +110,18 @@ pub enum RecordErrorKind {
     TimestampOutOfRange,
     /// The partition has no model and `unknown_partition = "dlq"`.
     UnknownPartition,
+    /// An Avro record does not start with its framing's magic bytes (0 for Confluent framing,
+    /// C3 01 for single-object encoding).
+    WrongMagicByte,
+    /// An Avro record names a writer schema (a registry id or a fingerprint) that neither the
+    /// schema registry nor `[input.schemas]` knows.
+    UnknownSchema,
+    /// The writer schema of an Avro record cannot be resolved against the reader schema by
+    /// Avro's rules (a reader field without a default that the writer lacks, a type that does
+    /// not promote).
+    IncompatibleSchema,
+    /// The Avro payload is truncated, has bytes left over, or is not Avro at all.
+    InvalidAvro,
 }
 
 impl RecordErrorKind {
@@ -126,11 +138,15 @@ impl RecordErrorKind {
             RecordErrorKind::BadTimestamp => "bad_timestamp",
             RecordErrorKind::TimestampOutOfRange => "timestamp_out_of_range",
             RecordErrorKind::UnknownPartition => "unknown_partition",
+            RecordErrorKind::WrongMagicByte => "wrong_magic_byte",
+            RecordErrorKind::UnknownSchema => "unknown_schema",
+            RecordErrorKind::IncompatibleSchema => "incompatible_schema",
+            RecordErrorKind::InvalidAvro => "invalid_avro",
         }
     }
 
     /// Every kind, for describing metrics up front.
-    pub const ALL: [RecordErrorKind; 10] = [
+    pub const ALL: [RecordErrorKind; 14] = [
         RecordErrorKind::InvalidJson,
         RecordErrorKind::Oversize,
         RecordErrorKind::MissingKey,
@@ -141,6 +157,10 @@ impl RecordErrorKind {
         RecordErrorKind::BadTimestamp,
         RecordErrorKind::TimestampOutOfRange,
         RecordErrorKind::UnknownPartition,
+        RecordErrorKind::WrongMagicByte,
+        RecordErrorKind::UnknownSchema,
+        RecordErrorKind::IncompatibleSchema,
+        RecordErrorKind::InvalidAvro,
     ];
 }
 

@@ -1,10 +1,11 @@
-//! The one place that turns an input record into an [`Event`] ready to score.
+//! The one place that turns the fields a decoder found into an [`Event`] ready to score.
 //!
-//! Offline `predict` and the Kafka pipeline both call [`decode_json`], so a line of a JSONL
-//! file and a Kafka record with the same bytes become the same event, or the same
-//! [`RecordError`].
+//! Every input format (JSON in [`crate::codec::json`], Avro in [`crate::codec::avro`]) only
+//! finds the fields scoring reads and hands them over as [`Slot`]s; [`assemble`] checks the
+//! partition key and runs the one [`FeatureEncoder`]. Offline `predict` and the Kafka pipeline
+//! both come through here, so a JSON line, a JSON Kafka record and an Avro record carrying the
+//! same values become the same event, or the same [`RecordError`].
 
-use serde::Deserializer as _;
 use serde_json::Value;
 
 use crate::error::{RecordError, RecordErrorKind};
@@ -24,37 +25,82 @@ pub struct Event {
     pub inputs: Vec<f64>,
 }
 
-/// Decodes one JSON event: an object holding the partition column and the features.
-///
-/// Only the fields the bundle reads are materialised (the partition column, `event_id` and
-/// the feature columns); every other field is skipped without allocating.
-pub fn decode_json(
-    bytes: &[u8],
+/// One field of an event as a decoder found it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Slot {
+    /// The record does not have the field.
+    #[default]
+    Absent,
+    /// A JSON value; Avro nulls, booleans, ints, longs, strings and enum symbols are these too.
+    Json(Value),
+    /// An Avro `float` or `double` (possibly NaN or infinite, which JSON cannot hold).
+    Float(f64),
+    /// An Avro value of a kind no feature reads, named for the error message.
+    Other(&'static str),
+}
+
+impl Slot {
+    fn field(&self) -> Option<Field<'_>> {
+        match self {
+            Slot::Absent => None,
+            Slot::Json(v) => Some(Field::Json(v)),
+            Slot::Float(x) => Some(Field::Float(*x)),
+            Slot::Other(kind) => Some(Field::Other(kind)),
+        }
+    }
+}
+
+/// The fields of an event that scoring reads: slot 0 is the partition column, slot 1
+/// `event_id`, then one slot per feature column of the encoder, in its order.
+pub fn slot_count(encoder: &FeatureEncoder) -> usize {
+    2 + encoder.columns().len()
+}
+
+/// The slot of a field named `name`, if scoring reads it.
+pub fn slot_of(name: &str, partition_column: &str, encoder: &FeatureEncoder) -> Option<usize> {
+    if name == partition_column {
+        Some(0)
+    } else if name == "event_id" {
+        Some(1)
+    } else {
+        encoder
+            .columns()
+            .iter()
+            .position(|c| c == name)
+            .map(|i| 2 + i)
+    }
+}
+
+/// Checks the partition key and encodes the features of the slots a decoder filled.
+pub fn assemble(
+    slots: &mut [Slot],
     partition_column: &str,
     encoder: &FeatureEncoder,
 ) -> Result<Event, RecordError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let wanted = Wanted {
-        partition_column,
-        columns: encoder.columns(),
-    };
-    let mut slots = de
-        .deserialize_map(wanted)
-        .and_then(|slots| de.end().map(|_| slots))
-        .map_err(|e| {
-            RecordError::new(
-                RecordErrorKind::InvalidJson,
-                format!("not a JSON event object: {e}"),
-            )
-        })?;
-    let partition_value = match slots[0].take() {
-        None => {
+    let partition_value = match slots.first_mut().map(std::mem::take) {
+        None | Some(Slot::Absent) => {
             return Err(RecordError::new(
                 RecordErrorKind::MissingKey,
                 format!("partition column {partition_column:?} is missing"),
             ))
         }
-        Some(v) => v,
+        Some(Slot::Json(v)) => v,
+        Some(Slot::Float(x)) => {
+            return Err(RecordError::new(
+                RecordErrorKind::WrongType,
+                format!(
+                    "partition column {partition_column:?} must be a string or an integer, got the floating-point number {x}"
+                ),
+            ))
+        }
+        Some(Slot::Other(kind)) => {
+            return Err(RecordError::new(
+                RecordErrorKind::WrongType,
+                format!(
+                    "partition column {partition_column:?} must be a string or an integer, got {kind}"
+                ),
+            ))
+        }
     };
     let partition = match partition_id(&partition_value) {
         Some(id) if !id.trim().is_empty() => id.into_owned(),
@@ -70,13 +116,17 @@ pub fn decode_json(
             ))
         }
     };
-    let event_id = slots[1].take().filter(|v| !v.is_null());
+    let event_id = match slots.get_mut(1).map(std::mem::take) {
+        Some(Slot::Json(v)) if !v.is_null() => Some(v),
+        Some(Slot::Float(x)) => serde_json::Number::from_f64(x).map(Value::Number),
+        _ => None,
+    };
     let columns = encoder.columns();
     let mut inputs = Vec::with_capacity(encoder.width());
     encoder.encode(
         |c| {
             let i = columns.iter().position(|name| name == c)?;
-            slots[2 + i].as_ref().map(Field::Json)
+            slots.get(2 + i).and_then(Slot::field)
         },
         &mut inputs,
     )?;
@@ -86,41 +136,6 @@ pub fn decode_json(
         event_id,
         inputs,
     })
-}
-
-/// The fields of an event object that scoring reads: slot 0 is the partition column, slot 1
-/// `event_id`, then one slot per feature column.
-struct Wanted<'a> {
-    partition_column: &'a str,
-    columns: &'a [String],
-}
-
-impl<'de> serde::de::Visitor<'de> for Wanted<'_> {
-    type Value = Vec<Option<Value>>;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let mut slots = vec![None; 2 + self.columns.len()];
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let slot = if key == self.partition_column {
-                Some(0)
-            } else if key == "event_id" {
-                Some(1)
-            } else {
-                self.columns.iter().position(|c| *c == key).map(|i| 2 + i)
-            };
-            match slot {
-                Some(i) => slots[i] = Some(map.next_value::<Value>()?),
-                None => {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(slots)
-    }
 }
 
 fn empty_key(partition_column: &str) -> RecordError {
@@ -138,64 +153,5 @@ fn json_type(v: &Value) -> &'static str {
         Value::String(_) => "string",
         Value::Array(_) => "array",
         Value::Object(_) => "object",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::spec::{FeatureKind, FeatureSpec};
-
-    fn encoder() -> FeatureEncoder {
-        FeatureEncoder::new(&[FeatureSpec {
-            column: "price".into(),
-            kind: FeatureKind::Numeric,
-            categories: None,
-        }])
-        .unwrap()
-    }
-
-    fn kind(bytes: &str) -> RecordErrorKind {
-        decode_json(bytes.as_bytes(), "store_id", &encoder())
-            .unwrap_err()
-            .kind
-    }
-
-    #[test]
-    fn a_good_event_decodes_with_its_id_and_key() {
-        let e = decode_json(
-            br#"{"event_id":"ev-1","store_id":7,"price":2.5,"extra":[1]}"#,
-            "store_id",
-            &encoder(),
-        )
-        .unwrap();
-        assert_eq!(e.partition, "7");
-        assert_eq!(e.partition_value, serde_json::json!(7));
-        assert_eq!(e.event_id, Some(serde_json::json!("ev-1")));
-        assert_eq!(e.inputs, vec![2.5]);
-    }
-
-    #[test]
-    fn each_kind_of_bad_event_is_named() {
-        assert_eq!(kind("{not json"), RecordErrorKind::InvalidJson);
-        assert_eq!(kind("[1,2]"), RecordErrorKind::InvalidJson);
-        assert_eq!(kind(r#"{"price":1}"#), RecordErrorKind::MissingKey);
-        assert_eq!(
-            kind(r#"{"store_id":null,"price":1}"#),
-            RecordErrorKind::EmptyKey
-        );
-        assert_eq!(
-            kind(r#"{"store_id":"","price":1}"#),
-            RecordErrorKind::EmptyKey
-        );
-        assert_eq!(
-            kind(r#"{"store_id":"S","price":"x"}"#),
-            RecordErrorKind::WrongType
-        );
-        assert_eq!(kind(r#"{"store_id":"S"}"#), RecordErrorKind::MissingFeature);
-        assert_eq!(
-            kind(r#"{"store_id":"S","price":1e999}"#),
-            RecordErrorKind::InvalidJson
-        );
     }
 }

@@ -1,8 +1,9 @@
-//! One field of a record, as text (a CSV cell) or as JSON (an event's value), and the parsers
-//! that turn it into numbers, bools, timestamps and categories.
+//! One field of a record, as text (a CSV cell), as JSON (an event's value) or as a value of a
+//! binary record (Avro), and the parsers that turn it into numbers, bools, timestamps and
+//! categories.
 //!
-//! Training reads CSV and serving reads JSON; both go through these functions, so a value that
-//! trains also scores, and the accepted spellings are the same everywhere: a bool is
+//! Training reads CSV and serving reads JSON or Avro; all go through these functions, so a
+//! value that trains also scores, and the accepted spellings are the same everywhere: a bool is
 //! `true`/`false` or `1`/`0`, a timestamp is RFC 3339 text or integer epoch milliseconds, and
 //! time features are taken in UTC.
 
@@ -21,8 +22,13 @@ pub const MAX_TIMESTAMP_MS: i64 = 7_258_118_400_000;
 pub enum Field<'a> {
     /// A CSV cell.
     Text(&'a str),
-    /// A JSON value of an event.
+    /// A JSON value of an event. Avro strings, enums, booleans, ints and longs arrive as these
+    /// too, so a field reads the same whichever format carried it.
     Json(&'a Value),
+    /// An Avro `float` or `double`, which unlike JSON can be NaN or infinite.
+    Float(f64),
+    /// A value of a kind no feature reads (an Avro record, array, map, bytes or fixed), named.
+    Other(&'static str),
 }
 
 fn wrong_type(column: &str, expected: &str, got: &Field<'_>) -> RecordError {
@@ -38,6 +44,8 @@ impl Field<'_> {
         let text = match self {
             Field::Text(s) => format!("{s:?}"),
             Field::Json(v) => v.to_string(),
+            Field::Float(x) => x.to_string(),
+            Field::Other(kind) => (*kind).to_owned(),
         };
         if text.chars().count() > 40 {
             let cut: String = text.chars().take(40).collect();
@@ -52,6 +60,7 @@ impl Field<'_> {
         match self {
             Field::Text(s) => s.trim().is_empty(),
             Field::Json(v) => v.is_null(),
+            Field::Float(_) | Field::Other(_) => false,
         }
     }
 
@@ -65,7 +74,8 @@ impl Field<'_> {
             Field::Json(Value::Number(n)) => n
                 .as_f64()
                 .ok_or_else(|| wrong_type(column, "a number", self))?,
-            Field::Json(_) => return Err(wrong_type(column, "a number", self)),
+            Field::Float(x) => *x,
+            Field::Json(_) | Field::Other(_) => return Err(wrong_type(column, "a number", self)),
         };
         if x.is_finite() {
             Ok(x)
@@ -86,9 +96,13 @@ impl Field<'_> {
                 Some(0.0) => return Ok(false),
                 _ => return Err(wrong_type(column, "a bool (true/false or 1/0)", self)),
             },
+            Field::Float(x) if *x == 1.0 => return Ok(true),
+            Field::Float(x) if *x == 0.0 => return Ok(false),
             Field::Json(Value::String(s)) => s.as_str(),
             Field::Text(s) => s,
-            Field::Json(_) => return Err(wrong_type(column, "a bool (true/false or 1/0)", self)),
+            Field::Json(_) | Field::Float(_) | Field::Other(_) => {
+                return Err(wrong_type(column, "a bool (true/false or 1/0)", self))
+            }
         };
         match text.trim() {
             "true" | "1" | "TRUE" | "True" => Ok(true),
@@ -118,7 +132,12 @@ impl Field<'_> {
             },
             Field::Json(Value::String(s)) => parse_timestamp_text(s).ok_or_else(bad)?,
             Field::Text(s) => parse_timestamp_text(s).ok_or_else(bad)?,
-            Field::Json(_) => return Err(wrong_type(column, "a timestamp", self)),
+            // A whole double is epoch milliseconds; `as` saturates, so huge ones fail the range.
+            Field::Float(x) if x.fract() == 0.0 && x.is_finite() => *x as i64,
+            Field::Float(_) => return Err(bad()),
+            Field::Json(_) | Field::Other(_) => {
+                return Err(wrong_type(column, "a timestamp", self))
+            }
         };
         if (MIN_TIMESTAMP_MS..MAX_TIMESTAMP_MS).contains(&ms) {
             Ok(ms)
@@ -137,7 +156,9 @@ impl Field<'_> {
                 Ok(std::borrow::Cow::Owned(n.to_string()))
             }
             Field::Json(Value::Bool(b)) => Ok(std::borrow::Cow::Owned(b.to_string())),
-            Field::Json(_) => Err(wrong_type(column, "a category label", self)),
+            Field::Json(_) | Field::Float(_) | Field::Other(_) => {
+                Err(wrong_type(column, "a category label", self))
+            }
         }
     }
 }

@@ -8,8 +8,9 @@
 //! # How an event travels
 //!
 //! 1. [`kafka::consumer`] reads a record; [`kafka::offsets`] registers its offset.
-//! 2. [`event`] decodes it (through [`features`], the one encoder training also uses) or
-//!    names what is wrong with it ([`error::RecordError`]), in which case
+//! 2. [`codec`] decodes it (JSON or Avro) and [`event`] turns it into an event (through
+//!    [`features`], the one encoder training also uses) or names what is wrong with it
+//!    ([`error::RecordError`]), in which case
 //!    [`kafka::producer`] sends it to the dead-letter topic.
 //! 3. [`router`] hands it to the [`partition`] actor of its partition id, which scores it
 //!    ([`model`]) and writes the [`prediction`] record.
@@ -26,7 +27,8 @@
 //! | [`train`] | `train`: history reading, per-partition fitting, the summary |
 //! | [`model`] | fitted linear models, tree ensembles and the Avro bundle format |
 //! | [`import`] | `import`: bundles from XGBoost and linear-JSON models trained elsewhere |
-//! | [`event`] | a record's bytes → an event ready to score |
+//! | [`codec`] | input and output formats: JSON, Avro (Confluent, single-object, raw framing, a schema registry client, container files), resolution planned once per writer schema |
+//! | [`event`] | the decoded fields of a record → an event ready to score (one place for every format) |
 //! | [`scoring`] | which model scores an event; unknown partitions |
 //! | [`prediction`] | the prediction record |
 //! | [`predict`] | `predict`: offline scoring of a JSONL file |
@@ -49,6 +51,7 @@
 pub mod backpressure;
 pub mod bench;
 pub mod bench_trees;
+pub mod codec;
 pub mod config;
 pub mod control;
 pub mod demo;

@@ -222,6 +222,8 @@ pub fn serve_config(
         },
         pipeline: PipelineConfig::default(),
         metrics: MetricsConfig::default(),
+        input: Default::default(),
+        output: Default::default(),
     }
 }
 

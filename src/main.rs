@@ -100,20 +100,29 @@ enum Command {
         #[arg(long)]
         partition: Option<String>,
     },
-    /// Score a JSONL file of events offline, through the serving code.
+    /// Score a file of events offline (JSONL, or an Avro container file), through the serving
+    /// code.
     Predict {
         /// The bundle file.
         #[arg(long)]
         bundle: PathBuf,
-        /// One JSON event per line.
+        /// One JSON event per line, or with --format avro an Avro object container file.
         #[arg(long)]
         input: PathBuf,
-        /// Where to write one JSON prediction per line.
+        /// Where to write the predictions: one JSON record per line, or with --format avro an
+        /// Avro container file of schemas/prediction.avsc records.
         #[arg(long)]
         output: PathBuf,
         /// What to do with partitions that have no model: score with the fallback or reject.
         #[arg(long, value_parser = ["fallback", "dlq"], default_value = "fallback")]
         unknown_partition: String,
+        /// The format of input and output.
+        #[arg(long, value_parser = ["json", "avro"], default_value = "json")]
+        format: String,
+        /// With --format avro: the reader schema the file's writer schema is resolved against
+        /// (added fields take their defaults); by default the file is read as written.
+        #[arg(long)]
+        schema: Option<PathBuf>,
     },
     /// Run the daemon: score a Kafka topic until SIGINT or SIGTERM.
     Serve {
@@ -185,6 +194,10 @@ enum Command {
         /// Also measure latency while a new bundle is swapped in every second (hot reload).
         #[arg(long)]
         reload: bool,
+        /// The input format of the scoring pipeline: JSON, or Avro with Confluent framing
+        /// (writer schema ids resolved from a local table, as without a registry).
+        #[arg(long, value_parser = ["json", "avro"], default_value = "json")]
+        format: String,
     },
 }
 
@@ -301,6 +314,8 @@ fn run(command: Command) -> manymodel::Result<()> {
             input,
             output,
             unknown_partition,
+            format,
+            schema,
         } => {
             let unknown_partition = if unknown_partition == "dlq" {
                 UnknownPartition::Dlq
@@ -313,15 +328,22 @@ fn run(command: Command) -> manymodel::Result<()> {
                     input,
                     output: output.clone(),
                     unknown_partition,
+                    format: if format == "avro" {
+                        manymodel::codec::Format::Avro
+                    } else {
+                        manymodel::codec::Format::Json
+                    },
+                    schema,
                 },
                 &mut std::io::stderr(),
             )?;
             println!(
-                "{} predictions ({} by the fallback) written to {}; {} lines rejected",
+                "{} predictions ({} by the fallback) written to {}; {} {} rejected",
                 report.predicted,
                 report.fallback,
                 output.display(),
-                report.rejected
+                report.rejected,
+                if format == "avro" { "records" } else { "lines" }
             );
         }
         Command::Publish {
@@ -431,6 +453,7 @@ fn run(command: Command) -> manymodel::Result<()> {
             kafka_partitions,
             latency_rate,
             reload,
+            format,
             trees: None,
             ..
         } => runtime()?.block_on(manymodel::bench::run(
@@ -441,6 +464,11 @@ fn run(command: Command) -> manymodel::Result<()> {
                 kafka_partitions,
                 latency_rate,
                 reload,
+                format: if format == "avro" {
+                    manymodel::codec::Format::Avro
+                } else {
+                    manymodel::codec::Format::Json
+                },
             },
             &mut std::io::stdout(),
         ))?,

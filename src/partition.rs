@@ -17,7 +17,7 @@ use crate::kafka::offsets::Ack;
 use crate::kafka::producer::{Delivery, Output, OutputProducer};
 use crate::metrics::PipelineStats;
 use crate::model::bundle::{Bundle, ModelSource};
-use crate::prediction::{write_json, VERSION_HEADER};
+use crate::prediction::VERSION_HEADER;
 
 /// Events the actor takes from its queue per wake-up.
 const BATCH: usize = 64;
@@ -44,6 +44,8 @@ pub struct ActorContext {
     pub producer: OutputProducer,
     /// The output topic.
     pub output_topic: Arc<str>,
+    /// Writes prediction records (`[output]`).
+    pub encoder: crate::codec::PredictionEncoder,
     /// The pipeline's tally.
     pub stats: Arc<PipelineStats>,
     /// Cancelled when the drain deadline passed: stop at once.
@@ -164,7 +166,7 @@ impl PartitionActor {
             c.increment(1);
         }
         self.buf.clear();
-        write_json(
+        self.ctx.encoder.write(
             &mut self.buf,
             &bundle.spec.partition_column,
             &job.event,

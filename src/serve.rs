@@ -42,12 +42,12 @@ use tokio_util::sync::CancellationToken;
 use rdkafka::message::OwnedHeaders;
 
 use crate::backpressure::{Backpressure, Work};
+use crate::codec::{Decoder, PredictionEncoder};
 use crate::config::{Processing, ServeConfig};
 use crate::control::reader::{ControlOptions, LocalBundle};
 use crate::control::signing::TrustedKeys;
 use crate::control::ActiveBundle;
 use crate::error::{Error, RecordError, RecordErrorKind, Result};
-use crate::event::decode_json;
 use crate::kafka::consumer::{self, InputConsumer};
 use crate::kafka::offsets::OffsetTracker;
 use crate::kafka::producer::{producer_config, Delivery, Output, OutputProducer, OwnedRecord};
@@ -97,6 +97,16 @@ pub async fn run(
     };
     let consumer = Arc::new(consumer::create(config, tracker.clone(), stats.clone())?);
     let hard_stop = CancellationToken::new();
+    let decoder = Decoder::new(&config.input, shutdown.clone())?;
+    if let Some(why) = decoder.cannot_feed(&bundle.spec) {
+        return Err(Error::Usage(format!("bundle {}: {why}", bundle.version)));
+    }
+    let encoder = PredictionEncoder::new(
+        &config.output,
+        &k.output_topic,
+        &bundle.spec.partition_column,
+    )
+    .await?;
     let background = CancellationToken::new();
     tokio::spawn(retries.run(background.clone()));
     crate::metrics::bundle_activated(&bundle.version, bundle.partitions.len(), None);
@@ -105,6 +115,7 @@ pub async fn run(
         ActorContext {
             producer: producer.clone(),
             output_topic: Arc::from(k.output_topic.as_str()),
+            encoder,
             stats: stats.clone(),
             cancel: hard_stop.clone(),
             labelled: Arc::new(
@@ -147,6 +158,7 @@ pub async fn run(
         stats: &stats,
         router,
         mode,
+        decoder,
         flow: Backpressure::new(&k.input_topic, config.pipeline.max_in_flight),
         watchdog: StallWatchdog::new(Duration::from_secs(config.pipeline.stall_timeout_secs)),
         transactions,
@@ -260,6 +272,8 @@ struct Reader<'a> {
     stats: &'a PipelineStats,
     router: Router,
     mode: Mode,
+    /// Turns record bytes into events (`[input]`), built once.
+    decoder: Decoder,
     /// Parked work and paused Kafka partitions.
     flow: Backpressure,
     /// Looks for work waiting with nothing acknowledged.
@@ -311,7 +325,7 @@ impl Reader<'_> {
                     self.cut_transaction(consumer, shutdown).await?;
                 }
                 message = consumer.recv() => match message {
-                    Ok(m) => self.handle(consumer, &m),
+                    Ok(m) => self.handle(consumer, &m).await,
                     Err(e) => {
                         consumer.context().log.error("consumer", &e, "while reading");
                         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -457,7 +471,11 @@ impl Reader<'_> {
     /// Registers one record, decodes it and hands it on: to its partition actor, or to the
     /// producer as a dead letter (or a passthrough copy). Never waits: what cannot be handed
     /// on now is parked and its Kafka partition paused.
-    fn handle(&mut self, consumer: &InputConsumer, m: &rdkafka::message::BorrowedMessage<'_>) {
+    async fn handle(
+        &mut self,
+        consumer: &InputConsumer,
+        m: &rdkafka::message::BorrowedMessage<'_>,
+    ) {
         self.stats.consumed();
         self.read_since_commit = true;
         let kafka_partition = m.partition();
@@ -485,12 +503,17 @@ impl Reader<'_> {
                 ),
             ))
         } else {
-            decode_json(
-                bytes,
-                &self.bundle.spec.partition_column,
-                self.bundle.encoder(),
-            )
-            .and_then(|event| {
+            let decoded = self
+                .decoder
+                .decode(
+                    bytes,
+                    &self.bundle.spec.partition_column,
+                    self.bundle.encoder(),
+                )
+                .await;
+            // Stopped while the schema registry was unreachable: the offset stays unfinished.
+            let Some(decoded) = decoded else { return };
+            decoded.and_then(|event| {
                 let unknown = self.bundle.partition(&event.partition).is_none();
                 if unknown && !self.bundle.has_fallback() {
                     Err(scoring::no_fallback(&event.partition))
@@ -658,6 +681,7 @@ pub async fn serve(config_path: &std::path::Path) -> Result<()> {
                 })?,
                 keep_versions: config.model.keep_versions,
                 max_bundle_bytes: config.model.max_bundle_bytes,
+                formats: crate::codec::FormatCheck::new(&config.input, &config.output)?,
             };
             let stop = shutdown.clone();
             let (bundles, thread) = crate::control::reader::start(options, local, stop);

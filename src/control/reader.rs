@@ -50,6 +50,8 @@ pub struct ControlOptions {
     pub keep_versions: usize,
     /// The largest bundle file accepted, and the budget for chunks waiting for a manifest.
     pub max_bundle_bytes: usize,
+    /// What a bundle must fit to be served with the configured input and output formats.
+    pub formats: crate::codec::FormatCheck,
 }
 
 /// The local bundle file, if the config names one, with its SHA-256.
@@ -310,7 +312,12 @@ impl ControlReader {
     fn manifest(&mut self, manifest: &Manifest) -> Result<Option<Arc<Bundle>>, Rejection> {
         let started = Instant::now();
         let file = self.assembler.finish(manifest)?;
-        let bundle = validate(&file, manifest, &self.options.trusted)?;
+        let bundle = validate(
+            &file,
+            manifest,
+            &self.options.trusted,
+            &self.options.formats,
+        )?;
         let partitions = bundle.partitions.len();
         let changed = self.versions.add(
             bundle,

@@ -26,6 +26,10 @@ pub enum Reason {
     /// The spec or the models are inconsistent (coefficient counts, duplicates, an unusable
     /// spec, a spec the input format cannot feed).
     Spec,
+    /// The spec does not fit the configured formats: with Avro input, a column it reads (or
+    /// its partition column) is not in the reader schema or has a type it cannot read; with
+    /// Avro output, the prediction schema has no field for its partition column.
+    Format,
     /// A coefficient is NaN or infinite.
     NotFinite,
     /// Scoring a trial event failed or gave a non-finite prediction.
@@ -52,6 +56,7 @@ impl Reason {
             Reason::Signature => "signature",
             Reason::Schema => "schema",
             Reason::Spec => "spec",
+            Reason::Format => "format",
             Reason::NotFinite => "not_finite",
             Reason::TrialScoring => "trial_scoring",
             Reason::BaseMismatch => "base_mismatch",

@@ -1,5 +1,6 @@
 //! Everything a bundle from the control topic must pass before it may score: its signature
-//! (when keys are trusted), the Avro schema, the spec and the models, and a trial scoring.
+//! (when keys are trusted), the Avro schema, the spec and the models, the spec against the
+//! input and output formats, and a trial scoring.
 //! Chunk completeness and the checksum are checked earlier, by [`super::assembly`].
 
 use serde_json::{Map, Value};
@@ -8,7 +9,8 @@ use super::assembly::Assembled;
 use super::message::Manifest;
 use super::rejection::{Reason, Rejection};
 use super::signing::TrustedKeys;
-use crate::event::decode_json;
+use crate::codec::json::decode_json;
+use crate::codec::FormatCheck;
 use crate::model::bundle::Bundle;
 use crate::spec::FeatureKind;
 
@@ -17,6 +19,7 @@ pub fn validate(
     file: &Assembled,
     manifest: &Manifest,
     trusted: &TrustedKeys,
+    formats: &FormatCheck,
 ) -> Result<Bundle, Rejection> {
     if trusted.required() {
         let Some(signature) = manifest.signature.as_deref() else {
@@ -38,6 +41,9 @@ pub fn validate(
                 manifest.version, manifest.base_version, bundle.version, bundle.base_version
             ),
         ));
+    }
+    if let Some(why) = formats.check(&bundle.spec) {
+        return Err(Rejection::new(Reason::Format, why));
     }
     trial(&bundle)?;
     Ok(bundle)

@@ -273,6 +273,9 @@ impl Bundle {
         // Decode with the file's own (writer) schema, then resolve to ours: older layouts
         // gain the new fields' defaults. (Handing our schema to the reader would let it parse
         // the writer schema with our definitions of the named types.)
+        // apache-avro panics on some malformed header schemas; check the header first.
+        crate::codec::container::check_header(bytes)
+            .map_err(|e| format!("not an Avro object container with a bundle schema: {e}"))?;
         let reader = Reader::new(bytes)
             .map_err(|e| format!("not an Avro object container with a bundle schema: {e}"))?;
         // Files written by this version need no resolution (it copies the whole datum).

@@ -59,18 +59,44 @@ pub struct Broker {
 impl Broker {
     /// Starts a broker with in-memory storage and waits until it accepts connections.
     pub fn start() -> Broker {
+        Self::start_with(false)
+    }
+
+    /// One broker for the whole test binary, for binaries whose tests each use topics of
+    /// their own. A static is never dropped, so a watchdog shell stops tansu when the test
+    /// process exits.
+    pub fn shared() -> &'static Broker {
+        static SHARED: std::sync::OnceLock<Broker> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| Self::start_with(true))
+    }
+
+    fn start_with(watched: bool) -> Broker {
         let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let child = Command::new(tansu_binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-                "--storage-engine",
-                "memory://tansu/",
-            ])
+        let args = [
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ];
+        let mut command = if watched {
+            let mut c = Command::new("sh");
+            c.arg("-c")
+                .arg(r#"p=$1; shift; "$@" & t=$!; while kill -0 "$p" 2>/dev/null; do sleep 1; done; kill "$t""#)
+                .arg("sh")
+                .arg(std::process::id().to_string())
+                .arg(tansu_binary())
+                .args(args);
+            c
+        } else {
+            let mut c = Command::new(tansu_binary());
+            c.args(args);
+            c
+        };
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
