@@ -177,8 +177,9 @@ enum Command {
         /// Number of stores.
         #[arg(long, default_value_t = 1000)]
         stores: usize,
-        /// Kafka partitions of the input topic (topics are created when using the MockCluster;
-        /// against a real broker they must exist: bench-in-*, bench-out-*, bench-dlq).
+        /// Kafka partitions of the input topic. The run creates its topics (bench-in-*,
+        /// bench-out-*, bench-dlq-*, named with a timestamp); on a real broker they stay
+        /// behind, to be deleted afterwards.
         #[arg(long, default_value_t = 6)]
         kafka_partitions: i32,
         /// Events per second for the latency run.
@@ -226,13 +227,21 @@ enum ControlAction {
     },
 }
 
+/// Prints a line on stdout; a reader that went away (`| head`) is no reason to panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e}");
+            use std::io::Write as _;
+            let _ = writeln!(std::io::stderr(), "error: {e}");
             ExitCode::from(e.exit_code() as u8)
         }
     }
@@ -337,7 +346,7 @@ fn run(command: Command) -> manymodel::Result<()> {
                 },
                 &mut std::io::stderr(),
             )?;
-            println!(
+            say!(
                 "{} predictions ({} by the fallback) written to {}; {} {} rejected",
                 report.predicted,
                 report.fallback,
@@ -380,14 +389,14 @@ fn run(command: Command) -> manymodel::Result<()> {
                 } => (brokers, control_topic, ControlMessage::Rollback),
             };
             manymodel::control::publish::command(&brokers, &topic, &message)?;
-            println!(
+            say!(
                 "sent {} to {topic}",
                 serde_json::to_string(&message).unwrap_or_default()
             );
         }
         Command::Keygen { out } => {
             let (secret, public) = manymodel::control::signing::keygen(&out)?;
-            println!(
+            say!(
                 "secret key: {} (keep it private; publish --signing-key)\npublic key: {} (list it in [model] trusted_keys)",
                 secret.display(),
                 public.display()
@@ -413,7 +422,7 @@ fn run(command: Command) -> manymodel::Result<()> {
                     rate,
                     events,
                 })?;
-                println!("streamed {sent} events");
+                say!("streamed {sent} events");
                 return Ok(());
             }
             let out = out.ok_or_else(|| manymodel::Error::Usage("--out is required".into()))?;
@@ -424,7 +433,7 @@ fn run(command: Command) -> manymodel::Result<()> {
                 out: out.clone(),
                 seed,
             })?;
-            println!(
+            say!(
                 "wrote {} history rows, {} events and train.toml to {}",
                 r.history_rows,
                 r.events,
