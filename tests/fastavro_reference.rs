@@ -14,29 +14,7 @@ use common::{generate_and_train, run_ok, write_config, Broker, Daemon};
 use manymodel::local;
 
 fn python_with_fastavro() -> String {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let has = |py: &str| {
-        Command::new(py)
-            .args(["-c", "import fastavro"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    if !has(&python) {
-        let status = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "fastavro",
-            ])
-            .status()
-            .expect("pip runs");
-        assert!(status.success(), "installing fastavro failed");
-    }
-    python
+    common::python_with("fastavro", &["fastavro"])
 }
 
 /// event_id → the prediction's JSON text (compared as text: see tests/avro.rs).

@@ -11,30 +11,7 @@ use std::process::Command;
 use common::run_ok;
 
 fn python_with_sklearn() -> String {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let has = |py: &str| {
-        Command::new(py)
-            .args(["-c", "import sklearn, numpy"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    if !has(&python) {
-        let status = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                "scikit-learn",
-                "numpy",
-            ])
-            .status()
-            .expect("pip runs");
-        assert!(status.success(), "installing scikit-learn failed");
-    }
-    python
+    common::python_with("sklearn, numpy", &["scikit-learn", "numpy"])
 }
 
 /// Rewrites the generated history so some stores' designs are rank-deficient.

@@ -21,31 +21,8 @@ const OBJECTIVES: [&str; 4] = [
 ];
 
 fn python_with_xgboost() -> String {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let has = |py: &str| {
-        Command::new(py)
-            .args(["-c", "import xgboost, numpy"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false)
-    };
-    if !has(&python) {
-        let status = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-                // The CPU-only wheel: no CUDA libraries to download.
-                "xgboost-cpu",
-                "numpy",
-            ])
-            .status()
-            .expect("pip runs");
-        assert!(status.success(), "installing xgboost failed");
-    }
-    python
+    // The CPU-only wheel: no CUDA libraries to download.
+    common::python_with("xgboost, numpy", &["xgboost-cpu", "numpy"])
 }
 
 /// Leaves store S006 with fewer than 100 rows, so its events are scored by the fallback.

@@ -399,3 +399,31 @@ impl Stack {
         }
     }
 }
+
+/// A Python interpreter (`$PYTHON`, else `python3`) that can import `modules` (e.g.
+/// `"sklearn, numpy"`); the pip `packages` are installed first when it cannot.
+pub fn python_with(modules: &str, packages: &[&str]) -> String {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let has = || {
+        Command::new(&python)
+            .args(["-c", &format!("import {modules}")])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+    };
+    if !has() {
+        let status = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(packages)
+            .status()
+            .expect("pip runs");
+        assert!(status.success(), "installing {packages:?} failed");
+    }
+    python
+}
