@@ -415,26 +415,32 @@ impl Reader<'_> {
                 self.revocations = self.tracker.revocations();
                 Ok(())
             }
-            Outcome::Aborted => self.rewind(consumer).await,
+            Outcome::Aborted => {
+                self.forget();
+                self.rewind(consumer).await
+            }
         }
     }
 
     /// Exactly-once: aborts the open transaction and rewinds to the committed offsets.
     async fn abort(&mut self, consumer: &InputConsumer) -> Result<()> {
         // Outstanding work is dropped first, so nothing of it reaches the next transaction.
-        self.tracker.reset();
-        self.flow.clear();
+        self.forget();
         if let Some(t) = self.transactions.as_mut() {
             t.abort().await?;
         }
         self.rewind(consumer).await
     }
 
-    /// Exactly-once, after an abort: every owned Kafka partition reads again from its
-    /// committed offset.
-    async fn rewind(&mut self, consumer: &InputConsumer) -> Result<()> {
+    /// Exactly-once: drops every event read in the aborted transaction, wherever it is.
+    fn forget(&mut self) {
         self.tracker.reset();
         self.flow.clear();
+    }
+
+    /// Exactly-once, after an abort and [`Reader::forget`]: every owned Kafka partition
+    /// reads again from its committed offset.
+    async fn rewind(&mut self, consumer: &InputConsumer) -> Result<()> {
         self.revocations = self.tracker.revocations();
         let owned: Vec<i32> = self.tracker.owned().iter().map(|o| o.partition()).collect();
         crate::kafka::transaction::rewind(consumer, &self.config.kafka.input_topic, &owned)?;

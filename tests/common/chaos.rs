@@ -17,17 +17,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-fn tansu_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("TANSU") {
-        return PathBuf::from(p);
-    }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let cargo_bin = Path::new(&home).join(".cargo/bin/tansu");
-    if cargo_bin.exists() {
-        return cargo_bin;
-    }
-    PathBuf::from("tansu")
-}
+use super::tansu_binary;
 
 fn wait_listening(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -126,23 +116,7 @@ impl Tansu {
 
     /// Creates a topic with `partitions` Kafka partitions.
     pub fn create_topic(&self, name: &str, partitions: i32) {
-        let out = Command::new(tansu_binary())
-            .args([
-                "topic",
-                "create",
-                name,
-                "--partitions",
-                &partitions.to_string(),
-                "--broker",
-                &format!("tcp://127.0.0.1:{}", self.port),
-            ])
-            .output()
-            .expect("tansu topic create runs");
-        assert!(
-            out.status.success(),
-            "creating {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        super::create_topic(self.port, name, partitions);
     }
 }
 

@@ -116,23 +116,7 @@ impl Broker {
 
     /// Creates a topic with `partitions` Kafka partitions.
     pub fn create_topic(&self, name: &str, partitions: i32) {
-        let out = Command::new(tansu_binary())
-            .args([
-                "topic",
-                "create",
-                name,
-                "--partitions",
-                &partitions.to_string(),
-                "--broker",
-                &format!("tcp://127.0.0.1:{}", self.port),
-            ])
-            .output()
-            .expect("tansu topic create runs");
-        assert!(
-            out.status.success(),
-            "creating {name}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        create_topic(self.port, name, partitions);
     }
 }
 
@@ -426,4 +410,25 @@ pub fn python_with(modules: &str, packages: &[&str]) -> String {
         assert!(status.success(), "installing {packages:?} failed");
     }
     python
+}
+
+/// Creates a topic with `partitions` Kafka partitions on the tansu broker at `port`.
+pub fn create_topic(port: u16, name: &str, partitions: i32) {
+    let out = Command::new(tansu_binary())
+        .args([
+            "topic",
+            "create",
+            name,
+            "--partitions",
+            &partitions.to_string(),
+            "--broker",
+            &format!("tcp://127.0.0.1:{}", port),
+        ])
+        .output()
+        .expect("tansu topic create runs");
+    assert!(
+        out.status.success(),
+        "creating {name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
