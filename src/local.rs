@@ -115,9 +115,31 @@ pub async fn produce_events(
     payloads: std::sync::Arc<Vec<Vec<u8>>>,
     rate: Option<u64>,
 ) -> Result<()> {
+    produce_events_with(brokers, topic, payloads, rate, Vec::new()).await
+}
+
+/// [`produce_events`] with extra librdkafka producer `options`.
+pub async fn produce_events_with(
+    brokers: &str,
+    topic: &str,
+    payloads: std::sync::Arc<Vec<Vec<u8>>>,
+    rate: Option<u64>,
+    options: Vec<(String, String)>,
+) -> Result<()> {
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
-        produce(&brokers, &topic, &payloads, json_key("store_id"), rate)
+        let options: Vec<(&str, &str)> = options
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        produce_with(
+            &brokers,
+            &topic,
+            &payloads,
+            json_key("store_id"),
+            rate,
+            &options,
+        )
     })
     .await
     .map_err(|e| Error::Internal(format!("producer thread: {e}")))?

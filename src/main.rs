@@ -199,6 +199,11 @@ enum Command {
         /// (writer schema ids resolved from a local table, as without a registry).
         #[arg(long, value_parser = ["json", "avro"], default_value = "json")]
         format: String,
+        /// Records per batch when loading events (librdkafka batch.num.messages); by default
+        /// librdkafka batches. Use 1 against tansu 0.6.0, which cannot fetch from inside a
+        /// record batch: a Kafka partition paused and resumed mid-batch would stall.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        records_per_batch: Option<u32>,
     },
 }
 
@@ -463,6 +468,7 @@ fn run(command: Command) -> manymodel::Result<()> {
             latency_rate,
             reload,
             format,
+            records_per_batch,
             trees: None,
             ..
         } => runtime()?.block_on(manymodel::bench::run(
@@ -478,6 +484,7 @@ fn run(command: Command) -> manymodel::Result<()> {
                 } else {
                     manymodel::codec::Format::Json
                 },
+                records_per_batch,
             },
             &mut std::io::stdout(),
         ))?,

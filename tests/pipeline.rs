@@ -284,3 +284,34 @@ async fn bad_records_become_dead_letters_with_their_reason_and_the_daemon_keeps_
     assert_eq!(json(&out[0].value)["event_id"], "ok");
     assert!(daemon.terminate().success());
 }
+
+#[test]
+fn bench_against_a_real_broker_prints_both_pipelines_and_their_ratio() {
+    let broker = Broker::start();
+    let out = run_ok(&[
+        "bench",
+        "--brokers",
+        &broker.brokers(),
+        "--records-per-batch",
+        "1",
+        "--events",
+        "3000",
+        "--stores",
+        "20",
+        "--kafka-partitions",
+        "3",
+        "--latency-rate",
+        "200",
+    ]);
+    assert!(out.contains(&broker.brokers()), "names the broker: {out}");
+    for pipeline in ["passthrough ", "scoring "] {
+        let rate: f64 = out
+            .lines()
+            .find(|l| l.starts_with(pipeline))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|x| x.parse().ok())
+            .unwrap_or(0.0);
+        assert!(rate > 0.0, "{pipeline}drained every event: {out}");
+    }
+    assert!(out.contains("scoring / passthrough throughput"), "{out}");
+}
