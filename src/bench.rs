@@ -2,8 +2,9 @@
 //! the same consumer, producer and offset handling but copies records instead of scoring.
 //!
 //! Two measurements per mode, in one run:
-//! * throughput: N events are loaded first, then the pipeline drains them; events/s from the
-//!   first record read to the last output acknowledged;
+//! * throughput: N events are loaded first, then a new pipeline drains them; events/s from the
+//!   first record read to the last output acknowledged, the median of `--repeat` runs per mode
+//!   (alternating, so that drift in the machine's load hits both alike);
 //! * latency: events are produced at a steady rate while the pipeline runs; each one's
 //!   latency is from its produce timestamp to its output being acknowledged (millisecond
 //!   resolution: Kafka timestamps are milliseconds).
@@ -52,6 +53,9 @@ pub struct BenchOptions {
     /// starts inside a record batch with nothing, so a Kafka partition paused and resumed
     /// mid-batch would never be read again.
     pub records_per_batch: Option<u32>,
+    /// Throughput runs per pipeline, alternating passthrough and scoring; the median is
+    /// reported (one run's ratio on a shared 2-core machine varies by several points).
+    pub repeat: usize,
 }
 
 /// One mode's figures.
@@ -71,6 +75,9 @@ struct Setup<'a> {
     run_id: i64,
     /// The `[input]` of every pipeline started.
     input: InputConfig,
+    /// Pipelines started so far: each gets a consumer group of its own, so every run reads
+    /// its input from the beginning.
+    started: std::sync::atomic::AtomicUsize,
 }
 
 impl Setup<'_> {
@@ -85,7 +92,8 @@ impl Setup<'_> {
         CancellationToken,
         tokio::task::JoinHandle<Result<()>>,
     ) {
-        let name = format!("bench-{mode:?}-{input}-{}", self.run_id).to_lowercase();
+        let nth = self.started.fetch_add(1, Ordering::Relaxed);
+        let name = format!("bench-{mode:?}-{input}-{}-{nth}", self.run_id).to_lowercase();
         let mut config = local::serve_config(
             self.brokers,
             &name,
@@ -149,7 +157,7 @@ async fn wait_outputs(stats: &PipelineStats, n: u64, timeout: Duration) -> Resul
 }
 
 /// Produces `payloads` to `topic`, keyed by store, at `rate` events/s (or as fast as possible),
-/// batched as `opts.records_per_batch` says.
+/// `records_per_batch` records per batch (`None`: as librdkafka batches).
 async fn produce(
     brokers: String,
     topic: String,
@@ -279,29 +287,30 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         bundle,
         run_id,
         input,
+        started: Default::default(),
     };
-    let mut figures = Vec::new();
-    for (mode, output, live_in) in [
+    let modes = [
         (Mode::Passthrough, t("out-pass"), t("live-pass")),
         (Mode::Score, t("out-score"), t("live-score")),
-    ] {
-        let mut f = Figures::default();
-        // Throughput: drain the backlog.
-        let (stats, stop, handle) = setup.start(mode, &t("in"), &output, None).await;
-        while stats.consumed.load(Ordering::Relaxed) == 0 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+    ];
+    // Throughput: drain the backlog, `repeat` times per pipeline, alternating.
+    let mut rates: [Vec<f64>; 2] = Default::default();
+    for _ in 0..opts.repeat.max(1) {
+        for ((mode, output, _), rates) in modes.iter().zip(&mut rates) {
+            rates.push(drain(&setup, *mode, &t("in"), output, opts.events).await?);
         }
-        let started = Instant::now();
-        wait_outputs(&stats, opts.events as u64, Duration::from_secs(600)).await?;
-        f.events_per_sec = opts.events as f64 / started.elapsed().as_secs_f64();
+    }
+    let mut figures = Vec::new();
+    for ((mode, output, live_in), rates) in modes.iter().zip(&rates) {
+        let mut f = Figures {
+            events_per_sec: median(rates),
+            ..Figures::default()
+        };
+        let (stats, stop, handle) = setup.start(*mode, live_in, output, None).await;
+        (f.p50_ms, f.p99_ms) = steady_latency(&stats, &brokers, live_in, &live, opts).await?;
         stop.cancel();
         handle.await.map_err(|e| Error::Internal(e.to_string()))??;
-
-        let (stats, stop, handle) = setup.start(mode, &live_in, &output, None).await;
-        (f.p50_ms, f.p99_ms) = steady_latency(&stats, &brokers, &live_in, &live, opts).await?;
-        stop.cancel();
-        handle.await.map_err(|e| Error::Internal(e.to_string()))??;
-        figures.push((mode, f));
+        figures.push((*mode, f));
     }
 
     let reload = if opts.reload {
@@ -349,7 +358,55 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         live_events - live_events / 5,
         live_events
     );
+    if rates[0].len() > 1 {
+        let list = |rates: &[f64]| {
+            rates
+                .iter()
+                .map(|r| format!("{r:.0}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "events/s is the median of {} throughput runs, alternating: passthrough {}; scoring {}",
+            rates[0].len(),
+            list(&rates[0]),
+            list(&rates[1])
+        );
+    }
     Ok(())
+}
+
+/// Drains `events` backlog events from `input` through a new pipeline; events/s from the first
+/// record read to the last output acknowledged.
+async fn drain(
+    setup: &Setup<'_>,
+    mode: Mode,
+    input: &str,
+    output: &str,
+    events: usize,
+) -> Result<f64> {
+    let (stats, stop, handle) = setup.start(mode, input, output, None).await;
+    while stats.consumed.load(Ordering::Relaxed) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let started = Instant::now();
+    wait_outputs(&stats, events as u64, Duration::from_secs(600)).await?;
+    let rate = events as f64 / started.elapsed().as_secs_f64();
+    stop.cancel();
+    handle.await.map_err(|e| Error::Internal(e.to_string()))??;
+    Ok(rate)
+}
+
+/// The median of `values` (the mean of the middle two for an even count); 0 for none.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 /// Produces the live events at the steady rate and returns the p50 and p99 latency in ms; the

@@ -204,6 +204,10 @@ enum Command {
         /// record batch: a Kafka partition paused and resumed mid-batch would stall.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         records_per_batch: Option<u32>,
+        /// Throughput runs per pipeline, alternating passthrough and scoring; events/s and
+        /// the ratio are the medians.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+        repeat: u64,
     },
 }
 
@@ -469,6 +473,7 @@ fn run(command: Command) -> manymodel::Result<()> {
             reload,
             format,
             records_per_batch,
+            repeat,
             trees: None,
             ..
         } => runtime()?.block_on(manymodel::bench::run(
@@ -485,6 +490,7 @@ fn run(command: Command) -> manymodel::Result<()> {
                     manymodel::codec::Format::Json
                 },
                 records_per_batch,
+                repeat: repeat as usize,
             },
             &mut std::io::stdout(),
         ))?,
