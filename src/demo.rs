@@ -205,7 +205,7 @@ pub async fn run(stores: usize, events: usize, out: &mut dyn Write) -> Result<()
     say(
         out,
         if swapped {
-            format!("  hot reload:             {SECOND} published after {half} events; published, validated and swapped in within {reload_ms:.0} ms")
+            format!("  hot reload:             {SECOND} published after {half} events; validated and swapped in {reload_ms:.0} ms after publishing began")
         } else {
             format!(
                 "  hot reload:             {SECOND} was not swapped in within 30 s (see the log)"

@@ -329,7 +329,7 @@ impl ControlReader {
             base = ?manifest.base_version,
             partitions,
             bytes = manifest.size,
-            load_ms = started.elapsed().as_secs_f64() * 1e3,
+            load_ms = started.elapsed().as_millis() as u64,
             activate = manifest.activate,
             "bundle validated"
         );
