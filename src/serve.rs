@@ -108,7 +108,7 @@ pub async fn run(
     )
     .await?;
     let background = CancellationToken::new();
-    tokio::spawn(retries.run(background.clone()));
+    let retrying = tokio::spawn(retries.run(background.clone()));
     crate::metrics::bundle_activated(&bundle.version, bundle.partitions.len(), None);
     stats.health.bundle_active(&bundle.version);
     let router = Router::new(
@@ -195,6 +195,9 @@ pub async fn run(
         let _ = c.await;
     }
     background.cancel();
+    // The retry task holds a producer handle: gone before the caller drops the broker (the
+    // demo's and bench's MockCluster), or librdkafka warns that every broker is down.
+    let _ = tokio::time::timeout(Duration::from_secs(5), retrying).await;
     if !delivered {
         hard_stop.cancel();
     }
