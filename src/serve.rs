@@ -580,13 +580,7 @@ impl Reader<'_> {
     ) {
         let kafka_partition = delivery.ack.partition();
         let record = if self.flow.parked_in(kafka_partition) > 0 {
-            OwnedRecord {
-                topic: topic.to_owned(),
-                key: key.map(<[u8]>::to_vec),
-                payload: payload.map(<[u8]>::to_vec),
-                headers,
-                delivery,
-            }
+            OwnedRecord::copied(topic, key, payload, headers, delivery)
         } else {
             match self
                 .producer

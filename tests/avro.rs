@@ -611,14 +611,8 @@ fn bench_with_avro_input_runs_end_to_end() {
         "200",
     ]);
     assert!(out.contains("Avro (Confluent framing) events"), "{out}");
-    let scoring = out
-        .lines()
-        .find(|l| l.starts_with("scoring "))
-        .unwrap_or("");
-    let rate: f64 = scoring
-        .split_whitespace()
-        .nth(1)
-        .and_then(|x| x.parse().ok())
-        .unwrap_or(0.0);
-    assert!(rate > 0.0, "every Avro event scored: {out}");
+    assert!(
+        common::bench_rate(&out, "scoring") > 0.0,
+        "every Avro event scored: {out}"
+    );
 }

@@ -18,7 +18,7 @@ use common::chaos::{
     assignments, committed_offsets, input_positions, memory_kib, wait_assigned, watermarks,
     ProduceThrottle, Seen, Storage, Tansu, Throttle, TopicReader,
 };
-use common::{generate_and_train, http_get, metric_sum, Daemon};
+use common::{generate_and_train, http_get, metric_sum, wait_for, Daemon};
 use manymodel::local;
 
 /// Generated events (each with a unique `event_id`, `ev-N`) and a bundle trained on their
@@ -121,15 +121,6 @@ listen = "127.0.0.1:0"
     )
     .expect("config written");
     path
-}
-
-/// Waits until `check` holds, polling; panics with `what` after `timeout`.
-fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// A metric's value, `None` while the daemon has not exported it.

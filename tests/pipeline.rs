@@ -304,14 +304,11 @@ fn bench_against_a_real_broker_prints_both_pipelines_and_their_ratio() {
         "200",
     ]);
     assert!(out.contains(&broker.brokers()), "names the broker: {out}");
-    for pipeline in ["passthrough ", "scoring "] {
-        let rate: f64 = out
-            .lines()
-            .find(|l| l.starts_with(pipeline))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|x| x.parse().ok())
-            .unwrap_or(0.0);
-        assert!(rate > 0.0, "{pipeline}drained every event: {out}");
+    for pipeline in ["passthrough", "scoring"] {
+        assert!(
+            common::bench_rate(&out, pipeline) > 0.0,
+            "{pipeline} drained every event: {out}"
+        );
     }
     assert!(out.contains("scoring / passthrough throughput"), "{out}");
 }

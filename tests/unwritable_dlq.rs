@@ -4,9 +4,9 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{generate_and_train, http_get, metric_sum, Broker, Daemon};
+use common::{generate_and_train, http_get, metric_sum, wait_for, Broker, Daemon};
 use manymodel::local;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -29,14 +29,6 @@ fn committed(brokers: &str, group: &str) -> Option<i64> {
     match c.find_partition("in", 0).map(|e| e.offset()) {
         Some(Offset::Offset(o)) => Some(o),
         _ => None,
-    }
-}
-
-fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "never: {what}");
-        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -85,9 +77,9 @@ listen = "127.0.0.1:0"
         .expect("produced");
 
     let brokers = broker.brokers();
-    eventually(
-        "the refused dead letter pauses its Kafka partition",
+    wait_for(
         Duration::from_secs(60),
+        "the refused dead letter pauses its Kafka partition",
         || {
             let m = http_get(&addr, "/metrics").1;
             metric_sum(&m, "manymodel_delivery_failures_total") >= 1.0
@@ -95,9 +87,9 @@ listen = "127.0.0.1:0"
         },
     );
     // The good events before it are scored and committed; nothing past it is committed.
-    eventually(
-        "the prefix before the bad record is committed",
+    wait_for(
         Duration::from_secs(30),
+        "the prefix before the bad record is committed",
         || committed(&brokers, "dlqdown") == Some(5),
     );
     std::thread::sleep(Duration::from_secs(3));
@@ -117,7 +109,7 @@ listen = "127.0.0.1:0"
     assert_eq!(dead[0].value, b"{not json");
     assert_eq!(dead[0].headers["error-kind"], "invalid_json");
     assert_eq!(dead[0].headers["source-offset"], "5");
-    eventually("every offset is committed", Duration::from_secs(60), || {
+    wait_for(Duration::from_secs(60), "every offset is committed", || {
         committed(&brokers, "dlqdown") == Some(11)
     });
     let m = http_get(&addr, "/metrics").1;

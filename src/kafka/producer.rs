@@ -80,6 +80,23 @@ pub struct OwnedRecord {
 }
 
 impl OwnedRecord {
+    /// A record holding its own copy of borrowed bytes.
+    pub fn copied(
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+        delivery: Box<Delivery>,
+    ) -> Self {
+        OwnedRecord {
+            topic: topic.to_owned(),
+            key: key.map(<[u8]>::to_vec),
+            payload: payload.map(<[u8]>::to_vec),
+            headers,
+            delivery,
+        }
+    }
+
     /// The Kafka partition of the input offset it finishes.
     pub fn kafka_partition(&self) -> i32 {
         self.delivery.ack.partition()
@@ -189,13 +206,13 @@ impl ProducerContext for DeliveryContext {
                     ack.failing();
                 }
                 delivery.attempts += 1;
-                let record = OwnedRecord {
-                    topic: message.topic().to_owned(),
-                    key: message.key().map(<[u8]>::to_vec),
-                    payload: message.payload().map(<[u8]>::to_vec),
-                    headers: message.headers().map(|h| h.detach()),
+                let record = OwnedRecord::copied(
+                    message.topic(),
+                    message.key(),
+                    message.payload(),
+                    message.headers().map(|h| h.detach()),
                     delivery,
-                };
+                );
                 let _ = retries.send(record);
             }
         }
@@ -336,13 +353,13 @@ impl OutputProducer {
                     tracing::warn!(topic, error = %e, "cannot enqueue output record; offering it again shortly");
                 }
                 r.delivery_opaque.ack.settled();
-                Err(OwnedRecord {
-                    topic: topic.to_owned(),
-                    key: key.map(<[u8]>::to_vec),
-                    payload: payload.map(<[u8]>::to_vec),
-                    headers: r.headers,
-                    delivery: r.delivery_opaque,
-                })
+                Err(OwnedRecord::copied(
+                    topic,
+                    key,
+                    payload,
+                    r.headers,
+                    r.delivery_opaque,
+                ))
             }
         }
     }
@@ -492,22 +509,7 @@ impl Retries {
                 if record.delivery.ack.is_revoked() {
                     continue;
                 }
-                let OwnedRecord {
-                    topic,
-                    key,
-                    payload,
-                    headers,
-                    delivery,
-                } = record;
-                self.producer
-                    .send(
-                        &topic,
-                        key.as_deref(),
-                        payload.as_deref(),
-                        headers,
-                        delivery,
-                    )
-                    .await;
+                self.producer.send_owned(record).await;
             }
         }
     }

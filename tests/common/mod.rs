@@ -206,6 +206,26 @@ impl Drop for Daemon {
     }
 }
 
+/// Waits until `check` holds, polling every 200 ms; panics with `what` after `timeout`.
+pub fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The events/s a `manymodel bench` report gives for `pipeline` ("passthrough" or
+/// "scoring"); 0 when the line is missing.
+pub fn bench_rate(report: &str, pipeline: &str) -> f64 {
+    report
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(pipeline))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|x| x.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// Writes a serve config for the given topics and bundle.
 pub fn write_config(
     dir: &Path,
