@@ -63,6 +63,9 @@ pub struct BenchOptions {
 pub struct Figures {
     /// Events per second, draining a backlog.
     pub events_per_sec: f64,
+    /// CPU time of the whole process per event while draining, µs (with the MockCluster, the
+    /// broker's share is in it too).
+    pub cpu_us_per_event: f64,
     /// Median latency at the steady rate, ms.
     pub p50_ms: f64,
     /// 99th percentile latency at the steady rate, ms.
@@ -173,6 +176,9 @@ async fn produce(
 
 /// Runs the benchmark and prints its table to `out`.
 pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
+    // The pipelines record their metrics as `serve` does, so their cost is measured too (a
+    // process that already has a recorder keeps it).
+    let _ = crate::metrics::install();
     let run_id = now_ms();
     let mock = match &opts.brokers {
         None => Some(
@@ -295,15 +301,19 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     ];
     // Throughput: drain the backlog, `repeat` times per pipeline, alternating.
     let mut rates: [Vec<f64>; 2] = Default::default();
+    let mut cpu: [Vec<f64>; 2] = Default::default();
     for _ in 0..opts.repeat.max(1) {
-        for ((mode, output, _), rates) in modes.iter().zip(&mut rates) {
-            rates.push(drain(&setup, *mode, &t("in"), output, opts.events).await?);
+        for ((mode, output, _), (rates, cpu)) in modes.iter().zip(rates.iter_mut().zip(&mut cpu)) {
+            let (rate, us) = drain(&setup, *mode, &t("in"), output, opts.events).await?;
+            rates.push(rate);
+            cpu.push(us);
         }
     }
     let mut figures = Vec::new();
-    for ((mode, output, live_in), rates) in modes.iter().zip(&rates) {
+    for ((mode, output, live_in), (rates, cpu)) in modes.iter().zip(rates.iter().zip(&cpu)) {
         let mut f = Figures {
             events_per_sec: median(rates),
+            cpu_us_per_event: median(cpu),
             ..Figures::default()
         };
         let (stats, stop, handle) = setup.start(*mode, live_in, output, None).await;
@@ -321,8 +331,8 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
 
     let _ = writeln!(
         out,
-        "\n{:<12} {:>12} {:>10} {:>10}",
-        "pipeline", "events/s", "p50 ms", "p99 ms"
+        "\n{:<12} {:>12} {:>10} {:>10} {:>14}",
+        "pipeline", "events/s", "p50 ms", "p99 ms", "CPU µs/event"
     );
     for (mode, f) in &figures {
         let name = if *mode == Mode::Score {
@@ -332,8 +342,8 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         };
         let _ = writeln!(
             out,
-            "{name:<12} {:>12.0} {:>10.1} {:>10.1}",
-            f.events_per_sec, f.p50_ms, f.p99_ms
+            "{name:<12} {:>12.0} {:>10.1} {:>10.1} {:>14.2}",
+            f.events_per_sec, f.p50_ms, f.p99_ms, f.cpu_us_per_event
         );
     }
     if let Some((p50, p99, swaps)) = reload {
@@ -373,29 +383,63 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             list(&rates[0]),
             list(&rates[1])
         );
+        let list = |cpu: &[f64]| {
+            cpu.iter()
+                .map(|us| format!("{us:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "CPU µs/event (the whole process{}, while draining): passthrough {}; scoring {}",
+            if mock.is_some() {
+                ", the MockCluster's broker threads included"
+            } else {
+                ""
+            },
+            list(&cpu[0]),
+            list(&cpu[1])
+        );
     }
     Ok(())
 }
 
-/// Drains `events` backlog events from `input` through a new pipeline; events/s from the first
-/// record read to the last output acknowledged.
+/// Drains `events` backlog events from `input` through a new pipeline: events/s from the
+/// first record read to the last output acknowledged, and the process's CPU µs per event
+/// over that time.
 async fn drain(
     setup: &Setup<'_>,
     mode: Mode,
     input: &str,
     output: &str,
     events: usize,
-) -> Result<f64> {
+) -> Result<(f64, f64)> {
     let (stats, stop, handle) = setup.start(mode, input, output, None).await;
     while stats.consumed.load(Ordering::Relaxed) == 0 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
-    let started = Instant::now();
+    let (started, cpu) = (Instant::now(), process_cpu());
     wait_outputs(&stats, events as u64, Duration::from_secs(600)).await?;
     let rate = events as f64 / started.elapsed().as_secs_f64();
+    let cpu_us = (process_cpu() - cpu).as_secs_f64() * 1e6 / events as f64;
     stop.cancel();
     handle.await.map_err(|e| Error::Internal(e.to_string()))??;
-    Ok(rate)
+    Ok((rate, cpu_us))
+}
+
+/// CPU time used by this process so far, over all its threads.
+fn process_cpu() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec for the call to write; CLOCK_PROCESS_CPUTIME_ID is
+    // always available on Linux.
+    let ok = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) } == 0;
+    match ok {
+        true => Duration::new(t.tv_sec as u64, t.tv_nsec as u32),
+        false => Duration::ZERO,
+    }
 }
 
 /// The median of `values` (the mean of the middle two for an even count); 0 for none.

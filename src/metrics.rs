@@ -189,14 +189,29 @@ const LATENCY_BUCKETS: [f64; 16] = [
     5.0, 10.0,
 ];
 
+/// How often histogram samples are folded into their buckets when nobody scrapes.
+const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Installs the Prometheus recorder, describes every metric and sets the build info. Call
 /// once per process, before the pipeline starts.
+///
+/// Histogram samples are kept raw until they are folded into buckets, which a scrape does;
+/// a thread does it every few seconds as well, so a daemon nobody scrapes (Prometheus down,
+/// not yet configured) does not grow by a few bytes per event for as long as it runs.
 pub fn install() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())?;
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(UPKEEP_EVERY);
+            upkeep.run_upkeep();
+        })
+        .map_err(|e| format!("cannot start the metrics upkeep thread: {e}"))?;
     describe();
     gauge!(
         BUILD_INFO,

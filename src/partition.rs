@@ -118,10 +118,14 @@ struct PartitionActor {
 impl PartitionActor {
     async fn run(mut self) {
         let mut batch = Vec::with_capacity(BATCH);
+        // Made once: a new one per wake-up would register with the token again each time.
+        let cancel = self.ctx.cancel.clone();
+        let cancelled = cancel.cancelled();
+        tokio::pin!(cancelled);
         loop {
             tokio::select! {
                 biased;
-                _ = self.ctx.cancel.cancelled() => break,
+                _ = &mut cancelled => break,
                 n = self.rx.recv_many(&mut batch, BATCH) => {
                     if n == 0 {
                         // Every handle is gone and the queue is drained: a clean stop.
