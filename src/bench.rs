@@ -81,6 +81,8 @@ struct Setup<'a> {
     /// Pipelines started so far: each gets a consumer group of its own, so every run reads
     /// its input from the beginning.
     started: std::sync::atomic::AtomicUsize,
+    /// `--records-per-batch`.
+    records_per_batch: Option<u32>,
 }
 
 impl Setup<'_> {
@@ -123,7 +125,14 @@ impl Setup<'_> {
 /// How long the pipeline may go without an output acknowledged before the run gives up.
 const NO_PROGRESS: Duration = Duration::from_secs(60);
 
-async fn wait_outputs(stats: &PipelineStats, n: u64, timeout: Duration) -> Result<()> {
+/// Waits until `n` outputs are acknowledged. `one_per_batch`: the events were loaded one per
+/// record batch (`--records-per-batch 1`), so the tansu hint does not apply.
+async fn wait_outputs(
+    stats: &PipelineStats,
+    n: u64,
+    timeout: Duration,
+    one_per_batch: bool,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     let mut report = Instant::now();
     let (mut last, mut progressed) = (stats.produced.load(Ordering::Relaxed), Instant::now());
@@ -132,10 +141,15 @@ async fn wait_outputs(stats: &PipelineStats, n: u64, timeout: Duration) -> Resul
         if now != last {
             (last, progressed) = (now, Instant::now());
         } else if progressed.elapsed() > NO_PROGRESS {
+            let hint = match one_per_batch {
+                true => "is the broker up, and does it acknowledge what the pipeline produces?",
+                false => {
+                    "on tansu 0.6.0 run with --records-per-batch 1 (it cannot fetch from inside \
+                     a record batch, so a Kafka partition resumed mid-batch is never read again)"
+                }
+            };
             return Err(Error::Kafka(format!(
-                "no output acknowledged for {NO_PROGRESS:?} ({now} of {n}, {} read); \
-                 on tansu 0.6.0 run with --records-per-batch 1 (it cannot fetch from inside \
-                 a record batch, so a Kafka partition resumed mid-batch is never read again)",
+                "no output acknowledged for {NO_PROGRESS:?} ({now} of {n}, {} read); {hint}",
                 stats.consumed.load(Ordering::Relaxed)
             )));
         }
@@ -294,6 +308,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         run_id,
         input,
         started: Default::default(),
+        records_per_batch: opts.records_per_batch,
     };
     let modes = [
         (Mode::Passthrough, t("out-pass"), t("live-pass")),
@@ -419,7 +434,14 @@ async fn drain(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let (started, cpu) = (Instant::now(), process_cpu());
-    wait_outputs(&stats, events as u64, Duration::from_secs(600)).await?;
+    let one_per_batch = setup.records_per_batch == Some(1);
+    wait_outputs(
+        &stats,
+        events as u64,
+        Duration::from_secs(600),
+        one_per_batch,
+    )
+    .await?;
     let rate = events as f64 / started.elapsed().as_secs_f64();
     let cpu_us = (process_cpu() - cpu).as_secs_f64() * 1e6 / events as f64;
     stop.cancel();
@@ -470,12 +492,13 @@ async fn steady_latency(
         opts.records_per_batch,
     ));
     let n = live.len() as u64;
-    wait_outputs(stats, n / 5, Duration::from_secs(120)).await?;
+    let one_per_batch = opts.records_per_batch == Some(1);
+    wait_outputs(stats, n / 5, Duration::from_secs(120), one_per_batch).await?;
     stats.latency(true);
     producing
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
-    wait_outputs(stats, n, Duration::from_secs(120)).await?;
+    wait_outputs(stats, n, Duration::from_secs(120), one_per_batch).await?;
     let h = stats.latency(false);
     Ok((
         h.value_at_quantile(0.5) as f64 / 1000.0,
