@@ -194,11 +194,16 @@ const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Installs the Prometheus recorder, describes every metric and sets the build info. Call
 /// once per process, before the pipeline starts.
+pub fn install() -> Result<PrometheusHandle, String> {
+    install_with_upkeep(UPKEEP_EVERY)
+}
+
+/// [`install`], folding histogram samples every `every`.
 ///
 /// Histogram samples are kept raw until they are folded into buckets, which a scrape does;
 /// a thread does it every few seconds as well, so a daemon nobody scrapes (Prometheus down,
-/// not yet configured) does not grow by a few bytes per event for as long as it runs.
-pub fn install() -> Result<PrometheusHandle, String> {
+/// not yet configured) does not grow by 16 bytes per sample for as long as it runs.
+pub fn install_with_upkeep(every: std::time::Duration) -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
         .map_err(|e| e.to_string())?
@@ -208,7 +213,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     std::thread::Builder::new()
         .name("metrics-upkeep".into())
         .spawn(move || loop {
-            std::thread::sleep(UPKEEP_EVERY);
+            std::thread::sleep(every);
             upkeep.run_upkeep();
         })
         .map_err(|e| format!("cannot start the metrics upkeep thread: {e}"))?;
