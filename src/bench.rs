@@ -125,15 +125,50 @@ impl Setup<'_> {
 /// How long the pipeline may go without an output acknowledged before the run gives up.
 const NO_PROGRESS: Duration = Duration::from_secs(60);
 
-/// Waits until `n` outputs are acknowledged. `one_per_batch`: the events were loaded one per
-/// record batch (`--records-per-batch 1`), so the tansu hint does not apply.
-async fn wait_outputs(
-    stats: &PipelineStats,
+/// How often the watcher looks at the pipeline's counters.
+const WATCH_EVERY: Duration = Duration::from_micros(500);
+
+/// Waits for the pipeline's first record read, then for `n` outputs acknowledged, and returns
+/// the wall time and the process CPU time between the two. It watches from a thread of its
+/// own: the runtime's workers are busy with the pipeline being measured, and a timer of theirs
+/// can fire hundreds of milliseconds late, which would cut the start of the drain out of the
+/// measurement. `one_per_batch`: the events were loaded one per record batch
+/// (`--records-per-batch 1`), so the tansu hint does not apply.
+async fn watch(
+    stats: &Arc<PipelineStats>,
     n: u64,
     timeout: Duration,
     one_per_batch: bool,
+) -> Result<(Duration, Duration)> {
+    let stats = stats.clone();
+    tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + timeout;
+        let waiting = Instant::now();
+        while stats.consumed.load(Ordering::Relaxed) == 0 {
+            if waiting.elapsed() > NO_PROGRESS || Instant::now() > deadline {
+                return Err(Error::Kafka(format!(
+                    "no record read for {:?}; is the broker up, and does the input topic hold events?",
+                    waiting.elapsed()
+                )));
+            }
+            std::thread::sleep(WATCH_EVERY);
+        }
+        let (started, cpu) = (Instant::now(), process_cpu());
+        wait_outputs(&stats, n, deadline, one_per_batch)?;
+        Ok((started.elapsed(), process_cpu().saturating_sub(cpu)))
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("the bench's watcher failed: {e}")))?
+}
+
+/// Blocks until `n` outputs are acknowledged, failing after [`NO_PROGRESS`] without one or at
+/// `deadline`.
+fn wait_outputs(
+    stats: &PipelineStats,
+    n: u64,
+    deadline: Instant,
+    one_per_batch: bool,
 ) -> Result<()> {
-    let deadline = Instant::now() + timeout;
     let mut report = Instant::now();
     let (mut last, mut progressed) = (stats.produced.load(Ordering::Relaxed), Instant::now());
     while stats.produced.load(Ordering::Relaxed) < n {
@@ -164,11 +199,11 @@ async fn wait_outputs(
         }
         if Instant::now() > deadline {
             return Err(Error::Internal(format!(
-                "only {} of {n} outputs acknowledged within {timeout:?}",
+                "only {} of {n} outputs acknowledged in time",
                 stats.produced.load(Ordering::Relaxed)
             )));
         }
-        tokio::time::sleep(Duration::from_millis(1)).await;
+        std::thread::sleep(WATCH_EVERY);
     }
     Ok(())
 }
@@ -430,20 +465,24 @@ async fn drain(
     events: usize,
 ) -> Result<(f64, f64)> {
     let (stats, stop, handle) = setup.start(mode, input, output, None).await;
-    while stats.consumed.load(Ordering::Relaxed) == 0 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let (started, cpu) = (Instant::now(), process_cpu());
     let one_per_batch = setup.records_per_batch == Some(1);
-    wait_outputs(
+    let watched = watch(
         &stats,
         events as u64,
         Duration::from_secs(600),
         one_per_batch,
     )
-    .await?;
-    let rate = events as f64 / started.elapsed().as_secs_f64();
-    let cpu_us = (process_cpu() - cpu).as_secs_f64() * 1e6 / events as f64;
+    .await;
+    let (elapsed, cpu) = match watched {
+        Ok(times) => times,
+        Err(e) => {
+            stop.cancel();
+            let _ = handle.await;
+            return Err(e);
+        }
+    };
+    let rate = events as f64 / elapsed.as_secs_f64();
+    let cpu_us = cpu.as_secs_f64() * 1e6 / events as f64;
     stop.cancel();
     handle.await.map_err(|e| Error::Internal(e.to_string()))??;
     Ok((rate, cpu_us))
@@ -478,7 +517,7 @@ fn median(values: &[f64]) -> f64 {
 /// Produces the live events at the steady rate and returns the p50 and p99 latency in ms; the
 /// first fifth warms up (fetch positions, connections) and is not measured.
 async fn steady_latency(
-    stats: &PipelineStats,
+    stats: &Arc<PipelineStats>,
     brokers: &str,
     input: &str,
     live: &Arc<Vec<Vec<u8>>>,
@@ -493,12 +532,12 @@ async fn steady_latency(
     ));
     let n = live.len() as u64;
     let one_per_batch = opts.records_per_batch == Some(1);
-    wait_outputs(stats, n / 5, Duration::from_secs(120), one_per_batch).await?;
+    watch(stats, n / 5, Duration::from_secs(120), one_per_batch).await?;
     stats.latency(true);
     producing
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
-    wait_outputs(stats, n, Duration::from_secs(120), one_per_batch).await?;
+    watch(stats, n, Duration::from_secs(120), one_per_batch).await?;
     let h = stats.latency(false);
     Ok((
         h.value_at_quantile(0.5) as f64 / 1000.0,

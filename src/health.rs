@@ -27,8 +27,10 @@ pub struct Health {
     subscribed: AtomicBool,
     /// A broker answered recently.
     broker_up: AtomicBool,
-    /// Why the broker is thought down.
+    /// Why the broker is thought down, as librdkafka's error callback said it.
     broker_error: Mutex<Option<String>>,
+    /// The brokers and their connection states, from librdkafka's statistics, while none is up.
+    broker_states: Mutex<Option<String>>,
     /// Where the pipeline is stuck, while the stall watchdog says it is.
     stalled: Mutex<Option<String>>,
     /// The consumer lag summed over the input's Kafka partitions, from the last statistics.
@@ -43,6 +45,7 @@ impl Default for Health {
             subscribed: AtomicBool::new(false),
             broker_up: AtomicBool::new(true),
             broker_error: Mutex::new(None),
+            broker_states: Mutex::new(None),
             stalled: Mutex::new(None),
             lag: AtomicI64::new(0),
         }
@@ -67,11 +70,25 @@ impl Health {
         self.subscribed.store(true, Ordering::Relaxed);
     }
 
-    /// Whether a broker is reachable, and if not, why.
-    pub fn broker(&self, up: bool, reason: Option<String>) {
-        self.broker_up.store(up, Ordering::Relaxed);
+    /// librdkafka reported that every broker is down, and why.
+    pub fn brokers_down(&self, reason: &str) {
+        self.broker_up.store(false, Ordering::Relaxed);
         if let Ok(mut e) = self.broker_error.lock() {
-            *e = if up { None } else { reason };
+            *e = Some(reason.to_owned());
+        }
+    }
+
+    /// librdkafka's statistics: whether a broker connection is up, and if not, each broker's
+    /// state (`127.0.0.1:9092/1: CONNECT`).
+    pub fn broker_states(&self, up: bool, states: String) {
+        self.broker_up.store(up, Ordering::Relaxed);
+        if let Ok(mut s) = self.broker_states.lock() {
+            *s = (!up).then_some(states);
+        }
+        if up {
+            if let Ok(mut e) = self.broker_error.lock() {
+                *e = None;
+            }
         }
     }
 
@@ -126,9 +143,11 @@ impl Health {
         }
         if !broker_up {
             let why = self.broker_error.lock().ok().and_then(|e| e.clone());
+            let states = self.broker_states.lock().ok().and_then(|s| s.clone());
             reasons.push(format!(
-                "no broker is reachable{}",
-                why.map(|w| format!(": {w}")).unwrap_or_default()
+                "no broker is reachable{}{}",
+                why.map(|w| format!(": {w}")).unwrap_or_default(),
+                states.map(|s| format!(" ({s})")).unwrap_or_default()
             ));
         }
         let ready = reasons.is_empty();
@@ -140,5 +159,36 @@ impl Health {
             "reasons": reasons,
         });
         (if ready { 200 } else { 503 }, body.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readyz_names_librdkafkas_reason_and_each_brokers_state_until_one_is_up() {
+        let h = Health::default();
+        h.bundle_active("v1");
+        h.subscribed();
+        assert_eq!(h.readyz().0, 200);
+        h.brokers_down("1/1 brokers are down");
+        h.broker_states(false, "127.0.0.1:9092/1: CONNECT".into());
+        let (code, body) = h.readyz();
+        assert_eq!(code, 503);
+        assert!(
+            body.contains(
+                "no broker is reachable: 1/1 brokers are down (127.0.0.1:9092/1: CONNECT)"
+            ),
+            "{body}"
+        );
+        // The error callback speaks again between two statistics: the states stay.
+        h.brokers_down("2/2 brokers are down");
+        assert!(h
+            .readyz()
+            .1
+            .contains("2/2 brokers are down (127.0.0.1:9092/1: CONNECT)"));
+        h.broker_states(true, String::new());
+        assert_eq!(h.readyz().0, 200);
     }
 }

@@ -104,7 +104,7 @@ pub fn describe() {
     describe_histogram!(
         SCORING_LATENCY,
         Unit::Seconds,
-        "Time from a record being read to its prediction being handed to the producer."
+        "Time from a record being read to its prediction being computed."
     );
     describe_gauge!(
         CONSUMER_LAG,
@@ -129,7 +129,7 @@ pub fn describe() {
     describe_counter!(
         BUNDLE_REJECTIONS,
         Unit::Count,
-        "Bundles rejected, by reason."
+        "Bundles and control records rejected, by reason."
     );
     describe_gauge!(
         BUNDLE_SWAP_PAUSE,
@@ -150,7 +150,7 @@ pub fn describe() {
     describe_gauge!(
         PAUSED_PARTITIONS,
         Unit::Count,
-        "Kafka partitions paused for backpressure."
+        "Kafka partitions paused, for backpressure or for an output the broker refused."
     );
     describe_gauge!(
         IN_FLIGHT,
@@ -225,6 +225,7 @@ pub fn install_with_upkeep(every: std::time::Duration) -> Result<PrometheusHandl
     )
     .set(1.0);
     gauge!(PAUSED_PARTITIONS).set(0.0);
+    gauge!(BUNDLE_SWAP_PAUSE).set(0.0);
     gauge!(IN_FLIGHT).set(0.0);
     gauge!(STALLED).set(0.0);
     Ok(handle)

@@ -111,6 +111,10 @@ pub async fn run(
     let retrying = tokio::spawn(retries.run(background.clone()));
     crate::metrics::bundle_activated(&bundle.version, bundle.partitions.len(), None);
     stats.health.bundle_active(&bundle.version);
+    // The listed stores' counters exist from the start, at zero, not from their first event.
+    for store in &config.metrics.per_partition_metrics {
+        crate::metrics::partition_counter(store).increment(0);
+    }
     let router = Router::new(
         ActorContext {
             producer: producer.clone(),
@@ -470,7 +474,7 @@ impl Reader<'_> {
             version = %b.version,
             previous = %previous.version,
             partitions = b.partitions.len(),
-            pause_us = pause.as_secs_f64() * 1e6,
+            pause_us = %format!("{:.1}", pause.as_secs_f64() * 1e6),
             "bundle swapped in: every record read from now on is scored by it"
         );
         // Freeing a large bundle takes time; never on the consumer loop.

@@ -509,11 +509,14 @@ fn a_broker_restart_mid_stream_makes_the_daemon_unready_and_loses_nothing() {
     broker.kill();
     // Readiness follows librdkafka's statistics, every five seconds.
     let down = Instant::now();
-    let mut unready = None;
+    let (mut unready, mut last_unready) = (None, None);
     while down.elapsed() < Duration::from_secs(30) {
         let (status, body) = http_get(&addr, "/readyz");
         if status == 503 && unready.is_none() {
-            unready = Some(body);
+            unready = Some(body.clone());
+        }
+        if status == 503 {
+            last_unready = Some(body);
         }
         let (health, body) = http_get(&addr, "/healthz");
         assert_eq!(health, 200, "still alive with the broker down: {body}");
@@ -531,6 +534,13 @@ fn a_broker_restart_mid_stream_makes_the_daemon_unready_and_loses_nothing() {
         )
     });
     println!("broker down: /readyz said {unready}");
+    // Once librdkafka's statistics report it, the reason names the broker and its state.
+    let last_unready = last_unready.unwrap_or_default();
+    let address = format!("127.0.0.1:{}", broker.port());
+    assert!(
+        last_unready.contains("no broker is reachable") && last_unready.contains(&address),
+        "/readyz names the unreachable broker {address}: {last_unready}"
+    );
 
     broker.resume();
     wait_for(

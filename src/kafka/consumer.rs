@@ -36,12 +36,27 @@ pub struct RebalanceContext {
     pub exactly_once: bool,
 }
 
+/// Each broker and librdkafka's state for it, e.g. `127.0.0.1:9092/1: CONNECT`.
+fn broker_states(statistics: &rdkafka::Statistics) -> String {
+    let mut states: Vec<String> = statistics
+        .brokers
+        .values()
+        .filter(|b| b.source != "internal" && b.source != "logical")
+        .map(|b| format!("{}: {}", b.name, b.state))
+        .collect();
+    states.sort();
+    match states.is_empty() {
+        true => "no broker connection".to_owned(),
+        false => states.join(", "),
+    }
+}
+
 impl ClientContext for RebalanceContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
         let up = statistics.brokers.values().any(|b| b.state == "UP");
         self.stats
             .health
-            .broker(up, (!up).then(|| "no broker connection is up".to_owned()));
+            .broker_states(up, broker_states(&statistics));
         let mut lag = 0;
         for (topic, t) in &statistics.topics {
             for (p, part) in &t.partitions {
@@ -59,7 +74,7 @@ impl ClientContext for RebalanceContext {
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
-            self.stats.health.broker(false, Some(reason.to_owned()));
+            self.stats.health.brokers_down(reason);
         }
         self.log.error("consumer", &error, reason);
     }
