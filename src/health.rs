@@ -78,12 +78,13 @@ impl Health {
         }
     }
 
-    /// librdkafka's statistics: whether a broker connection is up, and if not, each broker's
+    /// librdkafka's statistics: `None` while a broker connection is up, else each broker's
     /// state (`127.0.0.1:9092/1: CONNECT`).
-    pub fn broker_states(&self, up: bool, states: String) {
+    pub fn broker_states(&self, down: Option<String>) {
+        let up = down.is_none();
         self.broker_up.store(up, Ordering::Relaxed);
         if let Ok(mut s) = self.broker_states.lock() {
-            *s = (!up).then_some(states);
+            *s = down;
         }
         if up {
             if let Ok(mut e) = self.broker_error.lock() {
@@ -173,7 +174,7 @@ mod tests {
         h.subscribed();
         assert_eq!(h.readyz().0, 200);
         h.brokers_down("1/1 brokers are down");
-        h.broker_states(false, "127.0.0.1:9092/1: CONNECT".into());
+        h.broker_states(Some("127.0.0.1:9092/1: CONNECT".into()));
         let (code, body) = h.readyz();
         assert_eq!(code, 503);
         assert!(
@@ -188,7 +189,7 @@ mod tests {
             .readyz()
             .1
             .contains("2/2 brokers are down (127.0.0.1:9092/1: CONNECT)"));
-        h.broker_states(true, String::new());
+        h.broker_states(None);
         assert_eq!(h.readyz().0, 200);
     }
 }

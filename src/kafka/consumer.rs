@@ -56,7 +56,7 @@ impl ClientContext for RebalanceContext {
         let up = statistics.brokers.values().any(|b| b.state == "UP");
         self.stats
             .health
-            .broker_states(up, broker_states(&statistics));
+            .broker_states((!up).then(|| broker_states(&statistics)));
         let mut lag = 0;
         for (topic, t) in &statistics.topics {
             for (p, part) in &t.partitions {
