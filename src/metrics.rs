@@ -236,6 +236,21 @@ pub fn bundle_swap_pause(seconds: f64) {
     gauge!(BUNDLE_SWAP_PAUSE).set(seconds);
 }
 
+/// Makes the rejection counter of every reason exist, at zero, so an alert on its increase
+/// fires on the first rejection.
+pub fn bundle_rejections_from_zero(reasons: &[&'static str]) {
+    for reason in reasons {
+        counter!(BUNDLE_REJECTIONS, "reason" => *reason).increment(0);
+    }
+}
+
+/// Makes both transaction counters exist, at zero (exactly-once mode).
+pub fn transactions_from_zero() {
+    for result in ["committed", "aborted"] {
+        counter!(TRANSACTIONS, "result" => result).increment(0);
+    }
+}
+
 /// Counts a rejected bundle or control record.
 pub fn bundle_rejected(reason: &'static str) {
     counter!(BUNDLE_REJECTIONS, "reason" => reason).increment(1);

@@ -92,7 +92,10 @@ pub async fn run(
     }
     let (producer, retries) = OutputProducer::new(&client, stats.clone())?;
     let transactions = match exactly_once {
-        true => Some(Transactions::start(producer.clone()).await?),
+        true => {
+            crate::metrics::transactions_from_zero();
+            Some(Transactions::start(producer.clone()).await?)
+        }
         false => None,
     };
     let consumer = Arc::new(consumer::create(config, tracker.clone(), stats.clone())?);
@@ -659,6 +662,9 @@ pub async fn serve(config_path: &std::path::Path) -> Result<()> {
     };
     let metrics = crate::metrics::install()
         .map_err(|e| Error::Internal(format!("cannot install the metrics recorder: {e}")))?;
+    crate::metrics::bundle_rejections_from_zero(
+        &crate::control::rejection::Reason::ALL.map(|r| r.as_str()),
+    );
     let listener = crate::http::bind(&config.metrics.listen).await?;
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "metrics and health listening on http://{addr}/metrics, /healthz, /readyz");

@@ -30,6 +30,10 @@ const METRICS: &[&str] = &[
     "manymodel_assigned_kafka_partitions",
     "manymodel_build_info",
     "manymodel_partition_events_scored_total",
+    "manymodel_bundle_rejections_total",
+    "manymodel_bundle_swap_pause_seconds",
+    "manymodel_in_flight_events",
+    "manymodel_stalled",
 ];
 
 fn scrape(addr: &str) -> String {

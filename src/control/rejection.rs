@@ -45,6 +45,25 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, so each counter can exist from the start, at zero.
+    pub const ALL: [Reason; 15] = [
+        Reason::Garbage,
+        Reason::Incomplete,
+        Reason::Oversize,
+        Reason::Checksum,
+        Reason::Unsigned,
+        Reason::Signature,
+        Reason::Schema,
+        Reason::Spec,
+        Reason::Format,
+        Reason::NotFinite,
+        Reason::TrialScoring,
+        Reason::BaseMismatch,
+        Reason::DuplicateVersion,
+        Reason::UnknownVersion,
+        Reason::NoPrevious,
+    ];
+
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
