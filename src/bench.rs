@@ -419,10 +419,10 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         live_events
     );
     if rates[0].len() > 1 {
-        let list = |rates: &[f64]| {
-            rates
-                .iter()
-                .map(|r| format!("{r:.0}"))
+        // The individual runs, `decimals` places each.
+        let list = |runs: &[f64], decimals: usize| {
+            runs.iter()
+                .map(|r| format!("{r:.decimals$}"))
                 .collect::<Vec<_>>()
                 .join(", ")
         };
@@ -430,15 +430,9 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             out,
             "events/s is the median of {} throughput runs, alternating: passthrough {}; scoring {}",
             rates[0].len(),
-            list(&rates[0]),
-            list(&rates[1])
+            list(&rates[0], 0),
+            list(&rates[1], 0)
         );
-        let list = |cpu: &[f64]| {
-            cpu.iter()
-                .map(|us| format!("{us:.2}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
         let _ = writeln!(
             out,
             "CPU µs/event (the whole process{}, while draining): passthrough {}; scoring {}",
@@ -447,8 +441,8 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             } else {
                 ""
             },
-            list(&cpu[0]),
-            list(&cpu[1])
+            list(&cpu[0], 2),
+            list(&cpu[1], 2)
         );
     }
     Ok(())

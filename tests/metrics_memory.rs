@@ -2,14 +2,15 @@
 //! does a background thread: a daemon that nobody scrapes (Prometheus down, or not configured
 //! yet) keeps a bounded memory instead of growing by 16 bytes for every sample it records.
 
+mod common;
+
 use std::time::Duration;
+
+use common::chaos::memory_kib;
 
 /// This process's resident memory, in bytes.
 fn resident_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
-    kib * 1024
+    memory_kib(std::process::id()).0 * 1024
 }
 
 #[test]
@@ -26,6 +27,7 @@ fn histogram_samples_do_not_pile_up_when_nobody_scrapes() {
     round();
     round();
     let settled = resident_bytes();
+    assert!(settled > 0, "no VmRSS in /proc/self/status");
     round();
     round();
     let grown = resident_bytes().saturating_sub(settled);
