@@ -16,8 +16,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 use rdkafka::consumer::Consumer;
-use rdkafka::{Offset, TopicPartitionList};
-use std::time::Duration;
+use rdkafka::TopicPartitionList;
 
 use crate::kafka::consumer::InputConsumer;
 use crate::kafka::offsets::{Ack, OffsetTracker};
@@ -198,7 +197,7 @@ impl Backpressure {
                 now_paused.insert(p, id);
             } else if was || earlier {
                 let _ = resume.add_partition(&self.topic, p);
-                resume_at.push((p, next));
+                resume_at.push((offsets.clone(), next));
             }
         }
         if pause.count() > 0 {
@@ -212,11 +211,9 @@ impl Backpressure {
             }
             // Reading goes on exactly after the last record read, whatever librdkafka had
             // fetched and dropped meanwhile (an asynchronous seek: it never blocks the loop).
-            for (p, next) in resume_at {
-                if let Err(e) = consumer.seek(&self.topic, p, Offset::Offset(next), Duration::ZERO)
-                {
-                    tracing::warn!(kafka_partition = p, offset = next, error = %e, "cannot seek a resumed Kafka partition");
-                }
+            for (offsets, next) in resume_at {
+                crate::kafka::consumer::seek(consumer, &self.topic, offsets.partition(), next);
+                offsets.sought(next);
             }
         }
         self.paused = now_paused;

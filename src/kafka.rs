@@ -4,5 +4,6 @@
 pub mod client_log;
 pub mod consumer;
 pub mod offsets;
+pub mod position;
 pub mod producer;
 pub mod transaction;

@@ -65,6 +65,14 @@ pub const TRANSACTIONS: &str = "manymodel_transactions_total";
 pub const BUILD_INFO: &str = "manymodel_build_info";
 /// Events scored for the stores listed in `per_partition_metrics`, by partition.
 pub const PARTITION_EVENTS: &str = "manymodel_partition_events_scored_total";
+/// Records the broker skipped after a seek (a fetch from inside a record batch), noticed and
+/// sought again rather than committed across.
+pub const READ_GAPS: &str = "manymodel_read_gaps_total";
+/// Records read a second time in one assignment (after a seek back) and dropped.
+pub const RECORDS_REPEATED: &str = "manymodel_records_repeated_total";
+/// Input records librdkafka could not decode (a corrupt or unsupported batch), by Kafka
+/// partition of the input topic.
+pub const UNDECODABLE_BATCHES: &str = "manymodel_undecodable_batches_total";
 /// Event timestamp to prediction acknowledged.
 pub const END_TO_END_LATENCY: &str = "manymodel_end_to_end_latency_seconds";
 
@@ -181,6 +189,21 @@ pub fn describe() {
         Unit::Seconds,
         "Time from the event's Kafka timestamp to its prediction being acknowledged."
     );
+    describe_counter!(
+        READ_GAPS,
+        Unit::Count,
+        "Times the broker skipped records after a seek (a fetch from inside a record batch); each time they were sought again, never committed across."
+    );
+    describe_counter!(
+        RECORDS_REPEATED,
+        Unit::Count,
+        "Records read a second time in one assignment (after a seek back) and dropped."
+    );
+    describe_counter!(
+        UNDECODABLE_BATCHES,
+        Unit::Count,
+        "Consumer errors for record batches librdkafka could not decode (corrupt, or a codec it lacks)."
+    );
 }
 
 /// Histogram buckets for latencies, in seconds: fine around milliseconds.
@@ -228,6 +251,9 @@ pub fn install_with_upkeep(every: std::time::Duration) -> Result<PrometheusHandl
     gauge!(BUNDLE_SWAP_PAUSE).set(0.0);
     gauge!(IN_FLIGHT).set(0.0);
     gauge!(STALLED).set(0.0);
+    counter!(READ_GAPS).increment(0);
+    counter!(RECORDS_REPEATED).increment(0);
+    counter!(UNDECODABLE_BATCHES).increment(0);
     Ok(handle)
 }
 
@@ -278,6 +304,21 @@ pub fn queues(actors: usize, mailbox_depth: usize, producer_queue: i32) {
     gauge!(ACTORS).set(actors as f64);
     gauge!(MAILBOX_DEPTH).set(mailbox_depth as f64);
     gauge!(PRODUCER_QUEUE).set(producer_queue as f64);
+}
+
+/// Counts records the broker skipped after a seek.
+pub fn read_gap() {
+    counter!(READ_GAPS).increment(1);
+}
+
+/// Counts a record read twice in one assignment.
+pub fn record_repeated() {
+    counter!(RECORDS_REPEATED).increment(1);
+}
+
+/// Counts a batch librdkafka could not decode.
+pub fn undecodable_batch() {
+    counter!(UNDECODABLE_BATCHES).increment(1);
 }
 
 /// Sets the number of paused Kafka partitions.

@@ -49,7 +49,7 @@ use crate::control::signing::TrustedKeys;
 use crate::control::ActiveBundle;
 use crate::error::{Error, RecordError, RecordErrorKind, Result};
 use crate::kafka::consumer::{self, InputConsumer};
-use crate::kafka::offsets::OffsetTracker;
+use crate::kafka::offsets::{Admission, OffsetTracker};
 use crate::kafka::producer::{producer_config, Delivery, Output, OutputProducer, OwnedRecord};
 use crate::kafka::transaction::{Outcome, Transactions};
 use crate::metrics::PipelineStats;
@@ -321,7 +321,7 @@ impl Reader<'_> {
                     Ok(()) => self.swap(),
                     Err(_) => self.follow = false,
                 },
-                _ = tick.tick() => self.second(),
+                _ = tick.tick() => self.second(consumer),
                 _ = relieve.tick() => {
                     self.flow.relieve(consumer, self.tracker, &mut self.router, self.producer);
                     if self.transactions.is_some() && self.tracker.revocations() != self.revocations {
@@ -347,7 +347,8 @@ impl Reader<'_> {
     }
 
     /// Once a second: the heartbeat, the queue gauges and the stall watchdog.
-    fn second(&mut self) {
+    fn second(&mut self, consumer: &InputConsumer) {
+        self.unstick(consumer);
         let health = &self.stats.health;
         health.beat();
         let in_flight = self.tracker.in_flight();
@@ -386,6 +387,35 @@ impl Reader<'_> {
                 ));
                 parts.join("; ")
             });
+    }
+
+    /// Seeks further back a Kafka partition that has shown no record since a seek although
+    /// its log goes on past the offset sought: a broker that answers a fetch from inside a
+    /// record batch with nothing (see [`crate::kafka::position`]).
+    fn unstick(&mut self, consumer: &InputConsumer) {
+        let topic = &self.config.kafka.input_topic;
+        for offsets in self.tracker.owned() {
+            let p = offsets.partition();
+            let Some(next) = offsets.next_read() else {
+                continue;
+            };
+            if self.flow.is_paused(p)
+                || consumer::cached_high_watermark(consumer, topic, p).is_none_or(|hi| hi <= next)
+            {
+                continue;
+            }
+            if let Some((next, at)) = offsets.stuck(SEEK_PATIENCE) {
+                crate::metrics::read_gap();
+                tracing::warn!(
+                    topic = %topic,
+                    kafka_partition = p,
+                    expected = next,
+                    seek_to = at,
+                    "no record since a seek although the log goes on; reading again from further back"
+                );
+                consumer::seek(consumer, topic, p, at);
+            }
+        }
     }
 
     /// Exactly-once: stop reading, let every event read in the transaction be acknowledged,
@@ -492,10 +522,29 @@ impl Reader<'_> {
         consumer: &InputConsumer,
         m: &rdkafka::message::BorrowedMessage<'_>,
     ) {
+        let kafka_partition = m.partition();
+        let ack = match self.tracker.admit(kafka_partition, m.offset()) {
+            Admission::Read(ack) => ack,
+            Admission::Repeat => {
+                crate::metrics::record_repeated();
+                return;
+            }
+            Admission::Skipped { next, at } => {
+                crate::metrics::read_gap();
+                tracing::warn!(
+                    topic = m.topic(),
+                    kafka_partition,
+                    expected = next,
+                    got = m.offset(),
+                    seek_to = at,
+                    "the broker skipped records after a seek (a fetch from inside a record batch); reading them again from further back"
+                );
+                consumer::seek(consumer, m.topic(), kafka_partition, at);
+                return;
+            }
+        };
         self.stats.consumed();
         self.read_since_commit = true;
-        let kafka_partition = m.partition();
-        let ack = self.tracker.begin(kafka_partition, m.offset());
         let timestamp_ms = match m.timestamp() {
             Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
             Timestamp::NotAvailable => None,
@@ -608,6 +657,10 @@ impl Reader<'_> {
         self.flow.sync(consumer, self.tracker);
     }
 }
+
+/// How long a Kafka partition may show no record after a seek, while its log goes on, before
+/// it is sought further back.
+const SEEK_PATIENCE: Duration = Duration::from_secs(3);
 
 /// How long exactly-once mode waits for a transaction's events to be acknowledged before it
 /// aborts the transaction.

@@ -137,8 +137,17 @@ impl ConsumerContext for RebalanceContext {
                     .iter()
                     .map(|e| e.partition())
                     .collect();
+                // Where each Kafka partition starts: the group's committed offset, so that a
+                // broker skipping records after it is noticed (see [`crate::kafka::position`]).
+                let starts = committed(consumer, tpl);
                 for &p in &assigned {
-                    self.tracker.assign(p);
+                    let start = starts
+                        .elements_for_topic(&self.topic)
+                        .iter()
+                        .find(|e| e.partition() == p)
+                        .and_then(|e| e.offset().to_raw())
+                        .filter(|&o| o >= 0);
+                    self.tracker.assign(p, start);
                 }
                 // A Kafka partition paused for backpressure before a rebalance gave it back
                 // to this instance starts unpaused: its parked work was dropped with the revoke.
@@ -152,6 +161,57 @@ impl ConsumerContext for RebalanceContext {
             Rebalance::Revoke(_) => {}
         }
     }
+}
+
+/// The committed offsets of `assigned`; empty when the group coordinator cannot say in time
+/// (reading then starts unchecked).
+fn committed(
+    consumer: &BaseConsumer<RebalanceContext>,
+    assigned: &TopicPartitionList,
+) -> TopicPartitionList {
+    consumer
+        .committed_offsets(assigned.clone(), std::time::Duration::from_secs(10))
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read the committed offsets of newly assigned Kafka partitions");
+            TopicPartitionList::new()
+        })
+}
+
+/// Seeks a Kafka partition of `topic` to `offset` without waiting (librdkafka drops what it
+/// had fetched past the old position).
+pub fn seek(consumer: &InputConsumer, topic: &str, kafka_partition: i32, offset: i64) {
+    if let Err(e) = consumer.seek(
+        topic,
+        kafka_partition,
+        Offset::Offset(offset),
+        std::time::Duration::ZERO,
+    ) {
+        tracing::warn!(topic, kafka_partition, offset, error = %e, "cannot seek");
+    }
+}
+
+/// The high watermark librdkafka last saw for a Kafka partition of `topic`, from its fetch
+/// responses: no broker round trip.
+pub fn cached_high_watermark(
+    consumer: &InputConsumer,
+    topic: &str,
+    kafka_partition: i32,
+) -> Option<i64> {
+    let topic = std::ffi::CString::new(topic).ok()?;
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client handle lives as long as `consumer`; the topic is a valid C string
+    // for the call, and librdkafka only writes the two out-parameters.
+    let err = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            kafka_partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (err == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0)
+        .then_some(high)
 }
 
 /// The input consumer.

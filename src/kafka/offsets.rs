@@ -15,8 +15,11 @@
 //! revoke can never land after it.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::kafka::position::{ReadPosition, Verdict};
 
 /// Counters shared by every assignment, read by backpressure and the stall watchdog.
 #[derive(Debug, Default)]
@@ -44,9 +47,6 @@ pub struct PartitionOffsets {
     /// Outputs the broker refused and that are being retried; while any is, the Kafka
     /// partition stays paused.
     failing: AtomicUsize,
-    /// One past the last offset read in this assignment, -1 before the first: where reading
-    /// goes on after a pause.
-    next_read: AtomicI64,
     totals: Arc<Totals>,
 }
 
@@ -58,6 +58,9 @@ struct State {
     committable: Option<i64>,
     /// The last position committed.
     committed: Option<i64>,
+    /// What reading expects next: where it goes on after a pause, and whether the broker
+    /// skipped records after a seek.
+    position: ReadPosition,
 }
 
 impl PartitionOffsets {
@@ -68,7 +71,6 @@ impl PartitionOffsets {
             revoked: AtomicBool::new(false),
             in_producer: AtomicUsize::new(0),
             failing: AtomicUsize::new(0),
-            next_read: AtomicI64::new(-1),
             totals,
         }
     }
@@ -118,10 +120,21 @@ impl PartitionOffsets {
         self.failing.load(Ordering::Relaxed)
     }
 
-    /// One past the last offset read in this assignment, once anything was read.
+    /// One past the last offset read in this assignment, once anything was read (or, at
+    /// the start of an assignment, where reading starts).
     pub fn next_read(&self) -> Option<i64> {
-        let n = self.next_read.load(Ordering::Acquire);
-        (n >= 0).then_some(n)
+        self.lock().position.next()
+    }
+
+    /// The consumer was sought to `next` to go on reading there.
+    pub fn sought(&self, next: i64) {
+        self.lock().position = ReadPosition::sought(next);
+    }
+
+    /// A seek that showed no record for `patience`: (next, where to seek now). See
+    /// [`ReadPosition::stuck`].
+    pub fn stuck(&self, patience: Duration) -> Option<(i64, i64)> {
+        self.lock().position.stuck(patience)
     }
 
     /// Outputs handed to the producer and not yet settled.
@@ -189,6 +202,23 @@ impl Drop for Ack {
     }
 }
 
+/// What [`OffsetTracker::admit`] makes of a record read.
+#[derive(Debug)]
+pub enum Admission {
+    /// A record not read before in this assignment: handle it and finish the ack.
+    Read(Ack),
+    /// Read already in this assignment (after a seek back): drop it.
+    Repeat,
+    /// The broker skipped records after a seek: drop this record, and seek the Kafka
+    /// partition to `at` so that reading goes on at `next`.
+    Skipped {
+        /// The first offset not read yet.
+        next: i64,
+        /// Where to seek.
+        at: i64,
+    },
+}
+
 /// All Kafka partitions of the input topic this instance owns.
 #[derive(Debug, Default)]
 pub struct OffsetTracker {
@@ -207,9 +237,13 @@ impl OffsetTracker {
         Arc::new(PartitionOffsets::new(partition, self.totals.clone()))
     }
 
-    /// Starts tracking a newly assigned Kafka partition, with fresh state.
-    pub fn assign(&self, partition: i32) {
+    /// Starts tracking a newly assigned Kafka partition, with fresh state; `start` is the
+    /// group's committed offset, where reading begins, when there is one.
+    pub fn assign(&self, partition: i32, start: Option<i64>) {
         let fresh = self.fresh(partition);
+        if let Some(start) = start {
+            fresh.sought(start);
+        }
         if let Some(old) = self.lock().insert(partition, fresh) {
             old.revoked.store(true, Ordering::Release);
         }
@@ -242,8 +276,9 @@ impl OffsetTracker {
         self.commit_lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers a read offset; the returned [`Ack`] finishes it.
-    pub fn begin(&self, partition: i32, offset: i64) -> Ack {
+    /// Judges a record read at `offset` ([`ReadPosition::admit`]) and registers it when it
+    /// is new: the returned [`Ack`] finishes it.
+    pub fn admit(&self, partition: i32, offset: i64) -> Admission {
         let offsets = {
             let mut map = self.lock();
             match map.get(&partition) {
@@ -255,10 +290,26 @@ impl OffsetTracker {
                 }
             }
         };
-        offsets.lock().pending.push_back((offset, false));
-        offsets.next_read.store(offset + 1, Ordering::Release);
+        let mut s = offsets.lock();
+        match s.position.admit(offset) {
+            Verdict::Read => {}
+            Verdict::Repeat => return Admission::Repeat,
+            Verdict::Skipped { next, at } => return Admission::Skipped { next, at },
+        }
+        s.pending.push_back((offset, false));
+        drop(s);
         self.totals.in_flight.fetch_add(1, Ordering::Relaxed);
-        Ack { offsets, offset }
+        Admission::Read(Ack { offsets, offset })
+    }
+
+    /// Registers a read offset as new, whatever the position says; the returned [`Ack`]
+    /// finishes it.
+    #[cfg(test)]
+    pub fn begin(&self, partition: i32, offset: i64) -> Ack {
+        match self.admit(partition, offset) {
+            Admission::Read(ack) => ack,
+            other => panic!("offset {offset} was not admitted: {other:?}"),
+        }
     }
 
     /// The positions that moved since they were last taken, as (Kafka partition, offset).
@@ -355,7 +406,7 @@ mod tests {
     #[test]
     fn only_the_contiguous_finished_prefix_is_committable() {
         let t = OffsetTracker::default();
-        t.assign(0);
+        t.assign(0, None);
         let a: Vec<Ack> = (10..15).map(|o| t.begin(0, o)).collect();
         let mut a = a.into_iter();
         let (a10, a11, a12, a13, a14) = (
@@ -386,7 +437,7 @@ mod tests {
     #[test]
     fn acks_after_a_revoke_never_move_a_commit() {
         let t = OffsetTracker::default();
-        t.assign(3);
+        t.assign(3, None);
         let a = t.begin(3, 100);
         let b = t.begin(3, 101);
         a.finish();
@@ -394,7 +445,7 @@ mod tests {
         b.finish();
         assert!(t.take_committable().is_empty());
         // Reassigned later: fresh state, the old ack did nothing to it.
-        t.assign(3);
+        t.assign(3, None);
         let c = t.begin(3, 101);
         c.finish();
         assert_eq!(t.take_committable(), vec![(3, 102)]);

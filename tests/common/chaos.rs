@@ -116,7 +116,7 @@ impl Tansu {
 
     /// Creates a topic with `partitions` Kafka partitions.
     pub fn create_topic(&self, name: &str, partitions: i32) {
-        super::create_topic(self.port, name, partitions);
+        super::tansu_create_topic(self.port, name, partitions);
     }
 }
 

@@ -1,8 +1,12 @@
-//! Shared test harness: a tansu broker per test binary, and the `manymodel` binary as a user
-//! runs it.
+//! Shared test harness: Apache Kafka brokers ([`kafka`]), tansu for what only it shows
+//! ([`chaos`]), and the `manymodel` binary as a user runs it.
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod kafka;
+
+/// The broker the integration tests run on: Apache Kafka.
+pub use kafka::Kafka as Broker;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -38,7 +42,7 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
-fn tansu_binary() -> PathBuf {
+pub fn tansu_binary() -> PathBuf {
     if let Ok(p) = std::env::var("TANSU") {
         return PathBuf::from(p);
     }
@@ -48,83 +52,6 @@ fn tansu_binary() -> PathBuf {
         return cargo_bin;
     }
     PathBuf::from("tansu")
-}
-
-/// A tansu broker on a free port, killed on drop.
-pub struct Broker {
-    child: Child,
-    port: u16,
-}
-
-impl Broker {
-    /// Starts a broker with in-memory storage and waits until it accepts connections.
-    pub fn start() -> Broker {
-        Self::start_with(false)
-    }
-
-    /// One broker for the whole test binary, for binaries whose tests each use topics of
-    /// their own. A static is never dropped, so a watchdog shell stops tansu when the test
-    /// process exits.
-    pub fn shared() -> &'static Broker {
-        static SHARED: std::sync::OnceLock<Broker> = std::sync::OnceLock::new();
-        SHARED.get_or_init(|| Self::start_with(true))
-    }
-
-    fn start_with(watched: bool) -> Broker {
-        let port = free_port();
-        let url = format!("tcp://127.0.0.1:{port}");
-        let args = [
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-            "--storage-engine",
-            "memory://tansu/",
-        ];
-        let mut command = if watched {
-            let mut c = Command::new("sh");
-            c.arg("-c")
-                .arg(r#"p=$1; shift; "$@" & t=$!; while kill -0 "$p" 2>/dev/null; do sleep 1; done; kill "$t""#)
-                .arg("sh")
-                .arg(std::process::id().to_string())
-                .arg(tansu_binary())
-                .args(args);
-            c
-        } else {
-            let mut c = Command::new(tansu_binary());
-            c.args(args);
-            c
-        };
-        let child = command
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu starts (scripts/test installs it)");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Broker { child, port }
-    }
-
-    /// `127.0.0.1:PORT`.
-    pub fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Creates a topic with `partitions` Kafka partitions.
-    pub fn create_topic(&self, name: &str, partitions: i32) {
-        create_topic(self.port, name, partitions);
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// A running `manymodel serve`, stopped with SIGKILL on drop unless stopped before.
@@ -433,7 +360,7 @@ pub fn python_with(modules: &str, packages: &[&str]) -> String {
 }
 
 /// Creates a topic with `partitions` Kafka partitions on the tansu broker at `port`.
-pub fn create_topic(port: u16, name: &str, partitions: i32) {
+pub fn tansu_create_topic(port: u16, name: &str, partitions: i32) {
     let out = Command::new(tansu_binary())
         .args([
             "topic",
