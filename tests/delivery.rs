@@ -1,4 +1,4 @@
-//! Delivery under failure, against a real broker (tansu): instances killed, stopped, joining
+//! Delivery under failure, against Apache Kafka: instances killed, stopped, joining
 //! late, a broker restarted under them, an output too slow or unwritable. Every event keeps
 //! at least one prediction; duplicates only come from what was read and not yet committed;
 //! memory and in-flight events stay bounded while the output is slow; a stalled pipeline says
@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use common::chaos::{
     assignments, committed_offsets, input_positions, memory_kib, wait_assigned, watermarks,
-    ProduceThrottle, Seen, Storage, Tansu, Throttle, TopicReader,
+    ProduceThrottle, Seen, Throttle, TopicReader,
 };
+use common::kafka::{Kafka, Options};
 use common::{generate_and_train, http_get, metric_sum, wait_for, Daemon};
 use manymodel::local;
 
@@ -57,19 +58,9 @@ fn produce_in_background(
 ) -> JoinHandle<()> {
     let (brokers, events) = (brokers.to_owned(), events.clone());
     std::thread::spawn(move || {
-        // One record per batch: tansu 0.6.0 answers a fetch that starts inside a record
-        // batch with nothing, so a consumer resuming a paused Kafka partition mid-batch (as
-        // librdkafka does, at the offset after the last record it delivered) would wait
-        // forever there. Real Kafka brokers serve such fetches; see README "Operations".
-        local::produce_with(
-            &brokers,
-            "in",
-            &events,
-            local::json_key("store_id"),
-            rate,
-            &[("batch.num.messages", "1")],
-        )
-        .expect("events produced");
+        // A producer that batches, as real ones do (linger.ms 5, batches of many records).
+        local::produce(&brokers, "in", &events, local::json_key("store_id"), rate)
+            .expect("events produced");
     })
 }
 
@@ -80,7 +71,7 @@ fn produce_all(brokers: &str, events: &Arc<Vec<Vec<u8>>>) {
 }
 
 /// Topics `in` and `out` with `partitions` Kafka partitions each, and `dlq`.
-fn create_topics(broker: &Tansu, partitions: i32) {
+fn create_topics(broker: &Kafka, partitions: i32) {
     broker.create_topic("in", partitions);
     broker.create_topic("out", partitions);
     broker.create_topic("dlq", 1);
@@ -247,7 +238,7 @@ const FLEET_COMMIT_INTERVAL_MS: usize = 100;
 /// events faster than this: a single instance alone on it drains a backlog at the rate the
 /// slow-output test prints after its release, well below this.
 const PEAK_EVENTS_PER_SEC: usize = 50_000;
-/// A synchronous commit's round trip to the broker, at most (tansu on localhost: ~10 ms).
+/// A synchronous commit's round trip to the broker, at most (Kafka on localhost: ~10 ms).
 const COMMIT_ROUND_TRIP_MS: usize = 200;
 /// What a killed instance can have read and not committed, so what can be read again: the
 /// events in flight (at most `max_in_flight`), plus those finished since its last commit
@@ -276,7 +267,7 @@ fn owners(logs: &[(&str, String)], from: &HashMap<&str, usize>) -> BTreeMap<i32,
 #[test]
 fn a_fleet_losing_one_instance_and_gaining_one_predicts_every_event_with_bounded_duplicates() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let broker = Tansu::start(Storage::Memory, None, dir.path());
+    let broker = Kafka::start_with(Some(dir.path()), Options::default());
     create_topics(&broker, FLEET_KAFKA_PARTITIONS);
     let w = workload(dir.path(), 50, FLEET_EVENTS);
     let kafka = format!(
@@ -403,7 +394,7 @@ fn after_a_sigterm_a_restarted_instance_repeats_nothing_the_first_one_committed(
     const EVENTS: usize = 20_000;
     const KAFKA_PARTITIONS: i32 = 4;
     let dir = tempfile::tempdir().expect("temp dir");
-    let broker = Tansu::start(Storage::Memory, None, dir.path());
+    let broker = Kafka::start_with(Some(dir.path()), Options::default());
     create_topics(&broker, KAFKA_PARTITIONS);
     let w = workload(dir.path(), 20, EVENTS);
     let kafka = "commit_interval_ms = 200";
@@ -484,9 +475,7 @@ fn after_a_sigterm_a_restarted_instance_repeats_nothing_the_first_one_committed(
 fn a_broker_restart_mid_stream_makes_the_daemon_unready_and_loses_nothing() {
     const EVENTS: usize = 20_000;
     let dir = tempfile::tempdir().expect("temp dir");
-    let data = dir.path().join("broker");
-    std::fs::create_dir(&data).expect("broker folder");
-    let mut broker = Tansu::start(Storage::Sqlite(data), None, dir.path());
+    let mut broker = Kafka::start_with(Some(dir.path()), Options::default());
     create_topics(&broker, 3);
     let w = workload(dir.path(), 20, EVENTS);
     let mut daemon = Daemon::start(&config(
@@ -587,7 +576,13 @@ fn a_slow_output_pauses_reading_and_keeps_memory_bounded_then_everything_arrives
     const EVENTS: usize = 200_000;
     let dir = tempfile::tempdir().expect("temp dir");
     let (proxy, listener) = ProduceThrottle::listen();
-    let broker = Tansu::start(Storage::Memory, Some(proxy.port()), dir.path());
+    let broker = Kafka::start_with(
+        Some(dir.path()),
+        Options {
+            advertised: Some(proxy.port()),
+            ..Options::default()
+        },
+    );
     proxy.connect_to(listener, broker.port());
     create_topics(&broker, 4);
     let w = workload(dir.path(), 50, EVENTS);
@@ -676,7 +671,7 @@ fn a_slow_output_pauses_reading_and_keeps_memory_bounded_then_everything_arrives
 fn cooperative_sticky_assignment_loses_nothing_when_instances_join_and_leave() {
     const EVENTS: usize = 20_000;
     let dir = tempfile::tempdir().expect("temp dir");
-    let broker = Tansu::start(Storage::Memory, None, dir.path());
+    let broker = Kafka::start_with(Some(dir.path()), Options::default());
     create_topics(&broker, 6);
     let w = workload(dir.path(), 30, EVENTS);
     let kafka = "commit_interval_ms = 200\n\
@@ -735,7 +730,13 @@ fn a_pipeline_that_cannot_write_reports_stalled_on_healthz_and_recovers() {
     const EVENTS: usize = 5_000;
     let dir = tempfile::tempdir().expect("temp dir");
     let (proxy, listener) = ProduceThrottle::listen();
-    let broker = Tansu::start(Storage::Memory, Some(proxy.port()), dir.path());
+    let broker = Kafka::start_with(
+        Some(dir.path()),
+        Options {
+            advertised: Some(proxy.port()),
+            ..Options::default()
+        },
+    );
     proxy.connect_to(listener, broker.port());
     create_topics(&broker, 2);
     let w = workload(dir.path(), 10, EVENTS);

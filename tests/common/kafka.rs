@@ -123,7 +123,6 @@ impl Kafka {
              transaction.state.log.min.isr=1\n\
              transaction.state.log.num.partitions=4\n\
              group.initial.rebalance.delay.ms=0\n\
-             group.consumer.heartbeat.interval.ms=500\n\
              transaction.abort.timed.out.transaction.cleanup.interval.ms=2000\n\
              {extra}",
             data = dir.join("data").display(),
