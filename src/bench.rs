@@ -553,7 +553,7 @@ async fn reload_latency(
         .collect::<Result<_>>()?;
     let publish = PublishOptions {
         bundle: Default::default(),
-        brokers: setup.brokers.to_owned(),
+        connection: crate::kafka::connection::Connection::plain(setup.brokers),
         control_topic: t("control"),
         signing_key: None,
         chunk_bytes: DEFAULT_CHUNK_BYTES,

@@ -83,7 +83,7 @@ pub async fn run(stores: usize, events: usize, out: &mut dyn Write) -> Result<()
     // topic, read back, validated and swapped in.
     let publish = PublishOptions {
         bundle: Default::default(),
-        brokers: brokers.clone(),
+        connection: crate::kafka::connection::Connection::plain(&brokers),
         control_topic: CONTROL.into(),
         signing_key: None,
         chunk_bytes: DEFAULT_CHUNK_BYTES,

@@ -262,8 +262,8 @@ pub struct StreamOptions {
     pub stores: usize,
     /// Random seed.
     pub seed: u64,
-    /// Bootstrap servers.
-    pub brokers: String,
+    /// Bootstrap servers and librdkafka options.
+    pub connection: crate::kafka::connection::Connection,
     /// Topic to produce to.
     pub topic: String,
     /// Events per second.
@@ -274,18 +274,18 @@ pub struct StreamOptions {
 
 /// Streams events, timestamped now, at a steady rate to a Kafka topic, keyed by store.
 pub fn stream(opts: &StreamOptions) -> Result<u64> {
-    use rdkafka::config::ClientConfig;
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     if opts.stores == 0 || opts.rate == 0 {
         return Err(Error::Usage(
             "--stores and --rate must be at least 1".into(),
         ));
     }
-    let producer: BaseProducer = ClientConfig::new()
-        .set("bootstrap.servers", &opts.brokers)
+    let producer: BaseProducer = opts
+        .connection
+        .client_config()
         .set("linger.ms", "5")
         .create()
-        .map_err(|e| Error::Kafka(format!("producer for {}: {e}", opts.brokers)))?;
+        .map_err(|e| Error::Kafka(format!("producer for {}: {e}", opts.connection.brokers)))?;
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let width = opts.stores.to_string().len().max(3);
     let stores: Vec<Store> = (0..opts.stores)

@@ -2,6 +2,7 @@
 //! the offset tracker that connects the two, and the transactions of exactly-once mode.
 
 pub mod client_log;
+pub mod connection;
 pub mod consumer;
 pub mod offsets;
 pub mod position;

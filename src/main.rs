@@ -58,9 +58,8 @@ enum Command {
         /// The bundle file (full or delta).
         #[arg(long)]
         bundle: PathBuf,
-        /// Bootstrap servers.
-        #[arg(long)]
-        brokers: String,
+        #[command(flatten)]
+        kafka: KafkaArgs,
         /// The control topic the daemons read ([kafka] control_topic).
         #[arg(long)]
         control_topic: String,
@@ -162,6 +161,8 @@ enum Command {
         /// Events per second when streaming.
         #[arg(long, default_value_t = 100, requires = "brokers")]
         rate: u64,
+        #[command(flatten)]
+        kafka: KafkaOptionArgs,
     },
     /// Generate, train, serve and score on an in-process Kafka mock, and report.
     Demo {
@@ -218,6 +219,45 @@ enum Command {
     },
 }
 
+/// Where a tool connects: the bootstrap servers and librdkafka options (TLS, SASL).
+#[derive(clap::Args)]
+struct KafkaArgs {
+    /// Bootstrap servers.
+    #[arg(long)]
+    brokers: String,
+    #[command(flatten)]
+    options: KafkaOptionArgs,
+}
+
+/// librdkafka options for a tool, as serve's `[kafka] librdkafka_options` holds them.
+#[derive(clap::Args)]
+struct KafkaOptionArgs {
+    /// A librdkafka option, e.g. -X security.protocol=SASL_SSL (repeatable; wins over
+    /// --command-config).
+    #[arg(short = 'X', long = "kafka-option", value_name = "KEY=VALUE")]
+    kafka_option: Vec<String>,
+    /// A client properties file (key=value lines, as Kafka's own tools take) of librdkafka
+    /// options: keeps passwords off the command line.
+    #[arg(long, value_name = "FILE")]
+    command_config: Option<PathBuf>,
+}
+
+impl KafkaOptionArgs {
+    fn connection(&self, brokers: &str) -> manymodel::Result<manymodel::kafka::connection::Connection> {
+        manymodel::kafka::connection::Connection::new(
+            brokers,
+            self.command_config.as_deref(),
+            &self.kafka_option,
+        )
+    }
+}
+
+impl KafkaArgs {
+    fn connection(&self) -> manymodel::Result<manymodel::kafka::connection::Connection> {
+        self.options.connection(&self.brokers)
+    }
+}
+
 #[derive(Subcommand)]
 enum ControlAction {
     /// Make a version the daemons already hold the active one.
@@ -225,18 +265,16 @@ enum ControlAction {
         /// The version.
         #[arg(long)]
         version: String,
-        /// Bootstrap servers.
-        #[arg(long)]
-        brokers: String,
+        #[command(flatten)]
+        kafka: KafkaArgs,
         /// The control topic.
         #[arg(long)]
         control_topic: String,
     },
     /// Go back to the version that was active before the current one.
     Rollback {
-        /// Bootstrap servers.
-        #[arg(long)]
-        brokers: String,
+        #[command(flatten)]
+        kafka: KafkaArgs,
         /// The control topic.
         #[arg(long)]
         control_topic: String,
@@ -373,7 +411,7 @@ fn run(command: Command) -> manymodel::Result<()> {
         }
         Command::Publish {
             bundle,
-            brokers,
+            kafka,
             control_topic,
             signing_key,
             chunk_bytes,
@@ -382,7 +420,7 @@ fn run(command: Command) -> manymodel::Result<()> {
             let published = manymodel::control::publish::publish(
                 &manymodel::control::publish::PublishOptions {
                     bundle,
-                    brokers,
+                    connection: kafka.connection()?,
                     control_topic,
                     signing_key,
                     chunk_bytes,
@@ -393,18 +431,18 @@ fn run(command: Command) -> manymodel::Result<()> {
         }
         Command::Control { action } => {
             use manymodel::control::message::ControlMessage;
-            let (brokers, topic, message) = match action {
+            let (kafka, topic, message) = match action {
                 ControlAction::Activate {
                     version,
-                    brokers,
+                    kafka,
                     control_topic,
-                } => (brokers, control_topic, ControlMessage::Activate { version }),
+                } => (kafka, control_topic, ControlMessage::Activate { version }),
                 ControlAction::Rollback {
-                    brokers,
+                    kafka,
                     control_topic,
-                } => (brokers, control_topic, ControlMessage::Rollback),
+                } => (kafka, control_topic, ControlMessage::Rollback),
             };
-            manymodel::control::publish::command(&brokers, &topic, &message)?;
+            manymodel::control::publish::command(&kafka.connection()?, &topic, &message)?;
             say!(
                 "sent {} to {topic}",
                 serde_json::to_string(&message).unwrap_or_default()
@@ -428,12 +466,13 @@ fn run(command: Command) -> manymodel::Result<()> {
             brokers,
             topic,
             rate,
+            kafka,
         } => {
             if let (Some(brokers), Some(topic)) = (brokers, topic) {
                 let sent = manymodel::generate::stream(&manymodel::generate::StreamOptions {
                     stores,
                     seed,
-                    brokers,
+                    connection: kafka.connection(&brokers)?,
                     topic,
                     rate,
                     events,

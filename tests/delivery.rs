@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use common::chaos::{
     assignments, committed_offsets, input_positions, memory_kib, wait_assigned, watermarks,
-    ProduceThrottle, Seen, Throttle, TopicReader,
+    ProduceThrottle, Seen, Storage, Tansu, Throttle, TopicReader,
 };
 use common::kafka::{Kafka, Options};
 use common::{generate_and_train, http_get, metric_sum, wait_for, Daemon};
@@ -788,4 +788,82 @@ fn a_pipeline_that_cannot_write_reports_stalled_on_healthz_and_recovers() {
     assert!(daemon.terminate().success(), "SIGTERM exits 0");
     out.read_to_end();
     assert_all_predicted(&broker.brokers(), "stall", &out, EVENTS, &[("stall", log)]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// A backlog from a producer that batches, far above `max_in_flight`, with no failure: every
+// Kafka partition is paused and resumed many times, each time inside a record batch.
+
+const BACKLOG_EVENTS: usize = 40_000;
+
+/// Loads the backlog, then runs one daemon over it with `max_in_flight = 1000`; returns the
+/// duplicates, after asserting that every event has a prediction.
+fn backlog_run(brokers: &str, create: impl Fn(&str, i32), dir: &Path, who: &str) -> usize {
+    create("in", 4);
+    create("out", 4);
+    create("dlq", 1);
+    let w = workload(dir, 200, BACKLOG_EVENTS);
+    produce_all(brokers, &w.events);
+    let mut daemon = Daemon::start(&config(
+        dir,
+        who,
+        brokers,
+        who,
+        &w.bundle,
+        "commit_interval_ms = 200",
+        "max_in_flight = 1000",
+    ));
+    wait_assigned(&mut daemon);
+    let mut out = TopicReader::new(brokers, "out");
+    let _ = out.read_until(Duration::from_secs(180), |r| {
+        distinct(r) >= BACKLOG_EVENTS
+    });
+    let addr = daemon.metrics_addr();
+    let (_, metrics) = http_get(&addr, "/metrics");
+    let log = daemon.log_text();
+    assert!(daemon.terminate().success(), "SIGTERM exits 0");
+    out.read_to_end();
+    let duplicates = assert_all_predicted(brokers, who, &out, BACKLOG_EVENTS, &[(who, log.clone())]);
+    println!(
+        "{who}: {BACKLOG_EVENTS} events, {} predictions, 0 missing, {duplicates} duplicates; \
+         pauses logged {}, read gaps {}, repeats dropped {}",
+        out.records.len(),
+        log.matches("pausing every Kafka partition").count(),
+        metric_sum(&metrics, "manymodel_read_gaps_total"),
+        metric_sum(&metrics, "manymodel_records_repeated_total"),
+    );
+    assert!(
+        log.contains("pausing every Kafka partition"),
+        "the backlog is far above max_in_flight, so reading paused:\n{log}"
+    );
+    assert_clean_log(&log, who);
+    duplicates
+}
+
+#[test]
+fn a_batched_backlog_far_above_max_in_flight_gets_exactly_one_prediction_per_event_on_kafka() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = Kafka::start_with(Some(dir.path()), Options::default());
+    let duplicates = backlog_run(
+        &broker.brokers(),
+        |t, n| broker.create_topic(t, n),
+        dir.path(),
+        "backlog-kafka",
+    );
+    assert_eq!(duplicates, 0, "no failure, so no duplicate");
+}
+
+/// tansu 0.6.0 answers a fetch from inside a record batch with the next batch (or nothing):
+/// the daemon notices, seeks further back and drops what it reads twice.
+#[test]
+fn a_batched_backlog_on_tansu_loses_nothing_although_it_skips_records_after_a_seek() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = Tansu::start(Storage::Memory, None, dir.path());
+    let duplicates = backlog_run(
+        &broker.brokers(),
+        |t, n| broker.create_topic(t, n),
+        dir.path(),
+        "backlog-tansu",
+    );
+    assert_eq!(duplicates, 0, "records read twice are dropped, not scored again");
 }

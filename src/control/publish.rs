@@ -7,7 +7,6 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, ProducerContext};
 use rdkafka::ClientContext;
 
@@ -15,6 +14,7 @@ use super::assembly::sha256_hex;
 use super::message::{chunk_headers, ControlMessage, Manifest};
 use super::signing::BundleSigner;
 use crate::error::{Error, Result};
+use crate::kafka::connection::Connection;
 use crate::model::bundle::Bundle;
 
 /// The chunk size `publish` uses unless told otherwise: well below the 1 MB default message
@@ -26,8 +26,8 @@ pub const DEFAULT_CHUNK_BYTES: usize = 512 * 1024;
 pub struct PublishOptions {
     /// The bundle file.
     pub bundle: PathBuf,
-    /// Bootstrap servers.
-    pub brokers: String,
+    /// Bootstrap servers and librdkafka options.
+    pub connection: Connection,
     /// The control topic.
     pub control_topic: String,
     /// The secret key to sign with.
@@ -128,7 +128,7 @@ pub fn publish_bytes(
         activate: opts.activate,
         published_at_ms: chrono::Utc::now().timestamp_millis(),
     };
-    let producer = ControlProducer::new(&opts.brokers, &opts.control_topic, chunk_bytes)?;
+    let producer = ControlProducer::new(&opts.connection, &opts.control_topic, chunk_bytes)?;
     for (i, chunk) in chunks.iter().enumerate() {
         producer.send(
             BaseRecord::to(&opts.control_topic)
@@ -155,9 +155,13 @@ pub fn publish_bytes(
 }
 
 /// Sends one command (`activate`, `rollback`) to the control topic.
-pub fn command(brokers: &str, control_topic: &str, message: &ControlMessage) -> Result<()> {
+pub fn command(
+    connection: &Connection,
+    control_topic: &str,
+    message: &ControlMessage,
+) -> Result<()> {
     let text = serde_json::to_vec(message).map_err(|e| Error::Internal(format!("command: {e}")))?;
-    let producer = ControlProducer::new(brokers, control_topic, 0)?;
+    let producer = ControlProducer::new(connection, control_topic, 0)?;
     producer.send(
         BaseRecord::<[u8], [u8]>::to(control_topic)
             .partition(0)
@@ -198,9 +202,10 @@ struct ControlProducer {
 }
 
 impl ControlProducer {
-    fn new(brokers: &str, topic: &str, chunk_bytes: usize) -> Result<Self> {
-        let producer: BaseProducer<FirstError> = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
+    fn new(connection: &Connection, topic: &str, chunk_bytes: usize) -> Result<Self> {
+        let brokers = &connection.brokers;
+        let producer: BaseProducer<FirstError> = connection
+            .client_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "30000")

@@ -1,0 +1,115 @@
+//! How the command-line tools (`publish`, `control`, `generate --brokers`) reach Kafka: the
+//! bootstrap servers and librdkafka options such as TLS and SASL, the same keys as serve's
+//! `[kafka] librdkafka_options`. Options come from `-X KEY=VALUE` flags and from a Java-style
+//! client properties file (`--command-config`, as Kafka's own tools take), so that a password
+//! need not stand on the command line.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use rdkafka::config::ClientConfig;
+
+use crate::error::{Error, Result};
+
+/// Bootstrap servers and librdkafka options.
+#[derive(Debug, Clone, Default)]
+pub struct Connection {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// librdkafka options (`security.protocol`, `sasl.*`, `ssl.*`, ...).
+    pub options: BTreeMap<String, String>,
+}
+
+impl Connection {
+    /// Servers with no options.
+    pub fn plain(brokers: &str) -> Self {
+        Connection {
+            brokers: brokers.to_owned(),
+            options: BTreeMap::new(),
+        }
+    }
+
+    /// Servers with the options of a properties file (read first) and of `-X KEY=VALUE`
+    /// flags (which win).
+    pub fn new(brokers: &str, properties: Option<&Path>, flags: &[String]) -> Result<Self> {
+        let mut options = match properties {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    Error::Usage(format!("cannot read --command-config {}: {e}", path.display()))
+                })?;
+                parse_properties(&text).map_err(|(line, what)| {
+                    Error::Usage(format!("{}:{line}: {what}", path.display()))
+                })?
+            }
+            None => BTreeMap::new(),
+        };
+        for flag in flags {
+            let (k, v) = flag.split_once('=').ok_or_else(|| {
+                Error::Usage(format!("-X takes KEY=VALUE (a librdkafka option), got {flag:?}"))
+            })?;
+            options.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        Ok(Connection {
+            brokers: brokers.to_owned(),
+            options,
+        })
+    }
+
+    /// A client configuration with the servers and every option set.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.options {
+            config.set(k, v);
+        }
+        config
+    }
+}
+
+/// `key=value` lines (`key: value` too); blank lines and `#` or `!` comments are skipped.
+/// An error gives the 1-based line and what is wrong with it.
+pub fn parse_properties(text: &str) -> std::result::Result<BTreeMap<String, String>, (usize, String)> {
+    let mut out = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once(['=', ':']) else {
+            return Err((i + 1, format!("expected key=value, got {line:?}")));
+        };
+        out.insert(k.trim().to_owned(), v.trim().to_owned());
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_and_flags_make_one_table_with_flags_winning() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("client.properties");
+        std::fs::write(
+            &path,
+            "# SASL_SSL\nsecurity.protocol=SASL_SSL\nsasl.mechanism = SCRAM-SHA-512\n\nsasl.username: alice\n",
+        )
+        .unwrap();
+        let c = Connection::new("b:9093", Some(&path), &["sasl.username=bob".into()]).unwrap();
+        assert_eq!(c.options["security.protocol"], "SASL_SSL");
+        assert_eq!(c.options["sasl.mechanism"], "SCRAM-SHA-512");
+        assert_eq!(c.options["sasl.username"], "bob");
+    }
+
+    #[test]
+    fn a_bad_line_names_its_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.properties");
+        std::fs::write(&path, "a=1\nnonsense\n").unwrap();
+        let e = Connection::new("b", Some(&path), &[]).unwrap_err().to_string();
+        assert!(e.contains("c.properties:2"), "{e}");
+        let e = Connection::new("b", None, &["novalue".into()]).unwrap_err().to_string();
+        assert!(e.contains("KEY=VALUE"), "{e}");
+    }
+}
