@@ -284,11 +284,22 @@ pub struct TopicReader {
 impl TopicReader {
     /// A reader of `topic` (which must exist) from its first record.
     pub fn new(brokers: &str, topic: &str) -> TopicReader {
+        Self::with_isolation(brokers, topic, "read_uncommitted")
+    }
+
+    /// A reader that sees only committed transactions, as consumers of exactly-once output
+    /// do.
+    pub fn read_committed(brokers: &str, topic: &str) -> TopicReader {
+        Self::with_isolation(brokers, topic, "read_committed")
+    }
+
+    fn with_isolation(brokers: &str, topic: &str, isolation: &str) -> TopicReader {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", brokers)
             .set("group.id", format!("delivery-reader-{topic}"))
             .set("enable.auto.commit", "false")
             .set("enable.partition.eof", "false")
+            .set("isolation.level", isolation)
             .create()
             .expect("reader created");
         let metadata = consumer

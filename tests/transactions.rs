@@ -1,0 +1,148 @@
+//! Exactly-once mode on Apache Kafka's transaction coordinator, with `manymodel serve`
+//! processes: a `read_committed` reader of the output sees exactly one prediction or dead
+//! letter per input record, across an instance killed (SIGKILL) between produce and commit,
+//! and across a zombie instance that was frozen while the group gave its Kafka partitions to
+//! another instance, then woke up.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::chaos::{signal, wait_assigned, TopicReader};
+use common::kafka::{Kafka, Options};
+use common::{generate_and_train, Daemon};
+use manymodel::local;
+
+const GOOD: usize = 6_000;
+const BAD: usize = 30;
+
+/// The input: generated events and bad records mixed in, loaded before any daemon starts.
+fn load(kafka: &Kafka, dir: &Path) -> PathBuf {
+    for (t, n) in [("in", 3), ("out", 3), ("dlq", 1)] {
+        kafka.create_topic(t, n);
+    }
+    let bundle = generate_and_train(dir, 30, GOOD, "v-eos");
+    let mut records: Vec<Vec<u8>> = std::fs::read_to_string(dir.join("events.jsonl"))
+        .expect("events")
+        .lines()
+        .map(|l| l.as_bytes().to_vec())
+        .collect();
+    for i in 0..BAD {
+        records.insert(i * (GOOD / BAD), format!("not json {i}").into_bytes());
+    }
+    local::produce(&kafka.brokers(), "in", &Arc::new(records), |_| None, None)
+        .expect("input produced");
+    bundle
+}
+
+fn config(dir: &Path, name: &str, brokers: &str, transactional_id: &str, bundle: &Path) -> PathBuf {
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"[kafka]
+brokers = "{brokers}"
+group_id = "eos"
+input_topic = "in"
+output_topic = "out"
+dlq_topic = "dlq"
+processing = "exactly_once"
+transactional_id = "{transactional_id}"
+commit_interval_ms = 1000
+# A frozen instance leaves the group within seconds.
+librdkafka_options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }}
+[model]
+bundle = "{}"
+unknown_partition = "fallback"
+[pipeline]
+max_in_flight = 2000
+[metrics]
+listen = "127.0.0.1:0"
+"#,
+            bundle.display()
+        ),
+    )
+    .expect("config written");
+    path
+}
+
+/// Reads the committed output until every input record is accounted for, then a little
+/// longer; asserts exactly one prediction per event and one dead letter per bad record.
+fn assert_exactly_once(brokers: &str, logs: &[&Daemon]) {
+    let mut out = TopicReader::read_committed(brokers, "out");
+    let mut dlq = TopicReader::read_committed(brokers, "dlq");
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while out.records.len() < GOOD || dlq.records.len() < BAD {
+        out.poll(Duration::from_millis(300));
+        dlq.poll(Duration::from_millis(100));
+        assert!(
+            std::time::Instant::now() < deadline,
+            "committed output incomplete: {} predictions, {} dead letters\n{}",
+            out.records.len(),
+            dlq.records.len(),
+            logs.iter().map(|d| d.log_text()).collect::<Vec<_>>().join("\n-----\n")
+        );
+    }
+    // Anything committed twice would be there by now.
+    out.poll(Duration::from_secs(4));
+    dlq.poll(Duration::from_secs(1));
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for r in &out.records {
+        *counts.entry(r.event_id.as_str()).or_default() += 1;
+    }
+    let twice: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).take(5).collect();
+    assert!(twice.is_empty(), "predictions committed twice: {twice:?}");
+    assert_eq!(counts.len(), GOOD, "one prediction per event");
+    assert_eq!(dlq.records.len(), BAD, "one dead letter per bad record");
+    println!(
+        "exactly once: {} predictions for {GOOD} events, {} dead letters for {BAD} bad records",
+        out.records.len(),
+        dlq.records.len()
+    );
+}
+
+#[test]
+fn a_sigkill_between_produce_and_commit_leaves_exactly_one_committed_output_per_record() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kafka = Kafka::start_with(Some(dir.path()), Options::default());
+    let bundle = load(&kafka, dir.path());
+    let brokers = kafka.brokers();
+    let mut first = Daemon::start(&config(dir.path(), "first", &brokers, "eos-0", &bundle));
+    wait_assigned(&mut first);
+    // Outputs written but, with a transaction cut every second, not all committed.
+    let mut uncommitted = TopicReader::new(&brokers, "out");
+    assert!(uncommitted.read_until(Duration::from_secs(60), |r| r.len() >= 500));
+    signal(first.child.id(), "KILL");
+    let _ = first.child.wait();
+    // The restarted instance, with the same transactional.id, fences the dead one's open
+    // transaction and starts from the committed offsets.
+    let mut second = Daemon::start(&config(dir.path(), "second", &brokers, "eos-0", &bundle));
+    wait_assigned(&mut second);
+    assert_exactly_once(&brokers, &[&first, &second]);
+}
+
+#[test]
+fn a_frozen_zombie_that_lost_its_kafka_partitions_commits_nothing_when_it_wakes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kafka = Kafka::start_with(Some(dir.path()), Options::default());
+    let bundle = load(&kafka, dir.path());
+    let brokers = kafka.brokers();
+    let mut zombie = Daemon::start(&config(dir.path(), "zombie", &brokers, "eos-a", &bundle));
+    wait_assigned(&mut zombie);
+    let mut uncommitted = TopicReader::new(&brokers, "out");
+    assert!(uncommitted.read_until(Duration::from_secs(60), |r| r.len() >= 500));
+    // Frozen mid-transaction: no heartbeats, so the group moves its Kafka partitions to the
+    // other instance (its own transactional.id: only the group generation fences the zombie).
+    signal(zombie.child.id(), "STOP");
+    let mut other = Daemon::start(&config(dir.path(), "other", &brokers, "eos-b", &bundle));
+    wait_assigned(&mut other);
+    let mut committed = TopicReader::read_committed(&brokers, "out");
+    assert!(committed.read_until(Duration::from_secs(120), |r| r.len() >= GOOD / 2));
+    signal(zombie.child.id(), "CONT");
+    assert_exactly_once(&brokers, &[&zombie, &other]);
+    let log = zombie.log_text();
+    println!("zombie after waking:\n{}", log.lines().rev().take(8).collect::<Vec<_>>().join("\n"));
+}
