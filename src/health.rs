@@ -16,6 +16,10 @@ use crate::kafka::producer::now_ms;
 /// The consumer loop counts as stuck when it has not beaten for this long.
 const LOOP_STALE_MS: i64 = 30_000;
 
+/// After the last consumer error for a batch that cannot be decoded, `/readyz` stays 503 this
+/// long (librdkafka tries the fetch again every few seconds while the batch is there).
+const UNDECODABLE_MS: i64 = 30_000;
+
 /// Shared health state.
 #[derive(Debug)]
 pub struct Health {
@@ -35,6 +39,8 @@ pub struct Health {
     stalled: Mutex<Option<String>>,
     /// The consumer lag summed over the input's Kafka partitions, from the last statistics.
     lag: AtomicI64,
+    /// The last input batch librdkafka could not decode: its error, and when, epoch ms.
+    undecodable: Mutex<Option<(String, i64)>>,
 }
 
 impl Default for Health {
@@ -48,6 +54,7 @@ impl Default for Health {
             broker_states: Mutex::new(None),
             stalled: Mutex::new(None),
             lag: AtomicI64::new(0),
+            undecodable: Mutex::new(None),
         }
     }
 }
@@ -111,6 +118,14 @@ impl Health {
         }
     }
 
+    /// librdkafka could not decode an input batch (corrupt, or a codec it lacks): `error`
+    /// names it.
+    pub fn undecodable_batch(&self, error: &str) {
+        if let Ok(mut u) = self.undecodable.lock() {
+            *u = Some((error.to_owned(), now_ms()));
+        }
+    }
+
     /// `/healthz`: status code and body.
     pub fn healthz(&self) -> (u16, String) {
         let age = now_ms() - self.loop_beat_ms.load(Ordering::Relaxed);
@@ -151,6 +166,15 @@ impl Health {
                 states.map(|s| format!(" ({s})")).unwrap_or_default()
             ));
         }
+        let undecodable = self.undecodable.lock().ok().and_then(|u| u.clone());
+        if let Some((error, at)) = undecodable {
+            let ago = now_ms() - at;
+            if ago < UNDECODABLE_MS {
+                reasons.push(format!(
+                    "an input batch cannot be decoded ({error}, {ago} ms ago); move the group's offset past it to go on"
+                ));
+            }
+        }
         let ready = reasons.is_empty();
         let body = json!({
             "status": if ready { "ready" } else { "not ready" },
@@ -166,6 +190,18 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_undecodable_batch_makes_it_unready_with_librdkafkas_message() {
+        let h = Health::default();
+        h.bundle_active("v1");
+        h.subscribed();
+        assert_eq!(h.readyz().0, 200);
+        h.undecodable_batch("Decompression (codec 0x4) of message at 1234 failed");
+        let (code, body) = h.readyz();
+        assert_eq!(code, 503);
+        assert!(body.contains("message at 1234"), "{body}");
+    }
 
     #[test]
     fn readyz_names_librdkafkas_reason_and_each_brokers_state_until_one_is_up() {

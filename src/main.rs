@@ -243,7 +243,10 @@ struct KafkaOptionArgs {
 }
 
 impl KafkaOptionArgs {
-    fn connection(&self, brokers: &str) -> manymodel::Result<manymodel::kafka::connection::Connection> {
+    fn connection(
+        &self,
+        brokers: &str,
+    ) -> manymodel::Result<manymodel::kafka::connection::Connection> {
         manymodel::kafka::connection::Connection::new(
             brokers,
             self.command_config.as_deref(),

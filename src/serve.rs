@@ -337,6 +337,10 @@ impl Reader<'_> {
                 message = consumer.recv() => match message {
                     Ok(m) => self.handle(consumer, &m).await,
                     Err(e) => {
+                        if consumer::is_undecodable(&e) {
+                            crate::metrics::undecodable_batch();
+                            self.stats.health.undecodable_batch(&e.to_string());
+                        }
                         consumer.context().log.error("consumer", &e, "while reading");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }

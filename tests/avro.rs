@@ -1,4 +1,4 @@
-//! Avro through the daemon against tansu: records in every framing, written with older and
+//! Avro through the daemon against Apache Kafka: records in every framing, written with older and
 //! newer writer schemas, score exactly like their JSON twins scored by offline `predict`;
 //! writer schemas come from a schema registry (a stub here) or a local table; a registry
 //! outage holds records back instead of dead-lettering them; and `predict --format avro`

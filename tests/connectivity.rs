@@ -5,51 +5,27 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::chaos::TopicReader;
 use common::kafka::{Kafka, Options, SCRAM_PASSWORD, SCRAM_USER};
-use common::{generate_and_train, http_get, run_ok, wait_for, Broker, Daemon};
+use common::{generate_and_train, http_get, run_ok, wait_for, Broker, Daemon, ServeConfigFile};
 use manymodel::local;
 
 /// A serve config for `in` → `out` on the SASL_SSL listener with `password`, bundles from
-/// `control`.
-fn sasl_config(dir: &Path, name: &str, kafka: &Kafka, password: &str, bundle: &Path) -> std::path::PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"[kafka]
-brokers = "{brokers}"
-group_id = "{name}"
-input_topic = "in"
-output_topic = "out"
-dlq_topic = "dlq"
-control_topic = "control"
-commit_interval_ms = 200
-
-[kafka.librdkafka_options]
-"security.protocol" = "SASL_SSL"
-"sasl.mechanism" = "SCRAM-SHA-512"
-"sasl.username" = "{SCRAM_USER}"
-"sasl.password" = "{password}"
-"ssl.ca.location" = "{ca}"
-
-[model]
-bundle = "{bundle}"
-unknown_partition = "fallback"
-
-[metrics]
-listen = "127.0.0.1:0"
-"#,
-            brokers = kafka.sasl_ssl_brokers(),
-            ca = kafka.ca_pem().display(),
-            bundle = bundle.display(),
-        ),
-    )
-    .expect("config written");
-    path
+/// `control`: the settings of config/serve-sasl-ssl.toml.
+fn sasl_config(dir: &Path, name: &str, kafka: &Kafka, password: &str, bundle: &Path) -> PathBuf {
+    ServeConfigFile::new(&kafka.sasl_ssl_brokers(), name)
+        .kafka(r#"control_topic = "control""#)
+        .librdkafka("security.protocol", "SASL_SSL")
+        .librdkafka("sasl.mechanism", "SCRAM-SHA-512")
+        .librdkafka("sasl.username", SCRAM_USER)
+        .librdkafka("sasl.password", password)
+        .librdkafka("ssl.ca.location", &kafka.ca_pem().display().to_string())
+        .bundle(bundle)
+        .unknown_partition("fallback")
+        .write(dir, name)
 }
 
 #[test]
@@ -92,7 +68,13 @@ fn serve_publish_and_generate_work_over_sasl_ssl_and_wrong_credentials_only_make
     ]);
     assert!(published.contains("v-sasl-1"), "{published}");
 
-    let daemon = Daemon::start(&sasl_config(dir.path(), "sasl", &kafka, SCRAM_PASSWORD, &bundle));
+    let daemon = Daemon::start(&sasl_config(
+        dir.path(),
+        "sasl",
+        &kafka,
+        SCRAM_PASSWORD,
+        &bundle,
+    ));
     daemon.wait_assigned();
     let addr = daemon.metrics_addr();
     wait_for(Duration::from_secs(60), "ready over SASL_SSL", || {
@@ -132,7 +114,13 @@ fn serve_publish_and_generate_work_over_sasl_ssl_and_wrong_credentials_only_make
     assert!(daemon.terminate().success());
 
     // The same daemon with a wrong password: it runs on, unready, and says why.
-    let wrong = Daemon::start(&sasl_config(dir.path(), "wrong", &kafka, "not-the-password", &bundle));
+    let wrong = Daemon::start(&sasl_config(
+        dir.path(),
+        "wrong",
+        &kafka,
+        "not-the-password",
+        &bundle,
+    ));
     let addr = wrong.metrics_addr();
     std::thread::sleep(Duration::from_secs(10));
     let (status, body) = http_get(&addr, "/readyz");

@@ -1,5 +1,5 @@
 //! Every kind of bad input becomes a dead letter, never a crash, a stall or a silent drop: one
-//! test per case against tansu. Each sends the bad records and then a good one to a daemon of
+//! test per case against Apache Kafka. Each sends the bad records and then a good one to a daemon of
 //! its own, and checks that the dead letters carry their reason and source in headers with
 //! the original key and value untouched, that the reason's counter moved, that the good
 //! record behind them is scored (no stall), and that the offsets of the dead letters are
@@ -287,6 +287,18 @@ async fn a_timestamp_out_of_range_is_dead_lettered() {
         &[
             r#"{"store_id":"S001","ts":"3000-01-01T00:00:00Z","price":5,"promo":1,"temperature":9.5,"weather":"rainy"}"#,
             r#"{"store_id":"S001","ts":-9999999999999,"price":5,"promo":1,"temperature":9.5,"weather":"rainy"}"#,
+        ],
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_timestamp_that_is_not_a_time_is_dead_lettered() {
+    check(json_case(
+        "ts-bad",
+        "bad_timestamp",
+        &[
+            r#"{"store_id":"S001","ts":"soon","price":5,"promo":1,"temperature":9.5,"weather":"rainy"}"#,
         ],
     ))
     .await;

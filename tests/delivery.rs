@@ -19,7 +19,7 @@ use common::chaos::{
     ProduceThrottle, Seen, Storage, Tansu, Throttle, TopicReader,
 };
 use common::kafka::{Kafka, Options};
-use common::{generate_and_train, http_get, metric_sum, wait_for, Daemon};
+use common::{generate_and_train, http_get, metric_sum, wait_for, Daemon, ServeConfigFile};
 use manymodel::local;
 
 /// Generated events (each with a unique `event_id`, `ev-N`) and a bundle trained on their
@@ -88,30 +88,16 @@ fn config(
     kafka: &str,
     pipeline: &str,
 ) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"[kafka]
-brokers = "{brokers}"
-group_id = "{group}"
-input_topic = "in"
-output_topic = "out"
-dlq_topic = "dlq"
-{kafka}
-[model]
-bundle = "{}"
-unknown_partition = "fallback"
-[pipeline]
-{pipeline}
-[metrics]
-listen = "127.0.0.1:0"
-"#,
-            bundle.display()
-        ),
-    )
-    .expect("config written");
-    path
+    let mut c = ServeConfigFile::new(brokers, group)
+        .bundle(bundle)
+        .unknown_partition("fallback");
+    for line in kafka.lines().filter(|l| !l.trim().is_empty()) {
+        c = c.kafka(line);
+    }
+    for line in pipeline.lines().filter(|l| !l.trim().is_empty()) {
+        c = c.pipeline(line);
+    }
+    c.write(dir, name)
 }
 
 /// A metric's value, `None` while the daemon has not exported it.
@@ -815,15 +801,14 @@ fn backlog_run(brokers: &str, create: impl Fn(&str, i32), dir: &Path, who: &str)
     ));
     wait_assigned(&mut daemon);
     let mut out = TopicReader::new(brokers, "out");
-    let _ = out.read_until(Duration::from_secs(180), |r| {
-        distinct(r) >= BACKLOG_EVENTS
-    });
+    let _ = out.read_until(Duration::from_secs(180), |r| distinct(r) >= BACKLOG_EVENTS);
     let addr = daemon.metrics_addr();
     let (_, metrics) = http_get(&addr, "/metrics");
     let log = daemon.log_text();
     assert!(daemon.terminate().success(), "SIGTERM exits 0");
     out.read_to_end();
-    let duplicates = assert_all_predicted(brokers, who, &out, BACKLOG_EVENTS, &[(who, log.clone())]);
+    let duplicates =
+        assert_all_predicted(brokers, who, &out, BACKLOG_EVENTS, &[(who, log.clone())]);
     println!(
         "{who}: {BACKLOG_EVENTS} events, {} predictions, 0 missing, {duplicates} duplicates; \
          pauses logged {}, read gaps {}, repeats dropped {}",
@@ -865,5 +850,8 @@ fn a_batched_backlog_on_tansu_loses_nothing_although_it_skips_records_after_a_se
         dir.path(),
         "backlog-tansu",
     );
-    assert_eq!(duplicates, 0, "records read twice are dropped, not scored again");
+    assert_eq!(
+        duplicates, 0,
+        "records read twice are dropped, not scored again"
+    );
 }

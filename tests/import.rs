@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{run, run_ok, write_config, Broker, Daemon};
+use common::{run, run_ok, write_config, Broker, Daemon, ServeConfigFile};
 use manymodel::local;
 use serde_json::{json, Value};
 
@@ -495,27 +495,10 @@ async fn an_imported_trees_only_bundle_hot_reloads_scores_missing_values_and_dea
         "imp-2",
     ]);
 
-    let config = d.join("reload.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[kafka]
-brokers = "{brokers}"
-group_id = "reload"
-input_topic = "in"
-output_topic = "out"
-dlq_topic = "dlq"
-control_topic = "control"
-commit_interval_ms = 200
-[model]
-bundle = "{}"
-[metrics]
-listen = "127.0.0.1:0"
-"#,
-            mixed.display()
-        ),
-    )
-    .unwrap();
+    let config = ServeConfigFile::new(&brokers, "reload")
+        .kafka(r#"control_topic = "control""#)
+        .bundle(&mixed)
+        .write(d, "reload");
     let daemon = Daemon::start(&config);
     wait_active(&daemon, "imp-1");
     run_ok(&[

@@ -1,4 +1,4 @@
-//! Metrics and health of a running daemon against tansu: every metric exists and moves as
+//! Metrics and health of a running daemon against Apache Kafka: every metric exists and moves as
 //! events flow, bundles load and bad records arrive; /healthz and /readyz say why.
 
 mod common;

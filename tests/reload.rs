@@ -1,4 +1,4 @@
-//! Hot reload against a real broker (tansu): bundles published on the control topic while
+//! Hot reload against Apache Kafka: bundles published on the control topic while
 //! events stream are validated and swapped in with no event lost or scored twice; bad bundles
 //! are rejected with their reasons; deltas, rollbacks, restarts and late instances converge.
 
@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{http_get, metric_sum, run, run_ok, Broker, Daemon};
+use common::{http_get, metric_sum, run, run_ok, Broker, Daemon, ServeConfigFile};
 use manymodel::control::message::{chunk_headers, ControlMessage, Manifest};
 use manymodel::local;
 use manymodel::model::bundle::Bundle;
@@ -26,32 +26,16 @@ fn control_config(
     bundle: Option<&Path>,
     trusted: Option<&Path>,
 ) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    let bundle = bundle
-        .map(|b| format!("bundle = \"{}\"\n", b.display()))
-        .unwrap_or_default();
-    let trusted = trusted
-        .map(|k| format!("trusted_keys = [\"{}\"]\n", k.display()))
-        .unwrap_or_default();
-    std::fs::write(
-        &path,
-        format!(
-            r#"[kafka]
-brokers = "{brokers}"
-group_id = "{name}"
-input_topic = "in"
-output_topic = "{output}"
-dlq_topic = "dlq"
-control_topic = "control"
-commit_interval_ms = 200
-[model]
-{bundle}{trusted}[metrics]
-listen = "127.0.0.1:0"
-"#
-        ),
-    )
-    .expect("config written");
-    path
+    let mut c = ServeConfigFile::new(brokers, name)
+        .topics("in", output, "dlq")
+        .kafka(r#"control_topic = "control""#);
+    if let Some(b) = bundle {
+        c = c.bundle(b);
+    }
+    if let Some(k) = trusted {
+        c = c.model(&format!("trusted_keys = [\"{}\"]", k.display()));
+    }
+    c.write(dir, name)
 }
 
 fn s(p: &Path) -> &str {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use common::chaos::{signal, wait_assigned, TopicReader};
 use common::kafka::{Kafka, Options};
-use common::{generate_and_train, Daemon};
+use common::{generate_and_train, Daemon, ServeConfigFile};
 use manymodel::local;
 
 const GOOD: usize = 6_000;
@@ -39,34 +39,17 @@ fn load(kafka: &Kafka, dir: &Path) -> PathBuf {
 }
 
 fn config(dir: &Path, name: &str, brokers: &str, transactional_id: &str, bundle: &Path) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"[kafka]
-brokers = "{brokers}"
-group_id = "eos"
-input_topic = "in"
-output_topic = "out"
-dlq_topic = "dlq"
-processing = "exactly_once"
-transactional_id = "{transactional_id}"
-commit_interval_ms = 1000
-# A frozen instance leaves the group within seconds.
-librdkafka_options = {{ "session.timeout.ms" = "6000", "heartbeat.interval.ms" = "1000" }}
-[model]
-bundle = "{}"
-unknown_partition = "fallback"
-[pipeline]
-max_in_flight = 2000
-[metrics]
-listen = "127.0.0.1:0"
-"#,
-            bundle.display()
-        ),
-    )
-    .expect("config written");
-    path
+    ServeConfigFile::new(brokers, "eos")
+        .kafka(r#"processing = "exactly_once""#)
+        .kafka(&format!("transactional_id = \"{transactional_id}\""))
+        .kafka("commit_interval_ms = 1000")
+        // A frozen instance leaves the group within seconds.
+        .librdkafka("session.timeout.ms", "6000")
+        .librdkafka("heartbeat.interval.ms", "1000")
+        .bundle(bundle)
+        .unknown_partition("fallback")
+        .pipeline("max_in_flight = 2000")
+        .write(dir, name)
 }
 
 /// Reads the committed output until every input record is accounted for, then a little
@@ -83,7 +66,10 @@ fn assert_exactly_once(brokers: &str, logs: &[&Daemon]) {
             "committed output incomplete: {} predictions, {} dead letters\n{}",
             out.records.len(),
             dlq.records.len(),
-            logs.iter().map(|d| d.log_text()).collect::<Vec<_>>().join("\n-----\n")
+            logs.iter()
+                .map(|d| d.log_text())
+                .collect::<Vec<_>>()
+                .join("\n-----\n")
         );
     }
     // Anything committed twice would be there by now.
@@ -144,5 +130,8 @@ fn a_frozen_zombie_that_lost_its_kafka_partitions_commits_nothing_when_it_wakes(
     signal(zombie.child.id(), "CONT");
     assert_exactly_once(&brokers, &[&zombie, &other]);
     let log = zombie.log_text();
-    println!("zombie after waking:\n{}", log.lines().rev().take(8).collect::<Vec<_>>().join("\n"));
+    println!(
+        "zombie after waking:\n{}",
+        log.lines().rev().take(8).collect::<Vec<_>>().join("\n")
+    );
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{generate_and_train, http_get, metric_sum, wait_for, Broker, Daemon};
+use common::{generate_and_train, http_get, metric_sum, wait_for, Broker, Daemon, ServeConfigFile};
 use manymodel::local;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -40,28 +40,11 @@ async fn a_refused_dead_letter_pauses_its_kafka_partition_and_is_retried_until_d
     // "dlq" does not exist yet: the dead letter is refused.
     let dir = tempfile::tempdir().expect("temp dir");
     let bundle = generate_and_train(dir.path(), 3, 10, "v-dlq");
-    let config = dir.path().join("dlqdown.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"[kafka]
-brokers = "{}"
-group_id = "dlqdown"
-input_topic = "in"
-output_topic = "out"
-dlq_topic = "dlq"
-commit_interval_ms = 200
-librdkafka_options = {{ "message.timeout.ms" = "1500", "topic.metadata.propagation.max.ms" = "100" }}
-[model]
-bundle = "{}"
-[metrics]
-listen = "127.0.0.1:0"
-"#,
-            broker.brokers(),
-            bundle.display()
-        ),
-    )
-    .expect("config written");
+    let config = ServeConfigFile::new(&broker.brokers(), "dlqdown")
+        .librdkafka("message.timeout.ms", "1500")
+        .librdkafka("topic.metadata.propagation.max.ms", "100")
+        .bundle(&bundle)
+        .write(dir.path(), "dlqdown");
     let daemon = Daemon::start(&config);
     daemon.wait_assigned();
     let addr = daemon.metrics_addr();

@@ -35,7 +35,10 @@ impl Connection {
         let mut options = match properties {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    Error::Usage(format!("cannot read --command-config {}: {e}", path.display()))
+                    Error::Usage(format!(
+                        "cannot read --command-config {}: {e}",
+                        path.display()
+                    ))
                 })?;
                 parse_properties(&text).map_err(|(line, what)| {
                     Error::Usage(format!("{}:{line}: {what}", path.display()))
@@ -45,7 +48,9 @@ impl Connection {
         };
         for flag in flags {
             let (k, v) = flag.split_once('=').ok_or_else(|| {
-                Error::Usage(format!("-X takes KEY=VALUE (a librdkafka option), got {flag:?}"))
+                Error::Usage(format!(
+                    "-X takes KEY=VALUE (a librdkafka option), got {flag:?}"
+                ))
             })?;
             options.insert(k.trim().to_owned(), v.trim().to_owned());
         }
@@ -68,7 +73,9 @@ impl Connection {
 
 /// `key=value` lines (`key: value` too); blank lines and `#` or `!` comments are skipped.
 /// An error gives the 1-based line and what is wrong with it.
-pub fn parse_properties(text: &str) -> std::result::Result<BTreeMap<String, String>, (usize, String)> {
+pub fn parse_properties(
+    text: &str,
+) -> std::result::Result<BTreeMap<String, String>, (usize, String)> {
     let mut out = BTreeMap::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -107,9 +114,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.properties");
         std::fs::write(&path, "a=1\nnonsense\n").unwrap();
-        let e = Connection::new("b", Some(&path), &[]).unwrap_err().to_string();
+        let e = Connection::new("b", Some(&path), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("c.properties:2"), "{e}");
-        let e = Connection::new("b", None, &["novalue".into()]).unwrap_err().to_string();
+        let e = Connection::new("b", None, &["novalue".into()])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("KEY=VALUE"), "{e}");
     }
 }

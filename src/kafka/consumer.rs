@@ -214,6 +214,22 @@ pub fn cached_high_watermark(
         .then_some(high)
 }
 
+/// Whether a consumer error is a record batch librdkafka cannot decode: corrupt, or in a
+/// codec it lacks. librdkafka tries the fetch again; the daemon cannot skip the batch.
+pub fn is_undecodable(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::BadCompression
+                | Code::BadMessage
+                | Code::NotImplemented
+                | Code::InvalidRecord
+                | Code::InvalidMessage
+        )
+    )
+}
+
 /// The input consumer.
 pub type InputConsumer = StreamConsumer<RebalanceContext>;
 

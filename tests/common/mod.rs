@@ -4,6 +4,9 @@
 
 pub mod chaos;
 pub mod kafka;
+pub mod serve_config;
+
+pub use serve_config::ServeConfigFile;
 
 /// The broker the integration tests run on: Apache Kafka.
 pub use kafka::Kafka as Broker;
@@ -153,7 +156,8 @@ pub fn bench_rate(report: &str, pipeline: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Writes a serve config for the given topics and bundle.
+/// Writes a serve config `DIR/NAME.toml` for the given topics and bundle, consumer group
+/// `name`, with per-store metrics for S001.
 pub fn write_config(
     dir: &Path,
     name: &str,
@@ -162,32 +166,12 @@ pub fn write_config(
     bundle: &Path,
     unknown: &str,
 ) -> PathBuf {
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            r#"[kafka]
-brokers = "{brokers}"
-group_id = "{name}"
-input_topic = "{}"
-output_topic = "{}"
-dlq_topic = "{}"
-commit_interval_ms = 200
-[model]
-bundle = "{}"
-unknown_partition = "{unknown}"
-[metrics]
-listen = "127.0.0.1:0"
-per_partition_metrics = ["S001"]
-"#,
-            topics.0,
-            topics.1,
-            topics.2,
-            bundle.display()
-        ),
-    )
-    .expect("config written");
-    path
+    ServeConfigFile::new(brokers, name)
+        .topics(topics.0, topics.1, topics.2)
+        .bundle(bundle)
+        .unknown_partition(unknown)
+        .metrics(r#"per_partition_metrics = ["S001"]"#)
+        .write(dir, name)
 }
 
 /// Generates data and trains a bundle in `dir`; returns the bundle path.
