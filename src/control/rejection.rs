@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use crate::error::BundleError;
+
 /// The reason label of a rejection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -105,8 +107,37 @@ impl Rejection {
     }
 }
 
+impl From<BundleError> for Rejection {
+    /// Each kind of bundle error is one reason, so the reason cannot drift from its cause.
+    fn from(e: BundleError) -> Self {
+        let reason = match &e {
+            BundleError::Schema(_) => Reason::Schema,
+            BundleError::NotFinite(_) => Reason::NotFinite,
+            BundleError::Spec(_) => Reason::Spec,
+        };
+        Rejection::new(reason, e.to_string())
+    }
+}
+
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} ({})", self.detail, self.reason.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_bundle_error_becomes_its_own_reason() {
+        let cases = [
+            (BundleError::Schema("s".into()), Reason::Schema),
+            (BundleError::NotFinite("n".into()), Reason::NotFinite),
+            (BundleError::Spec("p".into()), Reason::Spec),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(Rejection::from(error).reason, reason);
+        }
     }
 }

@@ -32,7 +32,7 @@ pub fn validate(
             .verify(&file.digest, signature)
             .map_err(|e| Rejection::new(Reason::Signature, e))?;
     }
-    let bundle = Bundle::from_avro(&file.bytes).map_err(classify)?;
+    let bundle = Bundle::from_avro(&file.bytes)?;
     if bundle.version != manifest.version || bundle.base_version != manifest.base_version {
         return Err(Rejection::new(
             Reason::Spec,
@@ -47,22 +47,6 @@ pub fn validate(
     }
     trial(&bundle)?;
     Ok(bundle)
-}
-
-/// Sorts a bundle decoding error into its reason.
-fn classify(message: String) -> Rejection {
-    let reason = if message.contains("non-finite") {
-        Reason::NotFinite
-    } else if message.starts_with("not an Avro")
-        || message.starts_with("corrupt Avro")
-        || message.starts_with("holds ")
-        || message.starts_with("does not match schemas/bundle.avsc")
-    {
-        Reason::Schema
-    } else {
-        Reason::Spec
-    };
-    Rejection::new(reason, message)
 }
 
 /// Scores a synthetic event, built from the bundle's own spec, through the serving decoder
