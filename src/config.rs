@@ -188,7 +188,8 @@ pub struct ModelConfig {
     #[serde(default = "default_keep_versions")]
     pub keep_versions: usize,
     /// The largest bundle file accepted from the control topic, in bytes; also the memory
-    /// budget for chunks waiting for their manifest.
+    /// budget for chunks waiting for their manifest (plus a sixteenth and 64 KiB for their
+    /// bookkeeping). Every count a control record claims is checked against it first.
     #[serde(default = "default_max_bundle_bytes")]
     pub max_bundle_bytes: usize,
 }

@@ -4,23 +4,28 @@
 //!  manymodel publish ──▶ chunks…, manifest ─┐
 //!  manymodel control ──▶ activate | rollback ┤ control topic (1 Kafka partition)
 //!                                            ▼
-//!  every daemon: reader thread ── assembly ─▶ validate ─▶ versions ──watch──▶ consumer loop
-//!                (whole topic,     (count,     (signature,   (held bundles,     (swaps between
-//!                 no group)         sha256)     schema, spec,  activations,       two records)
-//!                                               trial score)   deltas applied)
+//!  every daemon: reader thread ─ admission ─▶ assembly ─▶ validate ─▶ versions ─watch─▶ consumer loop
+//!                (whole topic,    (claims in   (count,     (schema,    (held bundles,   (swaps between
+//!                 no group)        limits,      sha256)     spec,       activations,     two records)
+//!                                  signature)               trial)      deltas)
 //! ```
+//!
+//! Admission, assembly, validation and versions form the Kafka-free [`state::ControlState`];
+//! the reader only feeds it records, and logs and counts what it decides.
 //!
 //! The consumer loop decodes each record with the bundle active when it read it, and the
 //! record's job carries that bundle to its partition actor, which scores with it and stamps
 //! its version. So a swap takes effect at one record boundary, every prediction carries the
 //! version that made it, and per store the versions follow the order of activations.
 
+pub mod admission;
 pub mod assembly;
 pub mod message;
 pub mod publish;
 pub mod reader;
 pub mod rejection;
 pub mod signing;
+pub mod state;
 pub mod validate;
 pub mod versions;
 

@@ -86,6 +86,36 @@ impl From<rdkafka::error::KafkaError> for Error {
     }
 }
 
+/// Why bytes or parts are not a bundle that can serve.
+///
+/// Each variant is one reason a bundle from the control topic is rejected for (see
+/// `control::rejection`), so the reason follows from where the error was made, never from
+/// the wording of its message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    /// Not an Avro object container of `schemas/bundle.avsc` holding exactly one bundle.
+    #[error("{0}")]
+    Schema(String),
+    /// A coefficient, a leaf value or a split threshold is NaN or infinite.
+    #[error("{0}")]
+    NotFinite(String),
+    /// The spec and the models do not fit together: coefficient counts, duplicate partitions,
+    /// an unusable spec, unknown kinds, malformed trees, a delta on the wrong base.
+    #[error("{0}")]
+    Spec(String),
+}
+
+impl BundleError {
+    /// The same error, its sentence prefixed with `context` (e.g. `partition "A": `).
+    pub fn within(self, context: &str) -> Self {
+        match self {
+            BundleError::Schema(m) => BundleError::Schema(format!("{context}{m}")),
+            BundleError::NotFinite(m) => BundleError::NotFinite(format!("{context}{m}")),
+            BundleError::Spec(m) => BundleError::Spec(format!("{context}{m}")),
+        }
+    }
+}
+
 /// The kind of a [`RecordError`], a short stable name used as the `error-kind` header of a dead
 /// letter and as the `reason` label of the dead-letter counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -282,7 +282,7 @@ pub fn reversioned(bundle: &crate::model::bundle::Bundle, version: &str) -> Resu
         bundle.fallback_model().cloned(),
         bundle.partitions.clone(),
     )
-    .map_err(Error::Internal)?;
+    .map_err(|e| Error::Internal(e.to_string()))?;
     b.to_avro()
 }
 

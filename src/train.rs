@@ -215,7 +215,7 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport> {
         fallback,
         models,
     )
-    .map_err(Error::Usage)?;
+    .map_err(|e| Error::Usage(e.to_string()))?;
     bundle.write(&opts.output)?;
     Ok(TrainReport {
         bundle,

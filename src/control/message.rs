@@ -16,7 +16,7 @@
 //! id ties a manifest to its own chunks, so a version republished after a crash mid-publish
 //! never mixes chunks of two attempts.
 
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use serde::{Deserialize, Serialize};
 
 /// The header that marks a chunk record.
@@ -62,6 +62,15 @@ fn yes() -> bool {
     true
 }
 
+impl Manifest {
+    /// The SHA-256 the manifest claims, if `sha256` is exactly 64 hex digits.
+    pub fn digest(&self) -> Option<[u8; 32]> {
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(&self.sha256, &mut digest).ok()?;
+        Some(digest)
+    }
+}
+
 /// A record of the control topic that is not a chunk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -95,15 +104,13 @@ pub enum ControlRecord<'a> {
     Message(ControlMessage),
 }
 
-/// Decodes a control record; the error says what is wrong with it.
+/// Decodes a control record, given its key, a lookup of its headers by name and its payload;
+/// the error says what is wrong with it.
 pub fn parse<'a>(
     key: Option<&'a [u8]>,
-    headers: Option<&'a rdkafka::message::BorrowedHeaders>,
+    header: impl Fn(&str) -> Option<&'a [u8]>,
     payload: Option<&'a [u8]>,
 ) -> Result<ControlRecord<'a>, String> {
-    let header = |name: &str| -> Option<&'a [u8]> {
-        headers.and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
-    };
     let payload = payload.unwrap_or_default();
     if header(KIND_HEADER) == Some(b"chunk".as_slice()) {
         let text = |name: &str| {
@@ -160,7 +167,7 @@ mod tests {
         ] {
             let text = serde_json::to_vec(&m).unwrap();
             assert_eq!(
-                parse(None, None, Some(&text)),
+                parse(None, |_| None, Some(&text)),
                 Ok(ControlRecord::Message(m))
             );
         }
@@ -179,7 +186,51 @@ mod tests {
             br#"{"kind":"explode"}"#,
             b"[1,2]",
         ] {
-            assert!(parse(None, None, Some(bad)).is_err());
+            assert!(parse(None, |_| None, Some(bad)).is_err());
+        }
+    }
+
+    #[test]
+    fn negative_absent_or_oversized_counts_are_not_manifests() {
+        let base = r#""kind":"manifest","publish_id":"p","version":"v","sha256":"00""#;
+        for counts in [
+            r#""size":10,"chunks":-1"#,
+            r#""size":-10,"chunks":1"#,
+            r#""size":10"#,
+            r#""chunks":1"#,
+            r#""size":10,"chunks":4294967296"#,
+            r#""size":1e40,"chunks":1"#,
+        ] {
+            let text = format!("{{{base},{counts}}}");
+            assert!(
+                parse(None, |_| None, Some(text.as_bytes())).is_err(),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_digest_is_exactly_64_hex_digits() {
+        let mut m = Manifest {
+            publish_id: "p".into(),
+            version: "v".into(),
+            base_version: None,
+            size: 1,
+            chunks: 1,
+            sha256: "ab".repeat(32),
+            signature: None,
+            signer: None,
+            activate: true,
+            published_at_ms: 0,
+        };
+        assert_eq!(m.digest(), Some([0xab; 32]));
+        for bad in [
+            " ".to_owned() + &"ab".repeat(32),
+            "ab".repeat(33),
+            "zz".repeat(32),
+        ] {
+            m.sha256 = bad;
+            assert_eq!(m.digest(), None);
         }
     }
 }

@@ -103,7 +103,7 @@ pub fn publish_bytes(
     signer: Option<&BundleSigner>,
 ) -> Result<Published> {
     let started = Instant::now();
-    let bundle = Bundle::from_avro(bytes).map_err(Error::Usage)?;
+    let bundle = Bundle::from_avro(bytes).map_err(|e| Error::Usage(e.to_string()))?;
     let chunk_bytes = opts.chunk_bytes.max(1);
     let digest_hex = sha256_hex(bytes);
     let (signature, signer_hex) = match signer {

@@ -17,17 +17,15 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::assembly::Assembler;
-use super::message::{parse, ControlMessage, ControlRecord, Manifest};
-use super::rejection::{Reason, Rejection};
+use super::admission::Admission;
+use super::rejection::Rejection;
 use super::signing::TrustedKeys;
-use super::validate::validate;
-use super::versions::Versions;
+use super::state::{ControlState, Outcome};
 use super::ActiveBundle;
 use crate::kafka::client_log::ClientLog;
 use crate::model::bundle::Bundle;
@@ -106,8 +104,7 @@ impl ConsumerContext for ControlContext {}
 struct ControlReader {
     options: ControlOptions,
     tx: watch::Sender<Option<Arc<Bundle>>>,
-    versions: Versions,
-    assembler: Assembler,
+    state: ControlState,
     log: ClientLog,
     /// False while replaying the topic at start-up.
     live: bool,
@@ -115,9 +112,12 @@ struct ControlReader {
 
 impl ControlReader {
     fn new(options: ControlOptions, tx: watch::Sender<Option<Arc<Bundle>>>) -> Self {
+        let admission = Admission {
+            max_bundle_bytes: options.max_bundle_bytes,
+            trusted: options.trusted.clone(),
+        };
         ControlReader {
-            versions: Versions::new(options.keep_versions),
-            assembler: Assembler::new(options.max_bundle_bytes),
+            state: ControlState::new(admission, options.formats.clone(), options.keep_versions),
             options,
             tx,
             log: ClientLog::default(),
@@ -131,7 +131,7 @@ impl ControlReader {
             .map(|l| (l.bundle.version.clone(), l.bundle.created_at_ms));
         if let Some(l) = local {
             // Serve the local file at once; the control topic may still replace it.
-            match self.versions.add(l.bundle, &l.sha256, true) {
+            match self.state.versions_mut().add(l.bundle, &l.sha256, true) {
                 Ok(Some(b)) => {
                     tracing::info!(version = %b.version, "local bundle loaded; reading the control topic for newer versions");
                     self.tx.send_replace(Some(b));
@@ -237,18 +237,19 @@ impl ControlReader {
     fn finish_bootstrap(&mut self, local: Option<&(String, i64)>, took: Duration) {
         self.live = true;
         // The local file wins only when it is newer than what the control topic activated.
-        if let (Some((version, created)), Some(active)) = (local, self.versions.active()) {
+        let versions = self.state.versions_mut();
+        if let (Some((version, created)), Some(active)) = (local, versions.active()) {
             if active.version != *version && *created > active.created_at_ms {
                 tracing::info!(local = %version, control = %active.version, "the local bundle is newer than the control topic's active version; keeping it");
-                if let Err(r) = self.versions.activate(version) {
+                if let Err(r) = versions.activate(version) {
                     tracing::warn!(rejection = %r, "cannot reactivate the local bundle");
                 }
             }
         }
-        let active = self.versions.active().cloned();
+        let active = versions.active().cloned();
         tracing::info!(
             topic = %self.options.topic,
-            held = ?self.versions.held(),
+            held = ?self.state.versions().held(),
             active = ?active.as_ref().map(|b| b.version.as_str()),
             seconds = took.as_secs_f64(),
             "control topic replayed"
@@ -270,70 +271,28 @@ impl ControlReader {
     }
 
     fn handle(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
-        let at = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
-        let record = match parse(m.key(), m.headers(), m.payload()) {
-            Ok(r) => r,
-            Err(e) => return self.reject(&at, None, Rejection::new(Reason::Garbage, e)),
+        let headers = m.headers();
+        let header = |name: &str| {
+            headers.and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
         };
-        let result = match record {
-            ControlRecord::Chunk {
-                publish_id,
-                index,
-                version,
-                bytes,
-            } => {
-                for dropped in self.assembler.chunk(publish_id, index, bytes) {
-                    tracing::warn!(%at, version, publish_id = %dropped, "dropped the chunks of an unfinished publish to stay within max_bundle_bytes");
+        let at = || format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
+        match self.state.record(m.key(), header, m.payload()) {
+            Outcome::Chunk { dropped } => {
+                for publish_id in dropped {
+                    tracing::warn!(at = %at(), %publish_id, "dropped the chunks of an unfinished publish to stay within max_bundle_bytes");
                 }
-                return;
             }
-            ControlRecord::Message(ControlMessage::Manifest(manifest)) => {
-                let version = manifest.version.clone();
-                self.manifest(&manifest).map_err(|r| (Some(version), r))
+            Outcome::Unchanged => {}
+            Outcome::Activated(active) => {
+                if self.live {
+                    tracing::info!(at = %at(), version = %active.version, "activating");
+                    self.publish(Some(active));
+                }
             }
-            ControlRecord::Message(ControlMessage::Activate { version }) => self
-                .versions
-                .activate(&version)
-                .map_err(|r| (Some(version), r)),
-            ControlRecord::Message(ControlMessage::Rollback) => {
-                self.versions.rollback().map(Some).map_err(|r| (None, r))
+            Outcome::Rejected { version, rejection } => {
+                self.reject(&at(), version.as_deref(), rejection)
             }
-        };
-        match result {
-            Ok(Some(active)) if self.live => {
-                tracing::info!(%at, version = %active.version, "activating");
-                self.publish(Some(active));
-            }
-            Ok(_) => {}
-            Err((version, r)) => self.reject(&at, version.as_deref(), r),
         }
-    }
-
-    fn manifest(&mut self, manifest: &Manifest) -> Result<Option<Arc<Bundle>>, Rejection> {
-        let started = Instant::now();
-        let file = self.assembler.finish(manifest)?;
-        let bundle = validate(
-            &file,
-            manifest,
-            &self.options.trusted,
-            &self.options.formats,
-        )?;
-        let partitions = bundle.partitions.len();
-        let changed = self.versions.add(
-            bundle,
-            &manifest.sha256.to_ascii_lowercase(),
-            manifest.activate,
-        )?;
-        tracing::info!(
-            version = %manifest.version,
-            base = ?manifest.base_version,
-            partitions,
-            bytes = manifest.size,
-            load_ms = started.elapsed().as_millis() as u64,
-            activate = manifest.activate,
-            "bundle validated"
-        );
-        Ok(changed)
     }
 
     fn reject(&self, at: &str, version: Option<&str>, r: Rejection) {
@@ -342,7 +301,7 @@ impl ControlReader {
             version,
             reason = r.reason.as_str(),
             detail = %r.detail,
-            active = ?self.versions.active().map(|b| b.version.as_str()),
+            active = ?self.state.versions().active().map(|b| b.version.as_str()),
             "control record rejected; still serving the active version"
         );
         crate::metrics::bundle_rejected(r.reason.as_str());

@@ -1,14 +1,16 @@
-//! Everything a bundle from the control topic must pass before it may score: its signature
-//! (when keys are trusted), the Avro schema, the spec and the models, the spec against the
-//! input and output formats, and a trial scoring.
-//! Chunk completeness and the checksum are checked earlier, by [`super::assembly`].
+//! Everything an assembled bundle from the control topic must pass before it may score: the
+//! Avro schema, the spec and the models, the spec against the input and output formats, and a
+//! trial scoring.
+//!
+//! Earlier steps own the rest: [`super::admission`] checks the manifest's claims and its
+//! signature (over the digest it claims) before any chunk is touched, and
+//! [`super::assembly`] checks that the chunks are complete and hash to that digest.
 
 use serde_json::{Map, Value};
 
 use super::assembly::Assembled;
 use super::message::Manifest;
 use super::rejection::{Reason, Rejection};
-use super::signing::TrustedKeys;
 use crate::codec::json::decode_json;
 use crate::codec::FormatCheck;
 use crate::model::bundle::Bundle;
@@ -18,21 +20,9 @@ use crate::spec::FeatureKind;
 pub fn validate(
     file: &Assembled,
     manifest: &Manifest,
-    trusted: &TrustedKeys,
     formats: &FormatCheck,
 ) -> Result<Bundle, Rejection> {
-    if trusted.required() {
-        let Some(signature) = manifest.signature.as_deref() else {
-            return Err(Rejection::new(
-                Reason::Unsigned,
-                "the bundle is not signed and [model] trusted_keys requires a signature (publish with --signing-key)",
-            ));
-        };
-        trusted
-            .verify(&file.digest, signature)
-            .map_err(|e| Rejection::new(Reason::Signature, e))?;
-    }
-    let bundle = Bundle::from_avro(&file.bytes).map_err(classify)?;
+    let bundle = Bundle::from_avro(&file.bytes)?;
     if bundle.version != manifest.version || bundle.base_version != manifest.base_version {
         return Err(Rejection::new(
             Reason::Spec,
@@ -47,22 +37,6 @@ pub fn validate(
     }
     trial(&bundle)?;
     Ok(bundle)
-}
-
-/// Sorts a bundle decoding error into its reason.
-fn classify(message: String) -> Rejection {
-    let reason = if message.contains("non-finite") {
-        Reason::NotFinite
-    } else if message.starts_with("not an Avro")
-        || message.starts_with("corrupt Avro")
-        || message.starts_with("holds ")
-        || message.starts_with("does not match schemas/bundle.avsc")
-    {
-        Reason::Schema
-    } else {
-        Reason::Spec
-    };
-    Rejection::new(reason, message)
 }
 
 /// Scores a synthetic event, built from the bundle's own spec, through the serving decoder

@@ -108,7 +108,7 @@ impl Versions {
                         ),
                     ));
                 };
-                delta::apply(base, &bundle).map_err(|e| Rejection::new(Reason::Spec, e))?
+                delta::apply(base, &bundle)?
             }
         };
         let version = full.version.clone();

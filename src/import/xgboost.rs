@@ -271,7 +271,7 @@ pub fn read(
         .map(feature_name)
         .filter(|name| names.resolve(name).is_err())
         .collect();
-    let trees = TreeEnsemble::new(&a)?;
+    let trees = TreeEnsemble::new(&a).map_err(|e| e.to_string())?;
     Ok(XgbImport { trees, ignored })
 }
 

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 use apache_avro::{Reader, Schema, Writer};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{BundleError, Error, Result};
 use crate::features::FeatureEncoder;
 use crate::model::linear::LinearModel;
 use crate::model::tree::{Objective, TreeArrays, TreeEnsemble};
@@ -112,7 +112,7 @@ impl Bundle {
         rows_rejected: u64,
         fallback: PartitionModel,
         partitions: Vec<PartitionModel>,
-    ) -> std::result::Result<Self, String> {
+    ) -> std::result::Result<Self, BundleError> {
         Self::assemble(
             version,
             base_version,
@@ -134,23 +134,23 @@ impl Bundle {
         (rows_used, rows_rejected): (u64, u64),
         fallback: Option<PartitionModel>,
         mut partitions: Vec<PartitionModel>,
-    ) -> std::result::Result<Self, String> {
+    ) -> std::result::Result<Self, BundleError> {
         if version.trim().is_empty() {
-            return Err("the version is empty".into());
+            return Err(BundleError::Spec("the version is empty".into()));
         }
-        spec.validate()?;
-        let mut encoder = FeatureEncoder::new(&spec.features)?;
+        spec.validate().map_err(BundleError::Spec)?;
+        let mut encoder = FeatureEncoder::new(&spec.features).map_err(BundleError::Spec)?;
         partitions.sort_by(|a, b| a.partition.cmp(&b.partition));
         let width = encoder.width();
         for m in fallback.iter().chain(&partitions) {
             m.model
                 .check_width(width)
-                .map_err(|e| format!("partition {:?} {e}", m.partition))?;
+                .map_err(|e| BundleError::Spec(format!("partition {:?} {e}", m.partition)))?;
             if !m.model.is_finite() {
-                return Err(format!(
+                return Err(BundleError::NotFinite(format!(
                     "partition {:?} has a non-finite coefficient",
                     m.partition
-                ));
+                )));
             }
         }
         // Missing inputs become NaN only when every model that may score has a rule for them.
@@ -174,7 +174,10 @@ impl Bundle {
         let mut index = HashMap::with_capacity(partitions.len());
         for (i, m) in partitions.iter().enumerate() {
             if index.insert(m.partition.clone(), i).is_some() {
-                return Err(format!("partition {:?} appears twice", m.partition));
+                return Err(BundleError::Spec(format!(
+                    "partition {:?} appears twice",
+                    m.partition
+                )));
             }
         }
         Ok(Bundle {
@@ -261,40 +264,44 @@ impl Bundle {
     /// Reads and validates a bundle file.
     pub fn read(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        Self::from_avro(&bytes).map_err(|reason| Error::Bundle {
+        Self::from_avro(&bytes).map_err(|e| Error::Bundle {
             path: path.display().to_string(),
-            reason,
+            reason: e.to_string(),
         })
     }
 
     /// Decodes and validates bundle bytes; the error says what is wrong.
-    pub fn from_avro(bytes: &[u8]) -> std::result::Result<Self, String> {
-        let reader_schema = schema().map_err(|e| e.to_string())?;
+    pub fn from_avro(bytes: &[u8]) -> std::result::Result<Self, BundleError> {
+        let schema_error =
+            |what: &str, e: &dyn std::fmt::Display| BundleError::Schema(format!("{what}: {e}"));
+        let reader_schema = schema().map_err(|e| BundleError::Schema(e.to_string()))?;
         // Decode with the file's own (writer) schema, then resolve to ours: older layouts
         // gain the new fields' defaults. (Handing our schema to the reader would let it parse
         // the writer schema with our definitions of the named types.)
         // apache-avro panics on some malformed header schemas; check the header first.
-        crate::codec::container::check_header(bytes)
-            .map_err(|e| format!("not an Avro object container with a bundle schema: {e}"))?;
-        let reader = Reader::new(bytes)
-            .map_err(|e| format!("not an Avro object container with a bundle schema: {e}"))?;
+        const NOT_AVRO: &str = "not an Avro object container with a bundle schema";
+        crate::codec::container::check_header(bytes).map_err(|e| schema_error(NOT_AVRO, &e))?;
+        let reader = Reader::new(bytes).map_err(|e| schema_error(NOT_AVRO, &e))?;
         // Files written by this version need no resolution (it copies the whole datum).
         let same_schema = reader.writer_schema() == reader_schema;
         let mut datum = None;
         for value in reader {
-            let value = value.map_err(|e| format!("corrupt Avro data: {e}"))?;
+            let value = value.map_err(|e| schema_error("corrupt Avro data", &e))?;
             if datum.replace(value).is_some() {
-                return Err("holds more than one Bundle datum".into());
+                return Err(BundleError::Schema(
+                    "holds more than one Bundle datum".into(),
+                ));
             }
         }
-        let mut value = datum.ok_or("holds no Bundle datum")?;
+        let mut value = datum.ok_or_else(|| BundleError::Schema("holds no Bundle datum".into()))?;
+        const NOT_OURS: &str = "does not match schemas/bundle.avsc";
         if !same_schema {
             value = value
                 .resolve(reader_schema)
-                .map_err(|e| format!("does not match schemas/bundle.avsc: {e}"))?;
+                .map_err(|e| schema_error(NOT_OURS, &e))?;
         }
-        let record: BundleRecord = apache_avro::from_value(&value)
-            .map_err(|e| format!("does not match schemas/bundle.avsc: {e}"))?;
+        let record: BundleRecord =
+            apache_avro::from_value(&value).map_err(|e| schema_error(NOT_OURS, &e))?;
         record.into_bundle()
     }
 }
@@ -420,9 +427,9 @@ impl From<&PartitionModel> for ModelRecord {
 }
 
 impl TryFrom<ModelRecord> for PartitionModel {
-    type Error = String;
+    type Error = BundleError;
 
-    fn try_from(r: ModelRecord) -> std::result::Result<Self, String> {
+    fn try_from(r: ModelRecord) -> std::result::Result<Self, BundleError> {
         let model = match r.trees {
             None => Model::Linear(LinearModel {
                 intercept: r.intercept,
@@ -430,12 +437,13 @@ impl TryFrom<ModelRecord> for PartitionModel {
             }),
             Some(t) => {
                 let objective = Objective::parse(&t.objective).ok_or_else(|| {
-                    format!(
+                    BundleError::Spec(format!(
                         "partition {:?} has the unknown objective {:?}",
                         r.partition, t.objective
-                    )
+                    ))
                 })?;
-                let within = |e: String| format!("partition {:?}: {e}", r.partition);
+                let context = format!("partition {:?}: ", r.partition);
+                let within = |e: String| BundleError::Spec(format!("{context}{e}"));
                 let arrays = TreeArrays {
                     objective,
                     base_score: t.base_score,
@@ -452,7 +460,7 @@ impl TryFrom<ModelRecord> for PartitionModel {
                     leaf_value: unpack(&t.leaf_value, "leaf_value", f64::from_le_bytes)
                         .map_err(within)?,
                 };
-                Model::Trees(TreeEnsemble::new(&arrays).map_err(within)?)
+                Model::Trees(TreeEnsemble::new(&arrays).map_err(|e| e.within(&context))?)
             }
         };
         Ok(PartitionModel {
@@ -498,19 +506,24 @@ impl From<&Bundle> for BundleRecord {
 }
 
 impl BundleRecord {
-    fn into_bundle(self) -> std::result::Result<Bundle, String> {
+    fn into_bundle(self) -> std::result::Result<Bundle, BundleError> {
         if !(OLDEST_FORMAT..=FORMAT).contains(&self.format) {
-            return Err(format!(
+            return Err(BundleError::Spec(format!(
                 "bundle format {} is not supported by this manymodel (it reads formats {OLDEST_FORMAT} to {FORMAT})",
                 self.format
-            ));
+            )));
         }
-        let model = ModelKind::parse(&self.spec.model)
-            .ok_or_else(|| format!("unknown model kind {:?}", self.spec.model))?;
+        let model = ModelKind::parse(&self.spec.model).ok_or_else(|| {
+            BundleError::Spec(format!("unknown model kind {:?}", self.spec.model))
+        })?;
         let mut features = Vec::with_capacity(self.spec.features.len());
         for f in self.spec.features {
-            let kind = FeatureKind::parse(&f.kind)
-                .ok_or_else(|| format!("feature {:?} has unknown kind {:?}", f.column, f.kind))?;
+            let kind = FeatureKind::parse(&f.kind).ok_or_else(|| {
+                BundleError::Spec(format!(
+                    "feature {:?} has unknown kind {:?}",
+                    f.column, f.kind
+                ))
+            })?;
             let categories = (kind == FeatureKind::OneHot).then_some(f.categories);
             features.push(FeatureSpec {
                 column: f.column,
@@ -531,7 +544,7 @@ impl BundleRecord {
             .partitions
             .into_iter()
             .map(PartitionModel::try_from)
-            .collect::<std::result::Result<Vec<_>, String>>()?;
+            .collect::<std::result::Result<Vec<_>, BundleError>>()?;
         let bundle = Bundle::assemble(
             self.version,
             self.base_version,
@@ -545,7 +558,9 @@ impl BundleRecord {
             partitions,
         )?;
         if bundle.encoder.names() != self.feature_names.as_slice() {
-            return Err("feature_names do not match what the spec's features encode to".into());
+            return Err(BundleError::Spec(
+                "feature_names do not match what the spec's features encode to".into(),
+            ));
         }
         Ok(bundle)
     }
@@ -708,7 +723,10 @@ pub(crate) mod tests {
             parts,
         )
         .unwrap_err();
-        assert!(err.contains("model input 3"), "{err}");
+        assert!(
+            matches!(&err, BundleError::Spec(m) if m.contains("model input 3")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -729,6 +747,51 @@ pub(crate) mod tests {
             bad,
         )
         .unwrap_err();
-        assert!(err.contains("coefficients"), "{err}");
+        assert!(
+            matches!(&err, BundleError::Spec(m) if m.contains("coefficients")),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn non_finite_values_are_their_own_kind_of_error() {
+        let b = sample("v1");
+        let mut bad = b.partitions.clone();
+        if let Model::Linear(l) = &mut bad[0].model {
+            l.coefficients[0] = f64::NAN;
+        }
+        let err = Bundle::new(
+            "v2".into(),
+            None,
+            0,
+            b.spec.clone(),
+            0,
+            0,
+            b.fallback.clone(),
+            bad,
+        )
+        .unwrap_err();
+        assert!(matches!(err, BundleError::NotFinite(_)), "{err}");
+        let Model::Trees(t) = trees(1.0) else {
+            unreachable!()
+        };
+        let mut a = t.to_arrays();
+        let leaf = a.split_feature.iter().position(|&f| f < 0).unwrap();
+        a.leaf_value[leaf] = f64::INFINITY;
+        assert!(matches!(
+            TreeEnsemble::new(&a),
+            Err(BundleError::NotFinite(_))
+        ));
+    }
+
+    #[test]
+    fn bytes_that_are_not_a_bundle_file_are_a_schema_error() {
+        let bytes = sample("v1").to_avro().unwrap();
+        for bad in [&bytes[..bytes.len() / 2], b"not avro at all", &[]] {
+            assert!(matches!(
+                Bundle::from_avro(bad),
+                Err(BundleError::Schema(_))
+            ));
+        }
     }
 }

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use crate::error::BundleError;
 use crate::model::bundle::{Bundle, PartitionModel};
 use crate::spec::TrainSpec;
 
@@ -70,24 +71,29 @@ pub fn training_spec(requested: &TrainSpec, base: &Bundle) -> Result<TrainSpec, 
 
 /// `delta` applied on top of `base`: a full bundle (no `base_version`) under the delta's
 /// version.
-pub fn apply(base: &Bundle, delta: &Bundle) -> Result<Bundle, String> {
+pub fn apply(base: &Bundle, delta: &Bundle) -> Result<Bundle, BundleError> {
     match &delta.base_version {
         Some(v) if *v == base.version => {}
         Some(v) => {
-            return Err(format!(
+            return Err(BundleError::Spec(format!(
                 "delta {} builds on {v}, not on {}",
                 delta.version, base.version
-            ))
+            )))
         }
-        None => return Err(format!("{} is not a delta bundle", delta.version)),
+        None => {
+            return Err(BundleError::Spec(format!(
+                "{} is not a delta bundle",
+                delta.version
+            )))
+        }
     }
     if base.encoder().names() != delta.encoder().names()
         || base.spec.partition_column != delta.spec.partition_column
     {
-        return Err(format!(
+        return Err(BundleError::Spec(format!(
             "delta {} has other inputs than its base {}",
             delta.version, base.version
-        ));
+        )));
     }
     let replaced: HashMap<&str, &PartitionModel> = delta
         .partitions

@@ -11,6 +11,8 @@
 //! model file (that is [`crate::import`]) and never knows feature names: split features are
 //! model-input indices of the bundle's [`crate::features::FeatureEncoder`].
 
+use crate::error::BundleError;
+
 /// How the summed margin becomes a prediction; XGBoost's regression objectives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Objective {
@@ -149,7 +151,7 @@ impl TreeEnsemble {
     /// Validates the arrays and lays the trees out for scoring. Refuses anything that could
     /// make scoring fail: ragged arrays, children out of range, cycles or shared nodes,
     /// non-finite leaves or NaN thresholds.
-    pub fn new(a: &TreeArrays) -> Result<Self, String> {
+    pub fn new(a: &TreeArrays) -> Result<Self, BundleError> {
         let n = a.split_feature.len();
         if [
             a.threshold.len(),
@@ -161,21 +163,31 @@ impl TreeEnsemble {
         .iter()
         .any(|&len| len != n)
         {
-            return Err("the node arrays of the tree ensemble differ in length".into());
+            return Err(BundleError::Spec(
+                "the node arrays of the tree ensemble differ in length".into(),
+            ));
         }
         if n >= (DEFAULT_LEFT as usize) {
-            return Err(format!("{n} nodes are too many"));
+            return Err(BundleError::Spec(format!("{n} nodes are too many")));
         }
-        let base_margin = a.objective.base_margin(a.base_score)?;
+        if !a.base_score.is_finite() {
+            return Err(BundleError::NotFinite(format!(
+                "base_score {} is not a finite number",
+                a.base_score
+            )));
+        }
+        let base_margin = a
+            .objective
+            .base_margin(a.base_score)
+            .map_err(BundleError::Spec)?;
         let mut nodes = Vec::with_capacity(n);
         let mut roots = Vec::with_capacity(a.roots.len());
         let mut seen = vec![false; n];
         let mut inputs_read = 0usize;
-        let index = |i: i32, what: &str| -> Result<usize, String> {
-            usize::try_from(i)
-                .ok()
-                .filter(|&i| i < n)
-                .ok_or_else(|| format!("{what} {i} is not a node (the ensemble has {n})"))
+        let index = |i: i32, what: &str| -> Result<usize, BundleError> {
+            usize::try_from(i).ok().filter(|&i| i < n).ok_or_else(|| {
+                BundleError::Spec(format!("{what} {i} is not a node (the ensemble has {n})"))
+            })
         };
         // Breadth-first per tree: the children of each split are pushed together, so they
         // land side by side and the evaluator needs only the left index.
@@ -193,14 +205,16 @@ impl TreeEnsemble {
             let mut slot = nodes.len() - 1;
             while let Some(old) = queue.pop_front() {
                 if std::mem::replace(&mut seen[old], true) {
-                    return Err(format!(
+                    return Err(BundleError::Spec(format!(
                         "node {old} is reached twice: the trees are not trees"
-                    ));
+                    )));
                 }
                 let node = if a.split_feature[old] < 0 {
                     let v = a.leaf_value[old];
                     if !v.is_finite() {
-                        return Err(format!("leaf {old} has the non-finite value {v}"));
+                        return Err(BundleError::NotFinite(format!(
+                            "leaf {old} has the non-finite value {v}"
+                        )));
                     }
                     Node {
                         value: v,
@@ -211,7 +225,9 @@ impl TreeEnsemble {
                     let feature = a.split_feature[old] as u32;
                     let threshold = a.threshold[old];
                     if threshold.is_nan() {
-                        return Err(format!("split {old} has a NaN threshold"));
+                        return Err(BundleError::NotFinite(format!(
+                            "split {old} has a NaN threshold"
+                        )));
                     }
                     let l = index(a.left_child[old], &format!("the left child of node {old}"))?;
                     let r = index(
@@ -230,7 +246,9 @@ impl TreeEnsemble {
                     }
                     let flag = if a.default_left[old] { DEFAULT_LEFT } else { 0 };
                     if feature >= DEFAULT_LEFT {
-                        return Err(format!("split {old} reads input {feature}"));
+                        return Err(BundleError::Spec(format!(
+                            "split {old} reads input {feature}"
+                        )));
                     }
                     Node {
                         value: f64::from(threshold),
@@ -492,10 +510,16 @@ mod tests {
     fn malformed_trees_are_refused() {
         let mut a = arrays(Objective::SquaredError, 0.5);
         a.left_child[0] = 9;
-        assert!(TreeEnsemble::new(&a).unwrap_err().contains("not a node"));
+        assert!(TreeEnsemble::new(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("not a node"));
         let mut a = arrays(Objective::SquaredError, 0.5);
         a.left_child[2] = 0;
-        assert!(TreeEnsemble::new(&a).unwrap_err().contains("twice"));
+        assert!(TreeEnsemble::new(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
         let mut a = arrays(Objective::SquaredError, 0.5);
         a.leaf_value[1] = f64::INFINITY;
         assert!(TreeEnsemble::new(&a).is_err());
