@@ -10,12 +10,14 @@ use std::time::{Duration, Instant};
 
 use common::{http_get, metric_sum, run, run_ok, Broker, Daemon, ServeConfigFile};
 use manymodel::control::message::{chunk_headers, ControlMessage, Manifest};
+use manymodel::control::signing::BundleSigner;
 use manymodel::local;
 use manymodel::model::bundle::Bundle;
 use manymodel::model::Model;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 /// A serve config that takes its bundles from the control topic `control`.
 fn control_config(
@@ -101,10 +103,19 @@ fn publish(brokers: &str, bundle: &Path, key: Option<&Path>) -> String {
 
 /// Publishes a bundle the way a broken publisher would: `damage` gets the chunks and may
 /// change them; the manifest describes the undamaged file.
-fn publish_damaged(brokers: &str, bundle: &Path, damage: impl FnOnce(&mut Vec<Vec<u8>>)) {
+/// Publishes `bundle` signed with `key` (so that the damage, not a missing signature, is what
+/// the daemon finds), its chunks damaged after the manifest was made.
+fn publish_damaged(
+    brokers: &str,
+    bundle: &Path,
+    key: &Path,
+    damage: impl FnOnce(&mut Vec<Vec<u8>>),
+) {
     let bytes = std::fs::read(bundle).expect("bundle");
     let version = Bundle::from_avro(&bytes).expect("valid bundle").version;
     let mut chunks: Vec<Vec<u8>> = bytes.chunks(4096).map(<[u8]>::to_vec).collect();
+    let signer = BundleSigner::load(key).expect("signing key");
+    let digest: [u8; 32] = Sha256::digest(&bytes).into();
     let manifest = Manifest {
         publish_id: format!("damaged-{version}"),
         version: version.clone(),
@@ -112,8 +123,8 @@ fn publish_damaged(brokers: &str, bundle: &Path, damage: impl FnOnce(&mut Vec<Ve
         size: bytes.len() as u64,
         chunks: chunks.len() as u32,
         sha256: manymodel::control::assembly::sha256_hex(&bytes),
-        signature: None,
-        signer: None,
+        signature: Some(signer.sign(&digest)),
+        signer: Some(signer.public_hex()),
         activate: true,
         published_at_ms: 0,
     };
@@ -274,9 +285,9 @@ async fn bundles_swap_in_while_events_stream_and_bad_ones_are_rejected() {
         pace();
         publish(&b, &v03, Some(&key));
         pace();
-        publish_damaged(&b, &v04, |c| c[1][10] ^= 0xff);
+        publish_damaged(&b, &v04, &key, |c| c[1][10] ^= 0xff);
         pace();
-        publish_damaged(&b, &v05, |c| {
+        publish_damaged(&b, &v05, &key, |c| {
             c.remove(2);
         });
         pace();
