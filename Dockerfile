@@ -1,4 +1,5 @@
-# Multi-stage build of the manymodel binary; librdkafka is compiled from source by rdkafka.
+# Multi-stage build of the manymodel binary; librdkafka is compiled from source by rdkafka,
+# with OpenSSL (TLS, SASL SCRAM/OAUTHBEARER; libssl-dev is in the rust image) and zstd.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
@@ -6,7 +7,7 @@ RUN cargo build --release --locked --bin manymodel
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates zlib1g \
+ && apt-get install -y --no-install-recommends ca-certificates zlib1g libssl3 \
  && rm -rf /var/lib/apt/lists/* \
  && mkdir /data && chown 10001 /data
 COPY --from=build /src/target/release/manymodel /usr/local/bin/manymodel

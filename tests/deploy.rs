@@ -185,3 +185,50 @@ fn promtool_accepts_the_prometheus_config() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The runtime image installs the Debian package of every shared library the binary links
+/// beyond glibc's (libssl and libcrypto for TLS and SASL, libz), so it starts in the image.
+#[test]
+fn the_runtime_image_installs_every_library_the_binary_links() {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let runtime = dockerfile.rsplit("\nFROM ").next().unwrap();
+    let ldd = std::process::Command::new("ldd")
+        .arg(env!("CARGO_BIN_EXE_manymodel"))
+        .output()
+        .expect("ldd runs");
+    let linked = String::from_utf8_lossy(&ldd.stdout);
+    let packages = [
+        ("libssl.so.3", "libssl3"),
+        ("libcrypto.so.3", "libssl3"),
+        ("libz.so.1", "zlib1g"),
+    ];
+    for line in linked.lines() {
+        let lib = line.split_whitespace().next().unwrap_or_default();
+        if lib.starts_with("linux-vdso")
+            || lib.contains("ld-linux")
+            || [
+                "libc.so",
+                "libm.so",
+                "libgcc_s.so",
+                "libpthread.so",
+                "libdl.so",
+                "librt.so",
+            ]
+            .iter()
+            .any(|g| lib.starts_with(g))
+        {
+            continue;
+        }
+        let package = packages
+            .iter()
+            .find(|(l, _)| *l == lib)
+            .map(|(_, p)| *p)
+            .unwrap_or_else(|| {
+                panic!("the binary links {lib}: name its Debian package here and in the Dockerfile")
+            });
+        assert!(
+            runtime.contains(package),
+            "the runtime stage does not install {package} (for {lib}):\n{runtime}"
+        );
+    }
+}
