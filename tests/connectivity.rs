@@ -194,3 +194,100 @@ async fn input_batches_in_every_compression_codec_are_scored() {
         daemon.log_text()
     );
 }
+
+/// The offsets and lengths of the record batches of a Kafka log segment file: base offset
+/// (8 bytes) and batch length (4 bytes) lead each batch.
+fn batches(segment: &[u8]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 12 <= segment.len() {
+        let len = i32::from_be_bytes(segment[at + 8..at + 12].try_into().unwrap()) as usize;
+        if len == 0 || at + 12 + len > segment.len() {
+            break;
+        }
+        out.push((at, 12 + len));
+        at += 12 + len;
+    }
+    out
+}
+
+#[test]
+fn a_batch_that_cannot_be_decoded_makes_the_daemon_unready_and_counted_never_silent() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut kafka = Kafka::start_with(Some(dir.path()), Options::default());
+    for (t, n) in [("in", 1), ("out", 1), ("dlq", 1)] {
+        kafka.create_topic(t, n);
+    }
+    let bundle = generate_and_train(dir.path(), 5, 300, "v-corrupt");
+    let events: Vec<Vec<u8>> = std::fs::read_to_string(dir.path().join("events.jsonl"))
+        .expect("events")
+        .lines()
+        .map(|l| l.as_bytes().to_vec())
+        .collect();
+    // Three gzip batches of 100 events; the second is damaged on the broker's disk.
+    for chunk in events.chunks(100) {
+        local::produce_with(
+            &kafka.brokers(),
+            "in",
+            chunk,
+            local::json_key("store_id"),
+            None,
+            &[("compression.type", "gzip"), ("linger.ms", "100")],
+        )
+        .expect("produced");
+    }
+    kafka.stop();
+    let segment = kafka.dir().join("data/in-0/00000000000000000000.log");
+    let mut bytes = std::fs::read(&segment).expect("segment");
+    let found = batches(&bytes);
+    assert_eq!(found.len(), 3, "one batch per produce call");
+    let (at, len) = found[1];
+    // Inside the compressed records, past the batch header (61 bytes).
+    for b in &mut bytes[at + 80..at + len - 8] {
+        *b ^= 0x5a;
+    }
+    std::fs::write(&segment, bytes).expect("segment written");
+    kafka.resume();
+
+    let config = ServeConfigFile::new(&kafka.brokers(), "corrupt")
+        .bundle(&bundle)
+        .unknown_partition("fallback")
+        .write(dir.path(), "corrupt");
+    let mut daemon = Daemon::start(&config);
+    daemon.wait_assigned();
+    let addr = daemon.metrics_addr();
+    let mut out = TopicReader::new(&kafka.brokers(), "out");
+    assert!(
+        out.read_until(Duration::from_secs(60), |r| r.len() >= 100),
+        "the batch before the damaged one is scored:\n{}",
+        daemon.log_text()
+    );
+    wait_for(
+        Duration::from_secs(60),
+        "the undecodable batch counted",
+        || {
+            common::metric_sum(
+                &http_get(&addr, "/metrics").1,
+                "manymodel_undecodable_batches_total",
+            ) >= 1.0
+        },
+    );
+    let (status, body) = http_get(&addr, "/readyz");
+    assert_eq!(
+        status, 503,
+        "unready while a batch cannot be decoded: {body}"
+    );
+    assert!(body.contains("cannot be decoded"), "{body}");
+    println!("an undecodable batch: /readyz {status} {body}");
+    assert!(
+        daemon.child.try_wait().expect("status").is_none(),
+        "the daemon keeps running:\n{}",
+        daemon.log_text()
+    );
+    out.poll(Duration::from_secs(2));
+    assert_eq!(
+        out.records.len(),
+        100,
+        "nothing past the damaged batch is skipped to"
+    );
+}

@@ -227,6 +227,16 @@ impl Kafka {
         }
     }
 
+    /// Stops the broker cleanly (SIGTERM), so that its logs need no recovery at the next start.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
     /// Kills the broker process (SIGKILL): no goodbye to anyone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
