@@ -205,12 +205,18 @@ fn default_max_bundle_bytes() -> usize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
-    /// Events a partition actor may hold before the consumer waits for it (backpressure).
+    /// Events one partition actor may hold before the consumer waits for it (backpressure).
+    /// Stores are spread over one actor per core, each store's events in order.
     #[serde(default = "default_mailbox_capacity")]
     pub mailbox_capacity: usize,
     /// Records larger than this many bytes go to the dead-letter topic as `oversize`.
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
+    /// Partition ids (store ids) longer than this many bytes go to the dead-letter topic as
+    /// `oversize_key`: a producer sending huge or random ids cannot make the daemon keep
+    /// them.
+    #[serde(default = "default_max_key_bytes")]
+    pub max_key_bytes: usize,
     /// On SIGINT/SIGTERM, how long to drain in-flight events before giving up, in seconds.
     #[serde(default = "default_shutdown_timeout_secs")]
     pub shutdown_timeout_secs: u64,
@@ -235,6 +241,9 @@ fn default_mailbox_capacity() -> usize {
 fn default_max_record_bytes() -> usize {
     1 << 20
 }
+fn default_max_key_bytes() -> usize {
+    256
+}
 fn default_shutdown_timeout_secs() -> u64 {
     30
 }
@@ -253,6 +262,7 @@ impl Default for PipelineConfig {
         PipelineConfig {
             mailbox_capacity: default_mailbox_capacity(),
             max_record_bytes: default_max_record_bytes(),
+            max_key_bytes: default_max_key_bytes(),
             shutdown_timeout_secs: default_shutdown_timeout_secs(),
             max_in_flight: default_max_in_flight(),
             stall_timeout_secs: default_stall_timeout_secs(),

@@ -128,6 +128,8 @@ pub enum RecordErrorKind {
     MissingKey,
     /// The partition column is null or empty.
     EmptyKey,
+    /// The partition id is longer than `[pipeline] max_key_bytes`.
+    OversizeKey,
     /// A feature column is absent or null.
     MissingFeature,
     /// A field has a type its feature cannot read (text where a number belongs, ...).
@@ -162,6 +164,7 @@ impl RecordErrorKind {
             RecordErrorKind::Oversize => "oversize",
             RecordErrorKind::MissingKey => "missing_key",
             RecordErrorKind::EmptyKey => "empty_key",
+            RecordErrorKind::OversizeKey => "oversize_key",
             RecordErrorKind::MissingFeature => "missing_feature",
             RecordErrorKind::WrongType => "wrong_type",
             RecordErrorKind::NotFinite => "not_finite",
@@ -176,11 +179,12 @@ impl RecordErrorKind {
     }
 
     /// Every kind, for describing metrics up front.
-    pub const ALL: [RecordErrorKind; 14] = [
+    pub const ALL: [RecordErrorKind; 15] = [
         RecordErrorKind::InvalidJson,
         RecordErrorKind::Oversize,
         RecordErrorKind::MissingKey,
         RecordErrorKind::EmptyKey,
+        RecordErrorKind::OversizeKey,
         RecordErrorKind::MissingFeature,
         RecordErrorKind::WrongType,
         RecordErrorKind::NotFinite,

@@ -7,13 +7,14 @@
 //!
 //! # How an event travels
 //!
-//! 1. [`kafka::consumer`] reads a record; [`kafka::offsets`] registers its offset.
+//! 1. [`kafka::consumer`] reads a record; [`kafka::position`] checks it is the one expected
+//!    after any seek, and [`kafka::offsets`] registers its offset.
 //! 2. [`codec`] decodes it (JSON or Avro) and [`event`] turns it into an event (through
 //!    [`features`], the one encoder training also uses) or names what is wrong with it
 //!    ([`error::RecordError`]), in which case
 //!    [`kafka::producer`] sends it to the dead-letter topic.
-//! 3. [`router`] hands it to the [`partition`] actor of its partition id, which scores it
-//!    ([`model`]) and writes the [`prediction`] record.
+//! 3. [`router`] hands it to the [`partition`] actor of its partition id's shard, with the model
+//!    chosen for it, and the actor scores it ([`model`]) and writes the [`prediction`] record.
 //! 4. [`kafka::producer`] delivers the prediction; its acknowledgement finishes the offset and
 //!    [`serve`] commits the contiguous finished prefix.
 //!
@@ -36,7 +37,7 @@
 //! | [`config`] | the serve configuration |
 //! | [`control`] | hot reload: publishing bundles, the control topic, validation, the active version |
 //! | [`kafka`] | consumer, producer, offset tracking |
-//! | [`router`], [`partition`] | the per-partition actors |
+//! | [`router`], [`partition`] | the partition actors: stores spread over one per core by id, each store in order |
 //! | [`backpressure`] | parked work and paused Kafka partitions when a queue is full |
 //! | [`watchdog`] | the stall watchdog: work waiting, nothing acknowledged |
 //! | [`serve`] | the daemon: wiring, commits, shutdown |

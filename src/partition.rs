@@ -1,12 +1,16 @@
-//! The per-partition actor: one per store, created on first use, holding that store's model.
+//! The partition actor: it scores the events of one shard of the stores ([`crate::router`]
+//! picks the shard by the store id), each store's events in arrival order.
 //!
 //! The rest of the program talks to it through a cheap, cloneable [`PartitionHandle`] over a
 //! bounded queue: a full queue makes the router wait, which is the backpressure that keeps
 //! memory bounded. The actor scores its events in arrival order and enqueues their
 //! predictions in that order, and the producer keeps per-key order, so one store's
-//! predictions leave in the order its events arrived.
+//! predictions leave in the order its events arrived. It keeps no state per store: which
+//! model scores an event was decided once, when the event was read, and travels in its
+//! [`Job`]; a store therefore costs the actor nothing between its events.
 
-use std::sync::{Arc, Weak};
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use rdkafka::message::{Header, OwnedHeaders};
 use tokio::sync::mpsc;
@@ -29,6 +33,8 @@ pub struct Job {
     pub bundle: Arc<Bundle>,
     /// The decoded event.
     pub event: Event,
+    /// Where the store's own model sits in `bundle.partitions`; `None`: the fallback scores it.
+    pub model: Option<usize>,
     /// The input offset, finished when the prediction is acknowledged.
     pub ack: Ack,
     /// The input record's Kafka timestamp, for end-to-end latency.
@@ -61,22 +67,17 @@ pub struct PartitionHandle {
 }
 
 impl PartitionHandle {
-    /// Starts the actor for `partition` on `tasks`.
-    pub fn spawn(
-        partition: &str,
-        capacity: usize,
-        ctx: ActorContext,
-        tasks: &mut tokio::task::JoinSet<()>,
-    ) -> Self {
+    /// Starts an actor on `tasks`.
+    pub fn spawn(capacity: usize, ctx: ActorContext, tasks: &mut tokio::task::JoinSet<()>) -> Self {
         let (tx, rx) = mpsc::channel(capacity);
         let labelled = ctx
             .labelled
-            .contains(partition)
-            .then(|| crate::metrics::partition_counter(partition));
+            .iter()
+            .map(|store| (store.clone(), crate::metrics::partition_counter(store)))
+            .collect();
         let actor = PartitionActor {
             rx,
             labelled,
-            lookup: None,
             ctx,
             buf: Vec::with_capacity(256),
         };
@@ -105,13 +106,10 @@ impl PartitionHandle {
 
 struct PartitionActor {
     rx: mpsc::Receiver<Job>,
-    /// This store's own counter, when it is listed in `per_partition_metrics`.
-    labelled: Option<metrics::Counter>,
-    /// Where this partition's model sits in the bundle its last job came with: the
-    /// partition's own (`Some(i)`) or the fallback. A `Weak` so an idle actor never keeps a
-    /// retired bundle alive, and so a new bundle can never be mistaken for the old one.
-    lookup: Option<(Weak<Bundle>, Option<usize>)>,
+    /// The counters of the stores listed in `per_partition_metrics` (a short list).
+    labelled: HashMap<String, metrics::Counter>,
     ctx: ActorContext,
+    /// The prediction being encoded, reused.
     buf: Vec<u8>,
 }
 
@@ -139,26 +137,13 @@ impl PartitionActor {
         }
     }
 
-    /// This partition's model index in `bundle`, looked up once per bundle.
-    fn index_in(&mut self, bundle: &Arc<Bundle>, partition: &str) -> Option<usize> {
-        match &self.lookup {
-            Some((seen, index)) if std::ptr::eq(seen.as_ptr(), Arc::as_ptr(bundle)) => *index,
-            _ => {
-                let index = bundle.partition_index(partition);
-                self.lookup = Some((Arc::downgrade(bundle), index));
-                index
-            }
-        }
-    }
-
     async fn score(&mut self, job: Job) {
         if job.ack.is_revoked() {
             // Its Kafka partition moved to another instance, which scores it again.
             return;
         }
         let bundle = &job.bundle;
-        let index = self.index_in(bundle, &job.event.partition);
-        let (model, source) = match index.and_then(|i| bundle.partitions.get(i)) {
+        let (model, source) = match job.model.and_then(|i| bundle.partitions.get(i)) {
             Some(m) => (m, ModelSource::Partition),
             None => (&bundle.fallback, ModelSource::Fallback),
         };
@@ -166,8 +151,10 @@ impl PartitionActor {
         self.ctx
             .stats
             .scored(source, job.read_at.elapsed().as_secs_f64());
-        if let Some(c) = &self.labelled {
-            c.increment(1);
+        if !self.labelled.is_empty() {
+            if let Some(c) = self.labelled.get(job.event.partition.as_str()) {
+                c.increment(1);
+            }
         }
         self.buf.clear();
         self.ctx.encoder.write(

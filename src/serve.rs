@@ -134,6 +134,7 @@ pub async fn run(
                     .collect(),
             ),
         },
+        Router::default_shards(),
         config.pipeline.mailbox_capacity,
     );
     tracing::info!(
@@ -220,11 +221,7 @@ pub async fn run(
             }
         }
         // The delivered prefix is committed either way, so the next instance repeats less.
-        None => {
-            let _guard = tracker.commit_guard();
-            consumer::commit(&consumer, &k.input_topic, &positions, CommitMode::Sync)
-                .map_err(|e| Error::Kafka(format!("final offset commit failed: {e}")))?;
-        }
+        None => final_commit(&consumer, &tracker, &k.input_topic).await?,
     }
     if !delivered {
         return Err(Error::Kafka(format!(
@@ -235,6 +232,43 @@ pub async fn run(
     }
     tracing::info!(actors, committed = ?positions, "stopped cleanly");
     Ok(())
+}
+
+/// How long the final commit keeps trying while the group is rebalancing.
+const FINAL_COMMIT_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The last commit of at-least-once mode. A stop often comes in the middle of a rebalance (a
+/// rolling deploy starts one instance while it stops another): the group coordinator then
+/// refuses commits until the rebalance completes, which needs this consumer to be polled. So
+/// the consumer is polled between attempts (records it hands over are not scored and not
+/// committed), and a revoke on the way commits its Kafka partitions itself.
+async fn final_commit(
+    consumer: &InputConsumer,
+    tracker: &OffsetTracker,
+    topic: &str,
+) -> Result<()> {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    let deadline = Instant::now() + FINAL_COMMIT_PATIENCE;
+    loop {
+        let positions = tracker.all_committable();
+        let result = {
+            let _guard = tracker.commit_guard();
+            consumer::commit(consumer, topic, &positions, CommitMode::Sync)
+        };
+        let e = match result {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let rebalancing = matches!(
+            e.rdkafka_error_code(),
+            Some(Code::RebalanceInProgress | Code::IllegalGeneration | Code::UnknownMemberId)
+        );
+        if !rebalancing || Instant::now() >= deadline {
+            return Err(Error::Kafka(format!("final offset commit failed: {e}")));
+        }
+        tracing::info!(error = %e, "the group is rebalancing; serving the rebalance before the final commit");
+        let _ = tokio::time::timeout(Duration::from_millis(200), consumer.recv()).await;
+    }
 }
 
 /// The `transactional.id` of exactly-once mode: configured, or `GROUP_ID-HOSTNAME`.
@@ -583,20 +617,32 @@ impl Reader<'_> {
             // Stopped while the schema registry was unreachable: the offset stays unfinished.
             let Some(decoded) = decoded else { return };
             decoded.and_then(|event| {
-                let unknown = self.bundle.partition(&event.partition).is_none();
+                let max_key = self.config.pipeline.max_key_bytes;
+                if event.partition.len() > max_key {
+                    return Err(RecordError::new(
+                        RecordErrorKind::OversizeKey,
+                        format!(
+                            "partition id of {} bytes exceeds pipeline.max_key_bytes = {max_key}",
+                            event.partition.len()
+                        ),
+                    ));
+                }
+                let model = self.bundle.partition_index(&event.partition);
+                let unknown = model.is_none();
                 if unknown && !self.bundle.has_fallback() {
                     Err(scoring::no_fallback(&event.partition))
                 } else if unknown && self.config.model.unknown_partition == UnknownPartition::Dlq {
                     Err(scoring::unknown(&event.partition))
                 } else {
-                    Ok(event)
+                    Ok((event, model))
                 }
             })
         };
         let work = match decoded {
-            Ok(event) => Work::Score(Job {
+            Ok((event, model)) => Work::Score(Job {
                 bundle: self.bundle.clone(),
                 event,
+                model,
                 ack,
                 timestamp_ms,
                 read_at: Instant::now(),

@@ -293,6 +293,15 @@ async fn a_timestamp_out_of_range_is_dead_lettered() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_partition_id_longer_than_max_key_bytes_is_dead_lettered() {
+    let long = "S".repeat(257);
+    let record = format!(
+        r#"{{"store_id":"{long}","ts":"2025-03-01T12:00:00Z","price":5,"promo":1,"temperature":9.5,"weather":"rainy"}}"#
+    );
+    check(json_case("key-long", "oversize_key", &[record.as_str()])).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_timestamp_that_is_not_a_time_is_dead_lettered() {
     check(json_case(
         "ts-bad",

@@ -684,8 +684,11 @@ fn cooperative_sticky_assignment_loses_nothing_when_instances_join_and_leave() {
     assert!(out.read_until(Duration::from_secs(120), |r| r.len() >= EVENTS * 6 / 10));
     let first_log = first.log_text();
     let status = first.terminate();
-    assert!(status.success(), "SIGTERM exits 0, got {status:?}");
     let first_log = std::fs::read_to_string(dir.path().join("coop-first.log")).unwrap_or(first_log);
+    assert!(
+        status.success(),
+        "SIGTERM exits 0, got {status:?}:\n{first_log}"
+    );
     producer.join().expect("producer thread");
     let _ = out.read_until(Duration::from_secs(120), |r| distinct(r) >= EVENTS);
     let second_log = second.log_text();

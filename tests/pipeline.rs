@@ -246,3 +246,64 @@ fn bench_against_a_real_broker_prints_both_pipelines_and_their_ratio() {
     }
     assert!(out.contains("scoring / passthrough throughput"), "{out}");
 }
+
+/// A producer sending ids never seen before (buggy or hostile) cannot make the daemon keep
+/// anything per id: every event is scored by the fallback, the actors stay one per core, and
+/// the process grows by less than 50 MiB.
+#[tokio::test(flavor = "multi_thread")]
+async fn never_seen_store_ids_are_scored_by_the_fallback_and_leave_nothing_behind() {
+    const IDS: usize = 100_000;
+    let broker = Broker::start();
+    for t in ["in", "out", "dlq"] {
+        broker.create_topic(t, 2);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = generate_and_train(dir.path(), 5, 10, "v-ids");
+    let config = write_config(
+        dir.path(),
+        "ids",
+        &broker.brokers(),
+        ("in", "out", "dlq"),
+        &bundle,
+        "fallback",
+    );
+    let daemon = Daemon::start(&config);
+    daemon.wait_assigned();
+    let addr = daemon.metrics_addr();
+    let pid = daemon.child.id();
+    let before = common::chaos::memory_kib(pid).0;
+    let payloads: Vec<Vec<u8>> = (0..IDS)
+        .map(|i| {
+            format!(
+                r#"{{"event_id":"e{i}","store_id":"never-seen-{i:07}","ts":"2025-03-01T12:00:00Z","price":5,"promo":1,"temperature":9.5,"weather":"rainy"}}"#
+            )
+            .into_bytes()
+        })
+        .collect();
+    produce(&broker.brokers(), "in", payloads).await;
+    common::wait_for(Duration::from_secs(120), "every event scored", || {
+        common::metric_sum(
+            &common::http_get(&addr, "/metrics").1,
+            "manymodel_predictions_produced_total",
+        ) >= IDS as f64
+    });
+    let metrics = common::http_get(&addr, "/metrics").1;
+    let actors = common::metric_sum(&metrics, "manymodel_partition_actors");
+    let after = common::chaos::memory_kib(pid).0;
+    println!(
+        "{IDS} never-seen ids: {actors} partition actors, RSS {} -> {} MiB",
+        before / 1024,
+        after / 1024
+    );
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as f64;
+    assert!(
+        actors <= cores,
+        "{actors} actors for {IDS} ids: state grows with unknown ids"
+    );
+    assert!(
+        after.saturating_sub(before) < 50 * 1024,
+        "grew by {} KiB for {IDS} never-seen ids",
+        after - before
+    );
+    assert!(daemon.terminate().success());
+}
