@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{generate_and_train, run_ok, write_config, Broker, Daemon};
+use common::{generate_and_train, run_ok, write_config, Broker, Daemon, Stack};
 use manymodel::local;
 use serde_json::Value;
 
@@ -253,22 +253,11 @@ fn bench_against_a_real_broker_prints_both_pipelines_and_their_ratio() {
 #[tokio::test(flavor = "multi_thread")]
 async fn never_seen_store_ids_are_scored_by_the_fallback_and_leave_nothing_behind() {
     const IDS: usize = 100_000;
-    let broker = Broker::start();
-    for t in ["in", "out", "dlq"] {
-        broker.create_topic(t, 2);
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let bundle = generate_and_train(dir.path(), 5, 10, "v-ids");
-    let config = write_config(
-        dir.path(),
-        "ids",
-        &broker.brokers(),
-        ("in", "out", "dlq"),
-        &bundle,
-        "fallback",
-    );
-    let daemon = Daemon::start(&config);
-    daemon.wait_assigned();
+    let Stack {
+        daemon,
+        broker,
+        dir: _dir,
+    } = Stack::start("ids", 2, 5, 10, "v-ids");
     let addr = daemon.metrics_addr();
     let pid = daemon.child.id();
     let before = common::chaos::memory_kib(pid).0;
