@@ -521,7 +521,14 @@ impl Reader<'_> {
     async fn rewind(&mut self, consumer: &InputConsumer) -> Result<()> {
         self.revocations = self.tracker.revocations();
         let owned: Vec<i32> = self.tracker.owned().iter().map(|o| o.partition()).collect();
-        crate::kafka::transaction::rewind(consumer, &self.config.kafka.input_topic, &owned)?;
+        let sought =
+            crate::kafka::transaction::rewind(consumer, &self.config.kafka.input_topic, &owned)?;
+        // Reading starts again at the committed offsets: checked like any other seek.
+        for offsets in self.tracker.owned() {
+            if let Some(&(_, at)) = sought.iter().find(|(p, _)| *p == offsets.partition()) {
+                offsets.sought(at);
+            }
+        }
         tracing::info!(kafka_partitions = ?owned, "transaction aborted; rewound to the committed offsets");
         Ok(())
     }

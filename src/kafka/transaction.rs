@@ -144,8 +144,13 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
-/// Where each owned Kafka partition's committed offset is, to rewind to after an abort.
-pub fn rewind(consumer: &InputConsumer, topic: &str, partitions: &[i32]) -> Result<()> {
+/// Seeks each owned Kafka partition back to its committed offset after an abort (the log start
+/// when there is none); returns the offsets sought, to check the first records read there.
+pub fn rewind(
+    consumer: &InputConsumer,
+    topic: &str,
+    partitions: &[i32],
+) -> Result<Vec<(i32, i64)>> {
     let mut tpl = TopicPartitionList::with_capacity(partitions.len());
     for &p in partitions {
         tpl.add_partition(topic, p);
@@ -155,9 +160,13 @@ pub fn rewind(consumer: &InputConsumer, topic: &str, partitions: &[i32]) -> Resu
             "reading committed offsets to rewind after an abort: {e}"
         ))
     })?;
+    let mut sought = Vec::new();
     for elem in committed.elements_for_topic(topic) {
         let to = match elem.offset() {
-            Offset::Offset(o) => Offset::Offset(o),
+            Offset::Offset(o) => {
+                sought.push((elem.partition(), o));
+                Offset::Offset(o)
+            }
             _ => Offset::Beginning,
         };
         consumer
@@ -169,5 +178,5 @@ pub fn rewind(consumer: &InputConsumer, topic: &str, partitions: &[i32]) -> Resu
                 ))
             })?;
     }
-    Ok(())
+    Ok(sought)
 }
