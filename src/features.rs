@@ -123,7 +123,7 @@ impl FeatureEncoder {
         out.resize(self.names.len(), 0.0);
         // Several time features usually read one timestamp column: parse it once.
         let mut parsed: Option<(&str, i64)> = None;
-        for e in &self.encodings {
+        for (i, e) in self.encodings.iter().enumerate() {
             let field = match get(&e.column) {
                 Some(f) if !f.is_missing() => f,
                 _ if self.missing_as_nan => {
@@ -132,44 +132,96 @@ impl FeatureEncoder {
                     }
                     continue;
                 }
-                _ => {
-                    return Err(RecordError::new(
-                        RecordErrorKind::MissingFeature,
-                        format!("feature {:?} is missing", e.column),
-                    ))
-                }
+                _ => return Err(missing_feature(&e.column)),
             };
-            match e.kind {
-                FeatureKind::Numeric => out[e.offset] = field.number(&e.column)?,
-                FeatureKind::Bool => out[e.offset] = f64::from(u8::from(field.boolean(&e.column)?)),
-                FeatureKind::OneHot => {
-                    // A category never seen in training sets no input: the model scores it as
-                    // the baseline, as scikit-learn's handle_unknown="ignore" does.
-                    if let Some(i) = e.index.get(field.category(&e.column)?.as_ref()) {
-                        out[e.offset + i] = 1.0;
-                    }
+            let value = match e.kind {
+                FeatureKind::Numeric => FeatureValue::Number(field.number(&e.column)?),
+                FeatureKind::Bool => {
+                    FeatureValue::Number(f64::from(u8::from(field.boolean(&e.column)?)))
                 }
+                FeatureKind::OneHot => FeatureValue::Category(
+                    e.index.get(field.category(&e.column)?.as_ref()).copied(),
+                ),
                 FeatureKind::HourOfDay | FeatureKind::DayOfWeek | FeatureKind::Month => {
-                    let ms = match parsed {
+                    FeatureValue::Time(match parsed {
                         Some((column, ms)) if column == e.column => ms,
                         _ => {
                             let ms = field.timestamp_ms(&e.column)?;
                             parsed = Some((&e.column, ms));
                             ms
                         }
-                    };
-                    let parts = utc_parts(ms);
-                    let slot = match e.kind {
-                        FeatureKind::HourOfDay => parts.hour,
-                        FeatureKind::DayOfWeek => parts.weekday,
-                        _ => parts.month0,
-                    };
-                    out[e.offset + slot as usize] = 1.0;
+                    })
                 }
-            }
+            };
+            self.place(i, value, out);
         }
         Ok(())
     }
+
+    /// The number of features (spec entries), which [`FeatureEncoder::place`] numbers from 0.
+    pub fn features(&self) -> usize {
+        self.encodings.len()
+    }
+
+    /// Writes feature `feature`'s inputs for `value` into `out`, a full input vector whose
+    /// slots for this feature are zero. This is the one place a value becomes inputs: records
+    /// go through it via [`FeatureEncoder::encode`], and training's column store directly.
+    #[inline]
+    pub fn place(&self, feature: usize, value: FeatureValue, out: &mut [f64]) {
+        let e = &self.encodings[feature];
+        match value {
+            FeatureValue::Number(x) => out[e.offset] = x,
+            // A category never seen in training sets no input: the model scores it as the
+            // baseline, as scikit-learn's handle_unknown="ignore" does.
+            FeatureValue::Category(None) => {}
+            FeatureValue::Category(Some(i)) => out[e.offset + i] = 1.0,
+            FeatureValue::Time(ms) => {
+                let parts = utc_parts(ms);
+                let slot = match e.kind {
+                    FeatureKind::HourOfDay => parts.hour,
+                    FeatureKind::DayOfWeek => parts.weekday,
+                    _ => parts.month0,
+                };
+                out[e.offset + slot as usize] = 1.0;
+            }
+        }
+    }
+
+    /// The inputs of each indicator feature (one-hot and time features), of which a record
+    /// sets at most one. Where a store's rows each set exactly one, the group adds up to the
+    /// intercept: training uses this to find the rank deficiency without a decomposition.
+    pub fn indicator_groups(&self) -> Vec<std::ops::Range<usize>> {
+        let mut out = Vec::new();
+        for (i, e) in self.encodings.iter().enumerate() {
+            if !matches!(e.kind, FeatureKind::Numeric | FeatureKind::Bool) {
+                let end = self
+                    .encodings
+                    .get(i + 1)
+                    .map_or(self.names.len(), |next| next.offset);
+                out.push(e.offset..end);
+            }
+        }
+        out
+    }
+}
+
+/// A feature's value once read from its field, before it becomes model inputs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum FeatureValue {
+    /// A numeric value, or a bool as 1 or 0.
+    Number(f64),
+    /// A one-hot category's position in the resolved list; `None` for one never seen.
+    Category(Option<usize>),
+    /// A timestamp in epoch milliseconds, already range-checked.
+    Time(i64),
+}
+
+/// The error for a feature whose value is absent.
+pub fn missing_feature(column: &str) -> RecordError {
+    RecordError::new(
+        RecordErrorKind::MissingFeature,
+        format!("feature {column:?} is missing"),
+    )
 }
 
 #[cfg(test)]

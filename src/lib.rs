@@ -46,11 +46,13 @@
 //! | [`generate`] | synthetic data |
 //! | [`demo`], [`bench`] | the self-contained demo and the end-to-end benchmark |
 //! | [`bench_trees`] | `bench --trees`: tree-ensemble predictions per second on one core |
+//! | [`bench_train`] | `bench --train`: rows and stores per second of `train`, and its peak RSS |
 //! | [`local`] | Kafka helpers for the demo, the benchmark and the tests |
 //! | [`error`] | the error types |
 
 pub mod backpressure;
 pub mod bench;
+pub mod bench_train;
 pub mod bench_trees;
 pub mod codec;
 pub mod config;

@@ -197,6 +197,17 @@ enum Command {
         /// one core and print predictions per second.
         #[arg(long)]
         trees: Option<usize>,
+        /// Instead of the Kafka benchmark: train the history --input under --spec once and
+        /// print rows/s, stores/s and the peak RSS (scripts/bench-train-python compares it
+        /// with pandas and scikit-learn).
+        #[arg(long, requires_all = ["spec", "input"], conflicts_with = "trees")]
+        train: bool,
+        /// The training spec, with --train.
+        #[arg(long, requires = "train")]
+        spec: Option<PathBuf>,
+        /// The history CSV, with --train.
+        #[arg(long, requires = "train")]
+        input: Option<PathBuf>,
         /// Depth of every tree, with --trees.
         #[arg(long, default_value_t = 6, requires = "trees")]
         depth: usize,
@@ -500,6 +511,14 @@ fn run(command: Command) -> manymodel::Result<()> {
         }
         Command::Demo { stores, events } => {
             runtime()?.block_on(manymodel::demo::run(stores, events, &mut std::io::stdout()))?
+        }
+        Command::Bench {
+            train: true,
+            spec: Some(spec),
+            input: Some(input),
+            ..
+        } => {
+            manymodel::bench_train::run(spec, input, &mut std::io::stdout())?;
         }
         Command::Bench {
             trees: Some(trees),

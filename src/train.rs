@@ -10,13 +10,14 @@
 
 pub mod fit;
 pub mod history;
+mod linalg;
+pub mod pooled;
 
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use ndarray::{ArrayView1, ArrayView2};
 use rayon::prelude::*;
 
 use crate::error::{Error, Result};
@@ -24,8 +25,9 @@ use crate::model::bundle::{Bundle, PartitionModel, FALLBACK_ID};
 use crate::model::delta;
 use crate::model::Model;
 use crate::spec::TrainSpec;
-use fit::{fit, Method};
-use history::{PartitionRows, Rejections};
+use fit::{fit_rows, Method, Structure, Workspace};
+use history::Rejections;
+use pooled::Pooled;
 
 /// What `train` was asked to do.
 #[derive(Debug, Clone)]
@@ -95,17 +97,32 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport> {
         }
         Some(b) => delta::training_spec(&requested, b).map_err(Error::Usage)?,
     };
-    let history = history::read(&opts.input, &spec, opts.strict)?;
+    let reading = if opts.progress {
+        ProgressBar::new_spinner()
+    } else {
+        ProgressBar::hidden()
+    };
+    reading.set_style(
+        ProgressStyle::with_template("{spinner} reading {human_pos} rows ({per_sec})")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    let history = history::read(&opts.input, &spec, opts.strict, &|rows| {
+        reading.set_position(rows)
+    })?;
+    reading.finish_and_clear();
     let width = history.encoder.width();
     let method = Method::from_spec(history.spec.model, history.spec.alpha);
+    let structure = Structure {
+        groups: history.encoder.indicator_groups(),
+    };
 
-    let mut ids: Vec<&String> = if opts.partitions.is_empty() {
-        history.partitions.keys().collect()
+    let mut selected: Vec<usize> = if opts.partitions.is_empty() {
+        (0..history.ids.len()).collect()
     } else {
-        let mut ids = Vec::with_capacity(opts.partitions.len());
+        let mut ks = Vec::with_capacity(opts.partitions.len());
         for id in &opts.partitions {
-            match history.partitions.get_key_value(id) {
-                Some((k, _)) => ids.push(k),
+            match history.find(id) {
+                Some(k) => ks.push(k),
                 None => {
                     return Err(Error::Usage(format!(
                         "--partitions names {id:?}, which has no rows in {}",
@@ -114,17 +131,17 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport> {
                 }
             }
         }
-        ids.dedup();
-        ids
+        ks
     };
-    ids.sort();
-    ids.dedup();
-    let (eligible, small): (Vec<&String>, Vec<&String>) = ids
-        .into_iter()
-        .partition(|id| history.partitions[*id].len() as u64 >= history.spec.min_rows);
+    selected.sort_unstable();
+    selected.dedup();
+    let min_rows = history.spec.min_rows;
+    let eligible = |k: usize| history.rows(k).len() as u64 >= min_rows;
+    let small: Vec<usize> = selected.iter().copied().filter(|&k| !eligible(k)).collect();
+    let fitting = selected.len() - small.len();
 
     let bar = if opts.progress {
-        ProgressBar::new(eligible.len() as u64 + 1)
+        ProgressBar::new(fitting as u64 + 1)
     } else {
         ProgressBar::hidden()
     };
@@ -134,68 +151,116 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport> {
             .progress_chars("=> "),
     );
 
-    let fit_one = |id: &str, rows: &PartitionRows| -> std::result::Result<PartitionModel, String> {
-        let x = ArrayView2::from_shape((rows.len(), width), &rows.x).map_err(|e| e.to_string())?;
-        let y = ArrayView1::from(&rows.y);
-        let fitted = fit(x, y, method).map_err(|e| e.to_string())?;
-        Ok(PartitionModel {
-            partition: id.to_owned(),
-            rows: rows.len() as u64,
-            rmse: fitted.rmse,
-            model: Model::Linear(fitted.model),
-        })
+    // Every store's rows are encoded into a reused buffer, fitted, and pooled for the
+    // fallback; no store's encoded design outlives its fit.
+    let pool = base.is_none();
+    let group_bits = match structure.groups.len() {
+        g if g >= 64 => u64::MAX,
+        g => (1u64 << g) - 1,
     };
-
-    let results: Vec<(String, std::result::Result<PartitionModel, String>)> = eligible
-        .par_iter()
-        .map(|id| {
-            let r = fit_one(id, &history.partitions[*id]);
-            bar.inc(1);
-            ((*id).clone(), r)
-        })
-        .collect();
+    let load = |ws: &mut Workspace, k: usize| -> (usize, u64) {
+        let rows = history.rows(k);
+        let n = rows.len();
+        ws.x.resize(n * width, 0.0);
+        ws.y.clear();
+        ws.y.extend_from_slice(&history.columns.target[rows.clone()]);
+        let mut exact = group_bits;
+        for (i, row) in rows.enumerate() {
+            exact &= history.columns.encode(
+                &history.encoder,
+                row,
+                &mut ws.x[i * width..(i + 1) * width],
+            );
+        }
+        (n, exact)
+    };
+    type Fits = Vec<(usize, std::result::Result<fit::Fitted, String>)>;
+    let (results, pooled): (Fits, Pooled) = (0..history.ids.len())
+        .into_par_iter()
+        .filter(|&k| pool || selected.binary_search(&k).is_ok())
+        .fold(
+            || (Workspace::default(), Vec::new(), Pooled::new(width)),
+            |(mut ws, mut out, mut pooled), k| {
+                let (n, exact) = load(&mut ws, k);
+                if selected.binary_search(&k).is_ok() && eligible(k) {
+                    let r = fit_rows(&mut ws, n, width, &structure, exact, method);
+                    out.push((k, r.map_err(|e| e.to_string())));
+                    bar.inc(1);
+                } else {
+                    fit::prepare(&mut ws, n, width, &structure, exact, method);
+                }
+                if pool {
+                    pooled.add(&ws, n, exact);
+                }
+                (ws, out, pooled)
+            },
+        )
+        .map(|(_, out, pooled)| (out, pooled))
+        .reduce(
+            || (Vec::new(), Pooled::new(width)),
+            |(mut a, mut pa), (b, pb)| {
+                a.extend(b);
+                pa.merge(&pb);
+                (a, pa)
+            },
+        );
 
     let fallback = match &base {
         // A delta keeps its base's fallback: it was fitted on every store's rows.
         Some(b) => b.fallback_model().cloned(),
-        None => Some({
-            let mut all = PartitionRows::default();
-            for rows in history.partitions.values() {
-                all.x.extend_from_slice(&rows.x);
-                all.y.extend_from_slice(&rows.y);
-            }
-            fit_one(FALLBACK_ID, &all).map_err(|e| {
+        None => {
+            let replay = |sink: &mut dyn FnMut(&[f64], f64)| {
+                let mut x = vec![0.0; width];
+                for row in 0..history.columns.len() {
+                    history.columns.encode(&history.encoder, row, &mut x);
+                    sink(&x, history.columns.target[row]);
+                }
+            };
+            let fitted = pooled.fit(&structure, method, replay).map_err(|e| {
                 Error::Usage(format!(
                     "the fallback model cannot be fitted on {} rows: {e}",
-                    all.len()
+                    pooled.rows()
                 ))
-            })?
-        }),
+            })?;
+            Some(PartitionModel {
+                partition: FALLBACK_ID.to_owned(),
+                rows: pooled.rows() as u64,
+                rmse: fitted.rmse,
+                model: Model::Linear(fitted.model),
+            })
+        }
     };
     bar.inc(1);
     bar.finish_and_clear();
 
     let mut skipped: Vec<Skipped> = small
         .into_iter()
-        .map(|id| Skipped {
-            partition: id.clone(),
-            rows: history.partitions[id].len(),
+        .map(|k| Skipped {
+            partition: history.ids[k].clone(),
+            rows: history.rows(k).len(),
             reason: match &base {
-                None => format!("fewer than min_rows = {}", history.spec.min_rows),
+                None => format!("fewer than min_rows = {min_rows}"),
                 Some(b) => format!(
-                    "fewer than min_rows = {}; keeps its model from {}",
-                    history.spec.min_rows, b.version
+                    "fewer than min_rows = {min_rows}; keeps its model from {}",
+                    b.version
                 ),
             },
         })
         .collect();
+    let mut results = results;
+    results.sort_unstable_by_key(|(k, _)| *k);
     let mut models = Vec::with_capacity(results.len());
-    for (id, r) in results {
+    for (k, r) in results {
         match r {
-            Ok(m) => models.push(m),
+            Ok(fitted) => models.push(PartitionModel {
+                partition: history.ids[k].clone(),
+                rows: history.rows(k).len() as u64,
+                rmse: fitted.rmse,
+                model: Model::Linear(fitted.model),
+            }),
             Err(reason) => skipped.push(Skipped {
-                rows: history.partitions[&id].len(),
-                partition: id,
+                rows: history.rows(k).len(),
+                partition: history.ids[k].clone(),
                 reason,
             }),
         }
