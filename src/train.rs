@@ -25,7 +25,7 @@ use crate::model::bundle::{Bundle, PartitionModel, FALLBACK_ID};
 use crate::model::delta;
 use crate::model::Model;
 use crate::spec::TrainSpec;
-use fit::{fit_rows, Method, Structure, Workspace};
+use fit::{fit_rows, MethodParams, Structure, Workspace};
 use history::Rejections;
 use pooled::Pooled;
 
@@ -111,7 +111,11 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport> {
     })?;
     reading.finish_and_clear();
     let width = history.encoder.width();
-    let method = Method::from_spec(history.spec.model, history.spec.alpha);
+    let method = linfa::ParamGuard::check(MethodParams::from_spec(
+        history.spec.model,
+        history.spec.alpha,
+    ))
+    .map_err(|e| Error::Usage(format!("{}: {e}", opts.spec.display())))?;
     let structure = Structure {
         groups: history.encoder.indicator_groups(),
     };

@@ -355,7 +355,7 @@ fn ols_and_ridge_equal_a_gelsd_reference_on_thousands_of_random_stores() {
     let count: usize = std::env::var("MANYMODEL_PROPERTY_STORES")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(2500);
+        .unwrap_or(1200);
     let python = common::python_with(
         "sklearn, numpy, pandas",
         &["scikit-learn", "numpy", "pandas"],

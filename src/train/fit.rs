@@ -65,6 +65,37 @@ impl Method {
     }
 }
 
+/// A fit's hyper-parameters before they are checked: linfa's [`linfa::ParamGuard`], so a bad
+/// penalty is refused before any data is read, as linfa's own models refuse theirs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MethodParams(Method);
+
+impl MethodParams {
+    /// The method a spec asks for, unchecked.
+    pub fn from_spec(model: ModelKind, alpha: Option<f64>) -> Self {
+        MethodParams(Method::from_spec(model, alpha))
+    }
+}
+
+impl linfa::ParamGuard for MethodParams {
+    type Checked = Method;
+    type Error = FitError;
+
+    fn check_ref(&self) -> Result<&Method, FitError> {
+        match self.0 {
+            Method::Ridge(alpha) if !(alpha.is_finite() && alpha > 0.0) => Err(FitError::new(
+                format!("the ridge penalty alpha must be a positive number, got {alpha}"),
+            )),
+            _ => Ok(&self.0),
+        }
+    }
+
+    fn check(self) -> Result<Method, FitError> {
+        self.check_ref()?;
+        Ok(self.0)
+    }
+}
+
 /// Which path solved a fit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
@@ -567,6 +598,54 @@ mod tests {
         assert!(close(f.model.coefficients[0], 2.0));
         assert!(close(f.model.coefficients[1], -1.5));
         assert!(f.rmse < 1e-9);
+    }
+
+    #[test]
+    fn a_bad_ridge_penalty_is_refused_before_fitting() {
+        use linfa::ParamGuard;
+        assert!(MethodParams::from_spec(ModelKind::Ridge, Some(-1.0))
+            .check()
+            .is_err());
+        assert!(MethodParams::from_spec(ModelKind::Ridge, Some(f64::NAN))
+            .check()
+            .is_err());
+        assert_eq!(
+            MethodParams::from_spec(ModelKind::Ridge, Some(0.5))
+                .check()
+                .unwrap(),
+            Method::Ridge(0.5)
+        );
+        assert_eq!(
+            MethodParams::from_spec(ModelKind::Linear, None)
+                .check()
+                .unwrap(),
+            Method::Ols
+        );
+    }
+
+    /// linfa-linear, the user's choice of a regression library, as an independent reference
+    /// on a well-conditioned store (its solver is not accurate enough on ill-conditioned or
+    /// rank-deficient ones, which is why the fit is this module's own).
+    #[test]
+    fn a_well_conditioned_store_matches_linfa_linear() {
+        use linfa::traits::Fit;
+        let n = 200;
+        let x = ndarray::Array2::from_shape_fn((n, 3), |(i, j)| {
+            ((i * 7 + j * 13) % 17) as f64 + (i as f64 * 0.37 + j as f64).sin()
+        });
+        let y: Array1<f64> = x
+            .outer_iter()
+            .enumerate()
+            .map(|(i, r)| 5.0 + 1.5 * r[0] - 0.7 * r[1] + 0.2 * r[2] + ((i * 31) % 7) as f64 * 0.1)
+            .collect();
+        let ours = fit(x.view(), y.view(), Method::Ols).unwrap();
+        let theirs = linfa_linear::LinearRegression::new()
+            .fit(&linfa::Dataset::new(x.clone(), y.clone()))
+            .unwrap();
+        assert!((ours.model.intercept - theirs.intercept()).abs() < 1e-8);
+        for (a, b) in ours.model.coefficients.iter().zip(theirs.params()) {
+            assert!((a - b).abs() < 1e-8, "{a} against linfa-linear's {b}");
+        }
     }
 
     #[test]
