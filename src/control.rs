@@ -24,6 +24,7 @@ pub mod message;
 pub mod publish;
 pub mod reader;
 pub mod rejection;
+pub mod replay;
 pub mod signing;
 pub mod state;
 pub mod validate;
