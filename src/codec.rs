@@ -12,19 +12,23 @@
 //!
 //! Registry policy: a schema id the registry answers 404 for is an `unknown_schema` dead
 //! letter (asked again after a minute); a registry that cannot be reached, times out or
-//! answers 5xx dead-letters nothing: the consumer waits and retries with a growing pause
-//! (up to 5 s), so good records are never lost to a registry outage.
+//! answers 5xx dead-letters nothing: its records wait and the id is asked again with a
+//! growing pause (up to 5 s), so good records are never lost to a registry outage. Lookups
+//! run beside the consumer loop ([`lookups`]), a few at a time, while it scores the records
+//! of known writers; what the registry answered is kept in a bounded cache
+//! ([`schema_cache`]), so a stream of distinct random ids costs neither memory nor a stall.
 
 pub mod avro;
 pub mod container;
 pub mod framing;
 pub mod json;
+pub mod lookups;
 pub mod registry;
+pub mod schema_cache;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use apache_avro::Schema;
 use serde::{Deserialize, Serialize};
@@ -38,15 +42,14 @@ use crate::model::bundle::ModelSource;
 use crate::spec::{FeatureKind, TrainSpec};
 use avro::{Plan, ReaderSchema, Reads};
 use framing::{Framing, WriterRef};
-use registry::{Fetch, Registry};
+use lookups::{Answer, Lookups};
+use registry::Registry;
+use schema_cache::{Cached, SchemaCache};
 
 /// The event schema shipped with manymodel, the default reader schema.
 pub const SALES_EVENT_AVSC: &str = include_str!("../schemas/sales_event.avsc");
 /// The prediction schema shipped with manymodel, the default Avro output schema.
 pub const PREDICTION_AVSC: &str = include_str!("../schemas/prediction.avsc");
-
-/// How long a registry's "no such id" is believed before it is asked again.
-const UNKNOWN_ID_TTL: Duration = Duration::from_secs(60);
 
 /// A record format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -89,21 +92,30 @@ struct AvroDecoder {
     raw: Arc<Plan>,
     /// Writer schemas by single-object fingerprint: the reader's and `[input.schemas]`.
     by_fingerprint: HashMap<u64, Known>,
-    /// Writer schemas by registry id: `[input.schemas]`, then what the registry answered.
-    by_id: RwLock<HashMap<u32, Known>>,
-    registry: Option<Registry>,
-    /// Stops a wait for an unreachable registry.
-    stop: CancellationToken,
+    /// Writer schemas by registry id from `[input.schemas]`: never evicted.
+    by_id: HashMap<u32, Known>,
+    /// What the registry answered, bounded.
+    cache: SchemaCache,
+    /// Registry lookups under way, when a registry is configured.
+    lookups: Option<Lookups>,
+}
+
+/// What [`Decoder::decode`] made of a record.
+pub enum Decoded {
+    /// The event, or why the record is a dead letter.
+    Done(Result<Event, RecordError>),
+    /// Its writer schema id is being asked of the registry: decode it again once
+    /// [`Decoder::resolved`] reports that id.
+    Awaiting(u32),
 }
 
 /// What is known about one writer schema.
 #[derive(Clone)]
-enum Known {
+pub enum Known {
+    /// How to read its datums with the reader schema.
     Plan(Arc<Plan>),
     /// It cannot be resolved against the reader schema (or is not an Avro schema).
     Unusable(RecordError),
-    /// The registry does not have it; asked again after the instant.
-    Unknown(RecordError, Instant),
 }
 
 fn known(writer: &Schema, reader: &ReaderSchema, name: &str) -> Known {
@@ -169,9 +181,9 @@ impl Decoder {
                 reader,
                 raw: Arc::new(raw),
                 by_fingerprint,
-                by_id: RwLock::new(by_id),
-                registry,
-                stop,
+                by_id,
+                cache: SchemaCache::default(),
+                lookups: registry.map(|r| Lookups::new(r, stop)),
             }),
         })
     }
@@ -181,39 +193,95 @@ impl Decoder {
         self.avro.as_ref().map(|a| &a.reader)
     }
 
-    /// Decodes one record. `None` only when `stop` came while waiting for an unreachable
-    /// schema registry: the record was not handled and must not be committed.
-    pub async fn decode(
-        &self,
+    /// Decodes one record, without waiting: a record whose writer schema id must be asked of
+    /// the registry is [`Decoded::Awaiting`] that id, and the lookup is under way.
+    pub fn decode(
+        &mut self,
         bytes: &[u8],
         partition_column: &str,
         encoder: &FeatureEncoder,
-    ) -> Option<Result<Event, RecordError>> {
-        let Some(a) = &self.avro else {
-            return Some(json::decode_json(bytes, partition_column, encoder));
+    ) -> Decoded {
+        let Some(a) = &mut self.avro else {
+            return Decoded::Done(json::decode_json(bytes, partition_column, encoder));
         };
         let (writer, datum) = match framing::split(a.framing, bytes) {
             Ok(split) => split,
-            Err(e) => return Some(Err(e)),
+            Err(e) => return Decoded::Done(Err(e)),
         };
         let plan = match writer {
             WriterRef::Reader => a.raw.clone(),
             WriterRef::Fingerprint(fp) => match a.by_fingerprint.get(&fp) {
                 Some(Known::Plan(p)) => p.clone(),
-                Some(Known::Unusable(e) | Known::Unknown(e, _)) => return Some(Err(e.clone())),
+                Some(Known::Unusable(e)) => return Decoded::Done(Err(e.clone())),
                 None => {
-                    return Some(Err(RecordError::new(
+                    return Decoded::Done(Err(RecordError::new(
                         RecordErrorKind::UnknownSchema,
                         format!("no known writer schema has fingerprint {fp:016x} (list it in [input.schemas])"),
                     )))
                 }
             },
-            WriterRef::Id(id) => match a.plan_for_id(id).await? {
-                Ok(p) => p,
-                Err(e) => return Some(Err(e)),
+            WriterRef::Id(id) => match a.plan_for_id(id) {
+                Some(Ok(p)) => p,
+                Some(Err(e)) => return Decoded::Done(Err(e)),
+                None => return Decoded::Awaiting(id),
             },
         };
-        Some(plan.decode(datum, partition_column, encoder))
+        Decoded::Done(plan.decode(datum, partition_column, encoder))
+    }
+
+    /// True while a writer schema id is being asked of the registry.
+    pub fn looking_up(&self) -> bool {
+        self.avro
+            .as_ref()
+            .and_then(|a| a.lookups.as_ref())
+            .is_some_and(Lookups::busy)
+    }
+
+    /// Waits for the registry's next answer, keeps it and returns its id: the records
+    /// awaiting that id can be decoded now. Pending forever while nothing is asked.
+    pub async fn resolved(&mut self) -> u32 {
+        let Some(a) = self.avro.as_mut() else {
+            return std::future::pending().await;
+        };
+        let Some(lookups) = a.lookups.as_mut() else {
+            return std::future::pending().await;
+        };
+        let (id, answer) = lookups.next().await;
+        let url = lookups.registry().url();
+        match answer {
+            Answer::Found(text) => {
+                let k = match avro::parse_schema(&text) {
+                    Ok(writer) => known(&writer, &a.reader, &format!("writer schema id {id}")),
+                    Err(e) => Known::Unusable(RecordError::new(
+                        RecordErrorKind::UnknownSchema,
+                        format!("schema id {id} from {url} is not an Avro schema: {e}"),
+                    )),
+                };
+                tracing::info!(
+                    id,
+                    registry = url,
+                    usable = matches!(k, Known::Plan(_)),
+                    "writer schema fetched from the registry"
+                );
+                a.cache.resolved(id, k);
+            }
+            Answer::NotFound(why) => a
+                .cache
+                .unknown(id, RecordError::new(RecordErrorKind::UnknownSchema, why)),
+        }
+        crate::metrics::schema_cache(
+            a.cache.resolved_len(),
+            a.cache.unknown_len(),
+            a.lookups.as_ref().map_or(0, Lookups::pending),
+        );
+        id
+    }
+
+    /// Resolved and unknown ids held in the registry cache.
+    pub fn cache_sizes(&self) -> (usize, usize) {
+        self.avro
+            .as_ref()
+            .map_or((0, 0), |a| (a.cache.resolved_len(), a.cache.unknown_len()))
     }
 
     /// Why this bundle's spec cannot be fed by the input format, if it cannot: with Avro
@@ -300,75 +368,27 @@ pub fn check_reader(reader: &ReaderSchema, spec: &TrainSpec) -> Option<String> {
 }
 
 impl AvroDecoder {
-    /// The plan for a registry id: cached, else from the registry. `None` when stopped
-    /// while the registry is unreachable.
-    async fn plan_for_id(&self, id: u32) -> Option<Result<Arc<Plan>, RecordError>> {
-        let cached = self
-            .by_id
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&id)
-            .cloned();
+    /// The plan for a registry id, from `[input.schemas]` or the cache; `None` when the
+    /// registry is being asked (the lookup is started here if it is not under way).
+    fn plan_for_id(&mut self, id: u32) -> Option<Result<Arc<Plan>, RecordError>> {
+        let cached = match self.by_id.get(&id) {
+            Some(k) => Cached::Resolved(k.clone()),
+            None => self.cache.get(id),
+        };
         match cached {
-            Some(Known::Plan(p)) => return Some(Ok(p)),
-            Some(Known::Unusable(e)) => return Some(Err(e)),
-            Some(Known::Unknown(e, until)) if Instant::now() < until => return Some(Err(e)),
-            _ => {}
+            Cached::Resolved(Known::Plan(p)) => Some(Ok(p)),
+            Cached::Resolved(Known::Unusable(e)) | Cached::Unknown(e) => Some(Err(e)),
+            Cached::Miss => match &mut self.lookups {
+                None => Some(Err(RecordError::new(
+                    RecordErrorKind::UnknownSchema,
+                    format!("schema id {id} is not in [input.schemas] and no registry_url is set"),
+                ))),
+                Some(lookups) => {
+                    lookups.ask(id);
+                    None
+                }
+            },
         }
-        let Some(registry) = &self.registry else {
-            return Some(Err(RecordError::new(
-                RecordErrorKind::UnknownSchema,
-                format!("schema id {id} is not in [input.schemas] and no registry_url is set"),
-            )));
-        };
-        let mut pause = Duration::from_millis(200);
-        let k = loop {
-            match registry.schema_by_id(id).await {
-                Fetch::Found(text) => match avro::parse_schema(&text) {
-                    Ok(writer) => {
-                        let k = known(&writer, &self.reader, &format!("writer schema id {id}"));
-                        tracing::info!(
-                            id,
-                            registry = registry.url(),
-                            usable = matches!(k, Known::Plan(_)),
-                            "writer schema fetched from the registry"
-                        );
-                        break k;
-                    }
-                    Err(e) => {
-                        break Known::Unusable(RecordError::new(
-                            RecordErrorKind::UnknownSchema,
-                            format!(
-                                "schema id {id} from {} is not an Avro schema: {e}",
-                                registry.url()
-                            ),
-                        ))
-                    }
-                },
-                Fetch::NotFound(why) => {
-                    break Known::Unknown(
-                        RecordError::new(RecordErrorKind::UnknownSchema, why),
-                        Instant::now() + UNKNOWN_ID_TTL,
-                    )
-                }
-                Fetch::Unavailable(why) => {
-                    tracing::warn!(id, error = %why, retry_in = ?pause, "schema registry unavailable: waiting, not dead-lettering");
-                    tokio::select! {
-                        _ = self.stop.cancelled() => return None,
-                        _ = tokio::time::sleep(pause) => {}
-                    }
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
-        self.by_id
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(id, k.clone());
-        Some(match k {
-            Known::Plan(p) => Ok(p),
-            Known::Unusable(e) | Known::Unknown(e, _) => Err(e),
-        })
     }
 }
 

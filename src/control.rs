@@ -13,6 +13,10 @@
 //! Admission, assembly, validation and versions form the Kafka-free [`state::ControlState`];
 //! the reader only feeds it records, and logs and counts what it decides.
 //!
+//! With a chunks topic beside the control topic, chunks live there and each manifest says at
+//! which offsets; a restart reads the control topic's manifests and commands, asks
+//! [`replay::ReplayPlan`] which publishes it can still hold, and fetches only their chunks.
+//!
 //! The consumer loop decodes each record with the bundle active when it read it, and the
 //! record's job carries that bundle to its partition actor, which scores with it and stamps
 //! its version. So a swap takes effect at one record boundary, every prediction carries the
@@ -24,6 +28,7 @@ pub mod message;
 pub mod publish;
 pub mod reader;
 pub mod rejection;
+pub mod replay;
 pub mod signing;
 pub mod state;
 pub mod validate;

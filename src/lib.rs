@@ -39,6 +39,7 @@
 //! | [`kafka`] | consumer, producer, offset tracking |
 //! | [`router`], [`partition`] | the partition actors: stores spread over one per core by id, each store in order |
 //! | [`backpressure`] | parked work and paused Kafka partitions when a queue is full |
+//! | [`awaiting`] | records set aside while the schema registry is asked for their writer schema (bounded) |
 //! | [`watchdog`] | the stall watchdog: work waiting, nothing acknowledged |
 //! | [`serve`] | the daemon: wiring, commits, shutdown |
 //! | [`metrics`] | every metric name, described once, and the in-process tally |
@@ -50,6 +51,7 @@
 //! | [`local`] | Kafka helpers for the demo, the benchmark and the tests |
 //! | [`error`] | the error types |
 
+pub mod awaiting;
 pub mod backpressure;
 pub mod bench;
 pub mod bench_train;

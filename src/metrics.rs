@@ -73,6 +73,13 @@ pub const RECORDS_REPEATED: &str = "manymodel_records_repeated_total";
 /// Input records librdkafka could not decode (a corrupt or unsupported batch), by Kafka
 /// partition of the input topic.
 pub const UNDECODABLE_BATCHES: &str = "manymodel_undecodable_batches_total";
+/// Writer schemas held in the registry cache, by `kind`: `resolved` or `unknown` (ids the
+/// registry does not have). Both are bounded.
+pub const SCHEMA_CACHE_ENTRIES: &str = "manymodel_schema_cache_entries";
+/// Writer schema ids being asked of the registry or queued to be.
+pub const SCHEMA_LOOKUPS: &str = "manymodel_schema_lookups_pending";
+/// Records waiting aside for their writer schema from the registry.
+pub const AWAITING_SCHEMA: &str = "manymodel_records_awaiting_schema";
 /// Event timestamp to prediction acknowledged.
 pub const END_TO_END_LATENCY: &str = "manymodel_end_to_end_latency_seconds";
 
@@ -104,6 +111,21 @@ pub fn describe() {
         "Predictions or dead letters the broker did not acknowledge."
     );
     describe_counter!(OFFSET_COMMITS, Unit::Count, "Offset commits, by result.");
+    describe_gauge!(
+        SCHEMA_CACHE_ENTRIES,
+        Unit::Count,
+        "Writer schemas held in the registry cache, by kind (resolved or unknown); both bounded."
+    );
+    describe_gauge!(
+        SCHEMA_LOOKUPS,
+        Unit::Count,
+        "Writer schema ids being asked of the registry or queued to be."
+    );
+    describe_gauge!(
+        AWAITING_SCHEMA,
+        Unit::Count,
+        "Records waiting aside for their writer schema from the registry."
+    );
     describe_gauge!(
         ASSIGNED_PARTITIONS,
         Unit::Count,
@@ -255,6 +277,18 @@ pub fn install_with_upkeep(every: std::time::Duration) -> Result<PrometheusHandl
     counter!(RECORDS_REPEATED).increment(0);
     counter!(UNDECODABLE_BATCHES).increment(0);
     Ok(handle)
+}
+
+/// Records the registry cache's sizes and the lookups pending.
+pub fn schema_cache(resolved: usize, unknown: usize, lookups: usize) {
+    gauge!(SCHEMA_CACHE_ENTRIES, "kind" => "resolved").set(resolved as f64);
+    gauge!(SCHEMA_CACHE_ENTRIES, "kind" => "unknown").set(unknown as f64);
+    gauge!(SCHEMA_LOOKUPS).set(lookups as f64);
+}
+
+/// Records how many records wait for their writer schema.
+pub fn awaiting_schema(n: usize) {
+    gauge!(AWAITING_SCHEMA).set(n as f64);
 }
 
 /// Records the consumer loop's pause for a bundle swap.

@@ -41,15 +41,16 @@ use tokio_util::sync::CancellationToken;
 
 use rdkafka::message::OwnedHeaders;
 
+use crate::awaiting::{AwaitingSchema, Waiting};
 use crate::backpressure::{Backpressure, Work};
-use crate::codec::{Decoder, PredictionEncoder};
+use crate::codec::{Decoded, Decoder, PredictionEncoder};
 use crate::config::{Processing, ServeConfig};
 use crate::control::reader::{ControlOptions, LocalBundle};
 use crate::control::signing::TrustedKeys;
 use crate::control::ActiveBundle;
 use crate::error::{Error, RecordError, RecordErrorKind, Result};
 use crate::kafka::consumer::{self, InputConsumer};
-use crate::kafka::offsets::{Admission, OffsetTracker};
+use crate::kafka::offsets::{Ack, Admission, OffsetTracker};
 use crate::kafka::producer::{producer_config, Delivery, Output, OutputProducer, OwnedRecord};
 use crate::kafka::transaction::{Outcome, Transactions};
 use crate::metrics::PipelineStats;
@@ -167,6 +168,7 @@ pub async fn run(
         router,
         mode,
         decoder,
+        awaiting: AwaitingSchema::default(),
         flow: Backpressure::new(&k.input_topic, config.pipeline.max_in_flight),
         watchdog: StallWatchdog::new(Duration::from_secs(config.pipeline.stall_timeout_secs)),
         transactions,
@@ -318,6 +320,8 @@ struct Reader<'a> {
     mode: Mode,
     /// Turns record bytes into events (`[input]`), built once.
     decoder: Decoder,
+    /// Records set aside while the registry is asked for their writer schema.
+    awaiting: AwaitingSchema,
     /// Parked work and paused Kafka partitions.
     flow: Backpressure,
     /// Looks for work waiting with nothing acknowledged.
@@ -368,7 +372,10 @@ impl Reader<'_> {
                 _ = transaction.tick(), if self.transactions.is_some() => {
                     self.cut_transaction(consumer, shutdown).await?;
                 }
-                message = consumer.recv() => match message {
+                id = self.decoder.resolved(), if self.decoder.looking_up() => {
+                    self.release(consumer, id);
+                }
+                message = consumer.recv(), if !self.awaiting.is_full() => match message {
                     Ok(m) => self.handle(consumer, &m).await,
                     Err(e) => {
                         if consumer::is_undecodable(&e) {
@@ -396,6 +403,7 @@ impl Reader<'_> {
             self.producer.in_flight(),
         );
         crate::metrics::in_flight(in_flight);
+        crate::metrics::awaiting_schema(self.awaiting.len());
         let waiting = in_flight > 0 || self.flow.parked() > 0 || health.lag() > 0;
         let (tracker, flow, router, producer) =
             (self.tracker, &self.flow, &self.router, self.producer);
@@ -466,8 +474,16 @@ impl Reader<'_> {
         if !std::mem::take(&mut self.read_since_commit) {
             return Ok(());
         }
-        self.flow.drain(&mut self.router, self.producer).await;
         let deadline = Instant::now() + TRANSACTION_DRAIN;
+        // Records waiting for their writer schema belong to this transaction too.
+        while !self.awaiting.is_empty() && Instant::now() < deadline {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+                id = self.decoder.resolved(), if self.decoder.looking_up() => self.release(consumer, id),
+            }
+        }
+        self.flow.drain(&mut self.router, self.producer).await;
         while self.tracker.in_flight() > 0 && Instant::now() < deadline {
             if shutdown.is_cancelled() {
                 return Ok(()); // the shutdown path commits
@@ -514,6 +530,7 @@ impl Reader<'_> {
     fn forget(&mut self) {
         self.tracker.reset();
         self.flow.clear();
+        self.awaiting.clear();
     }
 
     /// Exactly-once, after an abort and [`Reader::forget`]: every owned Kafka partition
@@ -602,6 +619,21 @@ impl Reader<'_> {
             self.produce(consumer, &topic, m.key(), payload, None, delivery);
             return;
         }
+        self.route(consumer, m.key(), payload, ack, timestamp_ms);
+    }
+
+    /// Decodes a record read (or taken back from waiting for its writer schema) and hands it
+    /// on; `ack` is the claim on its offset.
+    fn route(
+        &mut self,
+        consumer: &InputConsumer,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        ack: Ack,
+        timestamp_ms: Option<i64>,
+    ) {
+        let kafka_partition = ack.partition();
+        let k = &self.config.kafka;
         let bytes = payload.unwrap_or_default();
         let decoded = if bytes.len() > self.config.pipeline.max_record_bytes {
             Err(RecordError::new(
@@ -613,16 +645,24 @@ impl Reader<'_> {
                 ),
             ))
         } else {
-            let decoded = self
-                .decoder
-                .decode(
-                    bytes,
-                    &self.bundle.spec.partition_column,
-                    self.bundle.encoder(),
-                )
-                .await;
-            // Stopped while the schema registry was unreachable: the offset stays unfinished.
-            let Some(decoded) = decoded else { return };
+            let decoded = self.decoder.decode(
+                bytes,
+                &self.bundle.spec.partition_column,
+                self.bundle.encoder(),
+            );
+            let decoded = match decoded {
+                Decoded::Done(d) => d,
+                Decoded::Awaiting(id) => {
+                    let waiting = Waiting {
+                        key: key.map(<[u8]>::to_vec),
+                        payload: bytes.to_vec(),
+                        ack,
+                        timestamp_ms,
+                    };
+                    self.awaiting.push(id, waiting);
+                    return;
+                }
+            };
             decoded.and_then(|event| {
                 let max_key = self.config.pipeline.max_key_bytes;
                 if event.partition.len() > max_key {
@@ -656,19 +696,20 @@ impl Reader<'_> {
             }),
             Err(error) => {
                 tracing::debug!(
-                    topic = m.topic(),
-                    kafka_partition,
-                    offset = m.offset(),
+                    topic = %k.input_topic,
+                    kafka_partition = ack.partition(),
+                    offset = ack.offset(),
                     %error,
                     "dead-lettering record"
                 );
-                let headers = OutputProducer::dead_letter_headers(m.topic(), &error, &ack);
+                let headers = OutputProducer::dead_letter_headers(&k.input_topic, &error, &ack);
                 let delivery = Delivery::new(ack, Output::DeadLetter(error.kind), None);
                 let topic = k.dlq_topic.clone();
-                self.produce(consumer, &topic, m.key(), payload, Some(headers), delivery);
+                self.produce(consumer, &topic, key, payload, Some(headers), delivery);
                 return;
             }
         };
+
         let changed = self
             .flow
             .dispatch(kafka_partition, work, &mut self.router, self.producer);
@@ -678,6 +719,23 @@ impl Reader<'_> {
         {
             self.flow.sync(consumer, self.tracker);
         }
+    }
+
+    /// Decodes again, in read order, the records that waited for writer schema `id`.
+    fn release(&mut self, consumer: &InputConsumer, id: u32) {
+        for waiting in self.awaiting.take(id) {
+            let Waiting {
+                key,
+                payload,
+                ack,
+                timestamp_ms,
+            } = waiting;
+            if ack.is_revoked() {
+                continue; // another instance reads it now
+            }
+            self.route(consumer, key.as_deref(), Some(&payload), ack, timestamp_ms);
+        }
+        crate::metrics::awaiting_schema(self.awaiting.len());
     }
 
     /// Sends a record read from Kafka straight to the producer (a dead letter or a

@@ -409,6 +409,128 @@ async fn a_registry_outage_holds_records_back_instead_of_dead_lettering_them() {
     assert!(d.terminate().success());
 }
 
+/// The daemon's resident memory in KiB, from `/proc`.
+fn rss_kib(d: &Daemon) -> u64 {
+    std::fs::read_to_string(format!("/proc/{}/status", d.child.id()))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The bound on ids the registry does not have that the daemon keeps (`schema_cache.rs`).
+const MAX_UNKNOWN_IDS: f64 = 10_000.0;
+/// The bound on records set aside for their writer schema (`awaiting.rs`).
+const MAX_AWAITING: f64 = 4096.0;
+/// The bound on the daemon's resident memory through the flood, in KiB.
+const MAX_RSS_KIB: u64 = 256 * 1024;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hundred_thousand_distinct_unknown_schema_ids_are_dead_lettered_in_bounded_memory_while_good_records_are_scored(
+) {
+    let reg = registry(HashMap::from([(1, SALES_EVENT_AVSC)]));
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[input]\nformat = \"avro\"\nregistry_url = \"{}\"\n",
+        reg.url
+    );
+    let (d, [input, output, dlq]) = daemon("random-ids", &extra, dir.path());
+    let good = &data().events;
+    const BAD: usize = 100_000;
+    let every = BAD / good.len();
+    // Distinct random ids, none of them 1 (xorshift: reproducible, no two alike in a run).
+    let mut seen = std::collections::HashSet::from([1u32]);
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut records = Vec::with_capacity(BAD + good.len());
+    let mut g = good.iter();
+    for i in 0..BAD {
+        let id = loop {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let id = x as u32;
+            if seen.insert(id) {
+                break id;
+            }
+        };
+        records.push(confluent(id, SALES_EVENT_AVSC, &good[i % good.len()]));
+        if i % every == every / 2 {
+            if let Some(e) = g.next() {
+                records.push(confluent(1, SALES_EVENT_AVSC, e));
+            }
+        }
+    }
+    for e in g {
+        records.push(confluent(1, SALES_EVENT_AVSC, e));
+    }
+    let (brokers, topic) = (Broker::shared().brokers(), input.clone());
+    tokio::task::spawn_blocking(move || {
+        local::produce(&brokers, &topic, &records, |_| Some(b"S001".to_vec()), None).unwrap()
+    })
+    .await
+    .unwrap();
+
+    let addr = d.metrics_addr();
+    let dead = "manymodel_events_dead_lettered_total{reason=\"unknown_schema\"}";
+    let (mut peak_unknown, mut peak_awaiting, mut peak_rss) = (0.0f64, 0.0f64, 0u64);
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    loop {
+        let (_, body) = common::http_get(&addr, "/metrics");
+        let unknown = common::metric_sum(&body, "manymodel_schema_cache_entries{kind=\"unknown\"}");
+        peak_unknown = peak_unknown.max(unknown);
+        peak_awaiting = peak_awaiting.max(common::metric_sum(
+            &body,
+            "manymodel_records_awaiting_schema",
+        ));
+        peak_rss = peak_rss.max(rss_kib(&d));
+        if common::metric_sum(&body, dead) >= BAD as f64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {BAD} dead-lettered; {}",
+            common::metric_sum(&body, dead),
+            d.log_text()
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let scored = local::read(
+        &Broker::shared().brokers(),
+        &output,
+        good.len(),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    assert_eq!(scored.len(), good.len(), "every good record is scored");
+    let sample = local::read(
+        &Broker::shared().brokers(),
+        &dlq,
+        10,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap();
+    assert!(sample
+        .iter()
+        .all(|r| r.headers["error-kind"] == "unknown_schema"));
+    eprintln!(
+        "{BAD} distinct unknown ids: peak unknown-id cache {peak_unknown}, peak records awaiting {peak_awaiting}, peak RSS {} MiB, registry asked {} times",
+        peak_rss / 1024,
+        reg.asked.load(Ordering::SeqCst)
+    );
+    assert!(peak_unknown <= MAX_UNKNOWN_IDS, "{peak_unknown}");
+    assert!(peak_awaiting <= MAX_AWAITING, "{peak_awaiting}");
+    assert!(peak_rss <= MAX_RSS_KIB, "{peak_rss} KiB");
+    assert!(d.terminate().success());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn single_object_records_of_two_writers_from_a_local_table_score_like_their_json_twins() {
     let dir = tempfile::tempdir().unwrap();

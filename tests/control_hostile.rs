@@ -4,9 +4,18 @@
 //! the bundle a trusted key signed.
 //!
 //! `PROPTEST_CASES` sets how many generated sequences run (default 256).
+//!
+//! The same records written to a real control topic (Apache Kafka) against a running daemon:
+//! it stays ready, scores with its signed bundle, counts each rejection by reason, stays within
+//! a stated memory bound, and a restart that replays the topic comes up on the same bundle.
 
+mod common;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use common::{http_get, metric_sum, run_ok, Broker, Daemon, ServeConfigFile};
 
 use manymodel::codec::FormatCheck;
 use manymodel::control::admission::Admission;
@@ -390,4 +399,251 @@ proptest! {
 thread_local! {
     /// Made once per test thread: key generation and encoding are not what is tested.
     static GENUINE: Genuine = genuine();
+}
+
+/// Bytes of chunks the attack writes: 20 publishes of 40 MiB that never send a manifest,
+/// twelve times `max_bundle_bytes`.
+const FLOOD_BYTES: usize = 800 << 20;
+/// `max_bundle_bytes` of the daemon under attack.
+const DAEMON_MAX_BUNDLE: usize = 64 << 20;
+/// The daemon's resident memory may not pass this while attacked: a small bundle, the
+/// pending-chunk budget (`max_bundle_bytes` + 1/16 + 64 KiB) and librdkafka's fetch queue.
+const MAX_RSS_MIB: u64 = 512;
+
+fn path_str(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Waits until `/readyz` names `version`.
+fn wait_ready_on(daemon: &Daemon, version: &str, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (code, body) = http_get(&daemon.metrics_addr(), "/readyz");
+        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+        if code == 200 && v["bundle_version"] == version {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not ready on {version}: {code} {body}\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Events scored by the daemon, all by `version`.
+async fn scores_with(brokers: &str, dir: &Path, output: &str, version: &str, n: usize) {
+    let events: Vec<Vec<u8>> = std::fs::read_to_string(dir.join("events.jsonl"))
+        .expect("events")
+        .lines()
+        .take(n)
+        .map(|l| l.as_bytes().to_vec())
+        .collect();
+    manymodel::local::produce_events(brokers, "in", Arc::new(events), None)
+        .await
+        .expect("events produced");
+    let out = manymodel::local::read(brokers, output, n, Duration::from_secs(60))
+        .await
+        .expect("predictions");
+    assert_eq!(out.len(), n);
+    assert!(out
+        .iter()
+        .all(|r| r.headers.get("model-version").map(String::as_str) == Some(version)));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_daemon_attacked_on_its_control_topic_keeps_serving_its_signed_bundle_in_bounded_memory()
+{
+    use rdkafka::config::ClientConfig;
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+    let broker = Broker::start();
+    let brokers = broker.brokers();
+    for (t, n) in [
+        ("in", 1),
+        ("out", 1),
+        ("out-2", 1),
+        ("dlq", 1),
+        ("control", 1),
+    ] {
+        broker.create_topic(t, n);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    run_ok(&[
+        "generate",
+        "--stores",
+        "5",
+        "--days",
+        "14",
+        "--events",
+        "100",
+        "--out",
+        path_str(d),
+    ]);
+    let bundle = d.join("v1.avro");
+    run_ok(&[
+        "train",
+        "--spec",
+        path_str(&d.join("train.toml")),
+        "--input",
+        path_str(&d.join("history.csv")),
+        "--output",
+        path_str(&bundle),
+        "--version",
+        "v1",
+    ]);
+    let key = d.join("release.key");
+    run_ok(&["keygen", "--out", path_str(&key)]);
+    run_ok(&[
+        "publish",
+        "--bundle",
+        path_str(&bundle),
+        "--brokers",
+        &brokers,
+        "--control-topic",
+        "control",
+        "--signing-key",
+        path_str(&key),
+    ]);
+    let config = |output: &str| {
+        ServeConfigFile::new(&brokers, output)
+            .topics("in", output, "dlq")
+            .kafka(r#"control_topic = "control""#)
+            .model(&format!("trusted_keys = [\"{}.pub\"]", key.display()))
+            .model(&format!("max_bundle_bytes = {DAEMON_MAX_BUNDLE}"))
+            .write(d, output)
+    };
+    let daemon = Daemon::start(&config("out"));
+    wait_ready_on(&daemon, "v1", Duration::from_secs(60));
+    daemon.wait_assigned();
+    let (baseline_kib, _) = common::chaos::memory_kib(daemon.child.id());
+
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .set("message.max.bytes", "2000000")
+        .set("linger.ms", "20")
+        .create()
+        .expect("producer");
+    let send = |payload: &[u8], headers: Option<OwnedHeaders>| {
+        let mut record = BaseRecord::<[u8], [u8]>::to("control")
+            .partition(0)
+            .payload(payload);
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        let mut record = record;
+        loop {
+            match producer.send(record) {
+                Ok(()) => return,
+                Err((_, r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(20));
+                }
+            }
+        }
+    };
+    let sha = "00".repeat(32);
+    let manifest = |claims: &str| {
+        format!(
+            r#"{{"kind":"manifest","publish_id":"evil","version":"evil","sha256":"{sha}",{claims}}}"#
+        )
+    };
+    // Four billion chunks for ten bytes, and 2^62 bytes: unsigned, refused before anything.
+    send(
+        manifest(r#""size":10,"chunks":4294967295"#).as_bytes(),
+        None,
+    );
+    send(
+        manifest(r#""size":4611686018427387904,"chunks":1"#).as_bytes(),
+        None,
+    );
+    // A negative and an absent chunk count, and garbage: not control records at all.
+    send(manifest(r#""size":10,"chunks":-1"#).as_bytes(), None);
+    send(manifest(r#""size":10"#).as_bytes(), None);
+    send(b"\xff\xfe garbage {", None);
+    // 20 publishes of chunks that never send a manifest.
+    let chunk = vec![0x5a_u8; 512 * 1024];
+    let per_publish = FLOOD_BYTES / 20 / chunk.len();
+    let started = Instant::now();
+    let mut peak_kib = 0;
+    for p in 0..20 {
+        let id = format!("flood-{p}");
+        for i in 0..per_publish {
+            let index = i.to_string();
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: KIND_HEADER,
+                    value: Some("chunk"),
+                })
+                .insert(Header {
+                    key: PUBLISH_HEADER,
+                    value: Some(id.as_str()),
+                })
+                .insert(Header {
+                    key: CHUNK_HEADER,
+                    value: Some(index.as_str()),
+                });
+            send(&chunk, Some(headers));
+        }
+        producer.flush(Duration::from_secs(60)).expect("flushed");
+        peak_kib = peak_kib.max(common::chaos::memory_kib(daemon.child.id()).0);
+    }
+    // Let the daemon read to the end of the flood, watching its memory.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        peak_kib = peak_kib.max(common::chaos::memory_kib(daemon.child.id()).0);
+        let m = http_get(&daemon.metrics_addr(), "/metrics").1;
+        let counted = |reason: &str| {
+            metric_sum(
+                &m,
+                &format!("manymodel_bundle_rejections_total{{reason=\"{reason}\"}}"),
+            )
+        };
+        if counted("unsigned") >= 2.0
+            && counted("garbage") >= 3.0
+            && daemon
+                .log_text()
+                .matches("dropped the chunks of an unfinished publish")
+                .count()
+                >= 16
+        {
+            assert_eq!(counted("unsigned"), 2.0, "{m}");
+            assert_eq!(counted("garbage"), 3.0, "{m}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{m}\n{}", daemon.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let (_, hwm_kib) = common::chaos::memory_kib(daemon.child.id());
+    eprintln!(
+        "{} MiB of orphan chunks and 5 hostile records written in {:.1}s; daemon RSS {} MiB before, peak {} MiB (VmHWM {} MiB)",
+        FLOOD_BYTES >> 20,
+        started.elapsed().as_secs_f64(),
+        baseline_kib / 1024,
+        peak_kib / 1024,
+        hwm_kib / 1024
+    );
+    assert!(hwm_kib / 1024 <= MAX_RSS_MIB, "VmHWM {hwm_kib} KiB");
+    let (code, _) = http_get(&daemon.metrics_addr(), "/readyz");
+    assert_eq!(code, 200);
+    scores_with(&brokers, d, "out", "v1", 50).await;
+    assert!(daemon.terminate().success());
+
+    // A restart replays every record above and comes up on the same signed bundle.
+    let started = Instant::now();
+    let daemon = Daemon::start(&config("out-2"));
+    wait_ready_on(&daemon, "v1", Duration::from_secs(180));
+    let (_, hwm_kib) = common::chaos::memory_kib(daemon.child.id());
+    eprintln!(
+        "restart replaying the attacked topic: ready on v1 in {:.1}s, VmHWM {} MiB",
+        started.elapsed().as_secs_f64(),
+        hwm_kib / 1024
+    );
+    assert!(hwm_kib / 1024 <= MAX_RSS_MIB, "VmHWM {hwm_kib} KiB");
+    daemon.wait_assigned();
+    scores_with(&brokers, d, "out-2", "v1", 50).await;
+    assert!(daemon.terminate().success());
 }

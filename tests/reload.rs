@@ -127,6 +127,7 @@ fn publish_damaged(
         signer: Some(signer.public_hex()),
         activate: true,
         published_at_ms: 0,
+        chunks_at: None,
     };
     damage(&mut chunks);
     let producer: BaseProducer = ClientConfig::new()
@@ -656,4 +657,249 @@ async fn a_bundle_of_100000_partitions_publishes_and_swaps_in() {
         pause * 1e6
     );
     assert!(daemon.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollback_made_while_an_instance_was_down_wins_over_its_newer_local_bundle() {
+    let broker = Broker::start();
+    let brokers = broker.brokers();
+    for (t, n) in [("in", 1), ("out", 1), ("dlq", 1), ("control", 1)] {
+        broker.create_topic(t, n);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    generate(d, 5, 50);
+    let v1 = train(d, 2_000, "v1", None);
+    let v2 = train(d, 3_000, "v2", None);
+    publish(&brokers, &v1, None);
+    publish(&brokers, &v2, None);
+    // The operator rolls back while this instance is down; its local file is the newer v2.
+    run_ok(&[
+        "control",
+        "rollback",
+        "--brokers",
+        &brokers,
+        "--control-topic",
+        "control",
+    ]);
+    let config = control_config(d, "down", &brokers, "out", Some(&v2), None);
+    let daemon = Daemon::start(&config);
+    wait_active(&daemon, "v1");
+    std::thread::sleep(Duration::from_secs(2));
+    wait_active(&daemon, "v1");
+    assert!(
+        !daemon.log_text().contains("version=v2 \"activating\""),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(daemon.terminate().success());
+
+    // A topic that activated nothing is bootstrapped by the local file.
+    broker.create_topic("control-empty", 1);
+    let config = ServeConfigFile::new(&brokers, "empty")
+        .topics("in", "out", "dlq")
+        .kafka(r#"control_topic = "control-empty""#)
+        .bundle(&v2)
+        .write(d, "empty");
+    let daemon = Daemon::start(&config);
+    wait_active(&daemon, "v2");
+    assert!(daemon.terminate().success());
+}
+
+/// The number after `field=` in the daemon's "control topic read" line.
+fn replay_field(daemon: &Daemon, field: &str) -> Option<usize> {
+    daemon
+        .log_text()
+        .lines()
+        .rev()
+        .find(|l| l.contains("control topic read"))
+        .and_then(|l| l.split(&format!("{field}=")).nth(1))
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|s| s.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
+    let broker = Broker::start();
+    let brokers = broker.brokers();
+    for (t, n) in [
+        ("in", 1),
+        ("out", 1),
+        ("dlq", 1),
+        ("control", 1),
+        ("control-chunks", 1),
+    ] {
+        broker.create_topic(t, n);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    generate(d, 5, 50);
+    let versions: Vec<PathBuf> = (1..=5)
+        .map(|i| train(d, 1_500 + 300 * i, &format!("v{i}"), None))
+        .collect();
+    for v in &versions {
+        publish(&brokers, v, None);
+    }
+    let config = ServeConfigFile::new(&brokers, "held")
+        .topics("in", "out", "dlq")
+        .kafka(r#"control_topic = "control""#)
+        .model("keep_versions = 2")
+        .write(d, "held");
+    let daemon = Daemon::start(&config);
+    wait_active(&daemon, "v5");
+    assert_eq!(
+        replay_field(&daemon, "records"),
+        Some(5),
+        "5 manifests, no chunks"
+    );
+    assert_eq!(replay_field(&daemon, "chunks_passed_over"), Some(0));
+    assert_eq!(
+        replay_field(&daemon, "publishes_fetched"),
+        Some(2),
+        "{}",
+        daemon.log_text()
+    );
+    // Scores with v5, and a rollback reaches v4, which it holds.
+    daemon.wait_assigned();
+    local::produce_events(&brokers, "in", std::sync::Arc::new(events(d)), None)
+        .await
+        .expect("events");
+    let records = local::read(&brokers, "out", 50, Duration::from_secs(60))
+        .await
+        .expect("predictions");
+    assert_eq!(records.len(), 50);
+    assert!(records
+        .iter()
+        .all(|r| r.headers.get("model-version").map(String::as_str) == Some("v5")));
+    run_ok(&[
+        "control",
+        "rollback",
+        "--brokers",
+        &brokers,
+        "--control-topic",
+        "control",
+    ]);
+    wait_active(&daemon, "v4");
+    assert!(daemon.terminate().success());
+
+    // Restarted: the same version, from v3 (the rollback target), v4 and v5 only.
+    let daemon = Daemon::start(&config);
+    wait_active(&daemon, "v4");
+    assert_eq!(replay_field(&daemon, "publishes_fetched"), Some(3));
+    let metrics = http_get(&daemon.metrics_addr(), "/metrics").1;
+    assert_eq!(
+        metric_sum(&metrics, "manymodel_bundle_rejections_total"),
+        0.0,
+        "{metrics}"
+    );
+    assert!(daemon.terminate().success());
+}
+
+/// Seconds from start until the daemon reports `version` ready.
+fn time_to_ready(config: &Path, version: &str) -> f64 {
+    let started = Instant::now();
+    let daemon = Daemon::start(config);
+    wait_active(&daemon, version);
+    let took = started.elapsed().as_secs_f64();
+    assert!(daemon.terminate().success());
+    took
+}
+
+/// Prints the time to ready of a restart against control topics holding 1 and 100 publishes
+/// of a 100,000-store bundle. Ignored by default (it publishes 2.6 GB):
+/// `cargo test --release --test reload restart_time -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn restart_time_does_not_grow_with_the_publishes_on_the_control_topic() {
+    let broker = Broker::start();
+    let brokers = broker.brokers();
+    for (t, n) in [
+        ("in", 1),
+        ("out", 1),
+        ("dlq", 1),
+        ("one", 1),
+        ("one-chunks", 1),
+        ("hundred", 1),
+        ("hundred-chunks", 1),
+    ] {
+        broker.create_topic(t, n);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    generate(d, 5, 100);
+    let small = Bundle::read(&train(d, 3_000, "small", None)).expect("small bundle");
+    let stores = 100_000;
+    let partitions: Vec<_> = (0..stores)
+        .map(|i| {
+            let mut m = small.partitions[i % small.partitions.len()].clone();
+            m.partition = format!("Z{i:06}");
+            if let Model::Linear(l) = &mut m.model {
+                l.intercept += i as f64;
+                for (j, c) in l.coefficients.iter_mut().enumerate() {
+                    *c += ((i * 7919 + j * 104_729) % 10_007) as f64 * 1e-4;
+                }
+            }
+            m
+        })
+        .collect();
+    let write = |version: &str, n: i64| {
+        let b = Bundle::new(
+            version.into(),
+            None,
+            small.created_at_ms + n,
+            small.spec.clone(),
+            small.rows_used,
+            0,
+            small.fallback.clone(),
+            partitions.clone(),
+        )
+        .expect("bundle");
+        let path = d.join("big.avro");
+        b.write(&path).expect("written");
+        path
+    };
+    let publish_to = |topic: &str, path: &Path| {
+        run_ok(&[
+            "publish",
+            "--bundle",
+            s(path),
+            "--brokers",
+            &brokers,
+            "--control-topic",
+            topic,
+        ])
+    };
+    let started = Instant::now();
+    publish_to("one", &write("big-1", 1));
+    for i in 1..=100 {
+        publish_to("hundred", &write(&format!("big-{i}"), i));
+    }
+    eprintln!(
+        "101 publishes of {} bytes in {:.0}s",
+        std::fs::metadata(d.join("big.avro")).expect("size").len(),
+        started.elapsed().as_secs_f64()
+    );
+    let config = |topic: &str, keep: usize| {
+        let name = format!("{topic}-{keep}");
+        ServeConfigFile::new(&brokers, &name)
+            .topics("in", "out", "dlq")
+            .kafka(&format!("control_topic = \"{topic}\""))
+            .model(&format!("keep_versions = {keep}"))
+            .write(d, &name)
+    };
+    // The active version and the one a rollback returns to are read (keep_versions = 2), or
+    // the 8 newest (the default).
+    let (one, hundred, hundred_8) = (config("one", 2), config("hundred", 2), config("hundred", 8));
+    // Twice each, the second from a warm page cache.
+    let (mut t1, mut t100, mut t100_8) = ([0.0; 2], [0.0; 2], [0.0; 2]);
+    for i in 0..2 {
+        t1[i] = time_to_ready(&one, "big-1");
+        t100[i] = time_to_ready(&hundred, "big-100");
+        t100_8[i] = time_to_ready(&hundred_8, "big-100");
+    }
+    eprintln!(
+        "time to ready of a 100,000-store bundle (cold / warm): 1 publish {:.2}s / {:.2}s; 100 publishes, keep_versions = 2: {:.2}s / {:.2}s; keep_versions = 8: {:.2}s / {:.2}s",
+        t1[0], t1[1], t100[0], t100[1], t100_8[0], t100_8[1]
+    );
+    assert!(t100[1] <= 2.0 * t1[1], "{t100:?} vs {t1:?}");
 }

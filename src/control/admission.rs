@@ -29,6 +29,11 @@ pub struct Admission {
     pub trusted: TrustedKeys,
 }
 
+/// Records a chunk range may hold per chunk of its own publish.
+const MAX_RANGE_PER_CHUNK: i64 = 4;
+/// Records a chunk range may hold beyond that.
+const MAX_RANGE_SLACK: i64 = 1024;
+
 impl Admission {
     /// Checks a manifest's claims and its signature; returns the digest it claims.
     ///
@@ -88,6 +93,29 @@ impl Admission {
                     m.chunks, m.size
                 ),
             ));
+        }
+        if let Some(at) = &m.chunks_at {
+            name("chunks topic", &at.topic)?;
+            // Publishes running at once interleave their chunks; a range much longer than the
+            // chunk count would only make the reader fetch records for nothing.
+            let span = at.last_offset.checked_sub(at.first_offset).map(|d| d + 1);
+            let most = i64::from(m.chunks) * MAX_RANGE_PER_CHUNK + MAX_RANGE_SLACK;
+            if at.first_offset < 0
+                || at.partition < 0
+                || span.is_none_or(|s| s < i64::from(m.chunks) || s > most)
+            {
+                return Err(Rejection::new(
+                    Reason::Implausible,
+                    format!(
+                        "chunks at offsets {}..={} of {}/{} cannot be {} chunks",
+                        at.first_offset,
+                        at.last_offset,
+                        clipped(&at.topic, 80),
+                        at.partition,
+                        m.chunks
+                    ),
+                ));
+            }
         }
         Ok(digest)
     }
@@ -161,6 +189,7 @@ mod tests {
             signer: None,
             activate: true,
             published_at_ms: 0,
+            chunks_at: None,
         }
     }
 

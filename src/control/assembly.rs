@@ -233,6 +233,7 @@ mod tests {
             signer: None,
             activate: true,
             published_at_ms: 0,
+            chunks_at: None,
         }
     }
 

@@ -11,6 +11,13 @@
 //!  rollback               {"kind":"rollback"}
 //! ```
 //!
+//! When the control topic has a chunks topic beside it (`<control topic>-chunks`), `publish`
+//! writes the chunks there instead, and the manifest says where they are (`chunks_at`: topic,
+//! Kafka partition, first and last offset). The control topic then holds only manifests and
+//! commands, a few hundred bytes per publish, and a restarting daemon reads it whole but
+//! fetches by offset only the chunks of the versions it will hold
+//! ([`crate::control::replay`]).
+//!
 //! The manifest comes last, so when it arrives every chunk it counts has either arrived or is
 //! missing for good: a truncated publish is rejected at once instead of waited for. The publish
 //! id ties a manifest to its own chunks, so a version republished after a crash mid-publish
@@ -56,6 +63,26 @@ pub struct Manifest {
     /// When it was published, epoch milliseconds.
     #[serde(default)]
     pub published_at_ms: i64,
+    /// Where the chunks are, when they are not in the control topic itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks_at: Option<ChunkLocation>,
+}
+
+/// Where a publish's chunks are: a range of offsets of one Kafka partition. The range may
+/// hold records of other publishes too (publishes running at once); only the chunks of the
+/// manifest's publish id count. Not signed: a forged location can only point at bytes whose
+/// SHA-256 does not match, which is refused like any corrupt bundle.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkLocation {
+    /// The chunks topic.
+    pub topic: String,
+    /// Its Kafka partition.
+    pub partition: i32,
+    /// The offset of the first record of the range.
+    pub first_offset: i64,
+    /// The offset of the last record of the range.
+    pub last_offset: i64,
 }
 
 fn yes() -> bool {
@@ -222,6 +249,7 @@ mod tests {
             signer: None,
             activate: true,
             published_at_ms: 0,
+            chunks_at: None,
         };
         assert_eq!(m.digest(), Some([0xab; 32]));
         for bad in [

@@ -1,7 +1,10 @@
 //! The publishing side: `manymodel publish` and `manymodel control activate|rollback`.
 //!
 //! Everything goes to Kafka partition 0 of the control topic through an idempotent producer,
-//! so the daemons read chunks, manifest and commands in the order they were sent.
+//! so the daemons read chunks, manifest and commands in the order they were sent. When a
+//! chunks topic `<control topic>-chunks` exists, the chunks go to its partition 0 instead and
+//! the manifest, sent once they are all acknowledged, says at which offsets they are: the
+//! control topic stays small, and a restart fetches only the chunks it needs.
 
 use std::path::PathBuf;
 use std::sync::Mutex;
@@ -11,7 +14,7 @@ use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer, Prod
 use rdkafka::ClientContext;
 
 use super::assembly::sha256_hex;
-use super::message::{chunk_headers, ControlMessage, Manifest};
+use super::message::{chunk_headers, ChunkLocation, ControlMessage, Manifest};
 use super::signing::BundleSigner;
 use crate::error::{Error, Result};
 use crate::kafka::connection::Connection;
@@ -127,16 +130,37 @@ pub fn publish_bytes(
         signer: signer_hex,
         activate: opts.activate,
         published_at_ms: chrono::Utc::now().timestamp_millis(),
+        chunks_at: None,
     };
+    let mut manifest = manifest;
     let producer = ControlProducer::new(&opts.connection, &opts.control_topic, chunk_bytes)?;
+    let chunks_topic = chunks_topic(&opts.control_topic);
+    let separate = producer.topic_exists(&chunks_topic);
+    let to = if separate {
+        chunks_topic.as_str()
+    } else {
+        opts.control_topic.as_str()
+    };
     for (i, chunk) in chunks.iter().enumerate() {
         producer.send(
-            BaseRecord::to(&opts.control_topic)
+            BaseRecord::to(to)
                 .partition(0)
                 .key(manifest.version.as_bytes())
                 .payload(*chunk)
                 .headers(chunk_headers(&manifest.publish_id, i as u32)),
         )?;
+    }
+    if separate {
+        producer.flush()?;
+        let (first, last) = producer
+            .delivered_range(&chunks_topic)
+            .ok_or_else(|| Error::Kafka(format!("{chunks_topic} acknowledged no chunk offsets")))?;
+        manifest.chunks_at = Some(ChunkLocation {
+            topic: chunks_topic.clone(),
+            partition: 0,
+            first_offset: first,
+            last_offset: last,
+        });
     }
     let text = serde_json::to_vec(&ControlMessage::Manifest(manifest.clone()))
         .map_err(|e| Error::Internal(format!("manifest: {e}")))?;
@@ -170,15 +194,23 @@ pub fn command(
     producer.finish()
 }
 
+/// The chunks topic beside `control_topic`, used when it exists.
+pub fn chunks_topic(control_topic: &str) -> String {
+    format!("{control_topic}-chunks")
+}
+
 fn random_id() -> String {
     let mut id = [0u8; 16];
     rand::Rng::fill(&mut rand::rng(), &mut id);
     hex::encode(id)
 }
 
-/// Remembers the first failed delivery.
+/// Remembers the first failed delivery, and the offsets delivered per topic.
 #[derive(Default)]
-struct FirstError(Mutex<Option<String>>);
+struct FirstError(
+    Mutex<Option<String>>,
+    Mutex<std::collections::HashMap<String, (i64, i64)>>,
+);
 
 impl ClientContext for FirstError {}
 
@@ -186,9 +218,20 @@ impl ProducerContext for FirstError {
     type DeliveryOpaque = ();
 
     fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
-        if let Err((e, _)) = result {
-            if let Ok(mut first) = self.0.lock() {
-                first.get_or_insert_with(|| e.to_string());
+        match result {
+            Err((e, _)) => {
+                if let Ok(mut first) = self.0.lock() {
+                    first.get_or_insert_with(|| e.to_string());
+                }
+            }
+            Ok(m) => {
+                use rdkafka::Message;
+                if let Ok(mut ranges) = self.1.lock() {
+                    let r = ranges
+                        .entry(m.topic().to_owned())
+                        .or_insert((m.offset(), m.offset()));
+                    *r = (r.0.min(m.offset()), r.1.max(m.offset()));
+                }
             }
         }
     }
@@ -242,6 +285,55 @@ impl ControlProducer {
                     )))
                 }
             }
+        }
+    }
+
+    /// True when `topic` exists on the cluster.
+    fn topic_exists(&self, topic: &str) -> bool {
+        self.producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(5))
+            .ok()
+            .and_then(|m| {
+                m.topics()
+                    .iter()
+                    .find(|t| t.name() == topic)
+                    .map(|t| t.error().is_none() && !t.partitions().is_empty())
+            })
+            .unwrap_or(false)
+    }
+
+    /// The lowest and highest offsets delivered to `topic`.
+    fn delivered_range(&self, topic: &str) -> Option<(i64, i64)> {
+        self.producer
+            .context()
+            .1
+            .lock()
+            .ok()
+            .and_then(|r| r.get(topic).copied())
+    }
+
+    /// Waits until everything sent is acknowledged; the first failure, if any.
+    fn flush(&self) -> Result<()> {
+        self.producer.flush(Duration::from_secs(60)).map_err(|e| {
+            Error::Kafka(format!(
+                "flushing to {} on {}: {e}",
+                self.topic, self.brokers
+            ))
+        })?;
+        let first = self
+            .producer
+            .context()
+            .0
+            .lock()
+            .ok()
+            .and_then(|f| f.clone());
+        match first {
+            None => Ok(()),
+            Some(e) => Err(Error::Kafka(format!(
+                "a control record was refused on {}: {e}",
+                self.brokers
+            ))),
         }
     }
 

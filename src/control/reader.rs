@@ -23,12 +23,17 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Admission;
+use super::message::{ChunkLocation, ControlMessage, Manifest, KIND_HEADER, PUBLISH_HEADER};
 use super::rejection::Rejection;
+use super::replay::ReplayPlan;
 use super::signing::TrustedKeys;
 use super::state::{ControlState, Outcome};
 use super::ActiveBundle;
 use crate::kafka::client_log::ClientLog;
 use crate::model::bundle::Bundle;
+
+/// How long a chunk fetch waits for the next record before it gives up.
+const FETCH_PATIENCE: Duration = Duration::from_secs(30);
 
 /// How long to wait between attempts to reach a control topic that is not there yet.
 const RETRY: Duration = Duration::from_secs(2);
@@ -108,6 +113,10 @@ struct ControlReader {
     log: ClientLog,
     /// False while replaying the topic at start-up.
     live: bool,
+    /// Versions the restart plan did not fetch (cleared once live).
+    skipped: HashSet<String>,
+    /// Reads chunks by offset from a chunks topic, made on first use.
+    chunks: Option<BaseConsumer<ControlContext>>,
 }
 
 impl ControlReader {
@@ -122,54 +131,137 @@ impl ControlReader {
             tx,
             log: ClientLog::default(),
             live: false,
+            skipped: HashSet::new(),
+            chunks: None,
         }
     }
 
-    fn run(mut self, local: Option<LocalBundle>, cancel: CancellationToken) {
-        let local_created = local
-            .as_ref()
-            .map(|l| (l.bundle.version.clone(), l.bundle.created_at_ms));
-        if let Some(l) = local {
-            // Serve the local file at once; the control topic may still replace it.
-            match self.state.versions_mut().add(l.bundle, &l.sha256, true) {
-                Ok(Some(b)) => {
-                    tracing::info!(version = %b.version, "local bundle loaded; reading the control topic for newer versions");
-                    self.tx.send_replace(Some(b));
-                }
-                Ok(None) => {}
-                Err(r) => tracing::error!(rejection = %r, "local bundle refused"),
-            }
-        }
-        let Some(consumer) = self.connect(&cancel) else {
+    fn run(mut self, mut local: Option<LocalBundle>, cancel: CancellationToken) {
+        let Some(consumer) = self.connect(&cancel, &mut local) else {
             return;
         };
         let started = Instant::now();
-        let mut at_end: HashSet<i32> = HashSet::new();
-        let partitions = consumer.assignment().map(|a| a.count()).unwrap_or_default();
+        if !self.bootstrap(&consumer, &cancel) {
+            return;
+        }
+        self.finish_bootstrap(local, started.elapsed());
         while !cancel.is_cancelled() {
             match consumer.poll(Duration::from_millis(200)) {
-                None => {}
-                Some(Ok(m)) => self.handle(&m),
-                Some(Err(KafkaError::PartitionEOF(p)))
-                    if !self.live && at_end.insert(p) && at_end.len() >= partitions =>
-                {
-                    self.finish_bootstrap(local_created.as_ref(), started.elapsed());
-                }
-                Some(Err(KafkaError::PartitionEOF(_))) => {}
+                None | Some(Err(KafkaError::PartitionEOF(_))) => {}
+                Some(Ok(m)) => self.handle(&m, &cancel),
                 Some(Err(e)) => self.log.error("control", &e, "reading the control topic"),
             }
         }
     }
 
+    /// Replays the control topic to its end; false if stopped first.
+    ///
+    /// First pass: manifests and commands are noted, chunks in the control topic itself are
+    /// passed over. If a manifest without `chunks_at` turns up (a topic written by an older
+    /// `publish`), the topic is read again from its beginning record by record, as it was
+    /// always read. Otherwise the noted records are applied in order, fetching by offset the
+    /// chunks of only the publishes the [`ReplayPlan`] needs.
+    fn bootstrap(
+        &mut self,
+        consumer: &BaseConsumer<ControlContext>,
+        cancel: &CancellationToken,
+    ) -> bool {
+        let mut noted: Vec<Noted> = Vec::new();
+        let mut plan = ReplayPlan::default();
+        let mut passed_over = 0usize;
+        let mut legacy = false;
+        let ended = read_to_end(consumer, cancel, |m| {
+            if is_chunk(m) {
+                passed_over += 1;
+                return true;
+            }
+            let at = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
+            match serde_json::from_slice::<ControlMessage>(m.payload().unwrap_or_default()) {
+                Ok(ControlMessage::Manifest(x)) if x.chunks_at.is_none() => {
+                    legacy = true;
+                    return false;
+                }
+                Ok(message) => plan.message(&message),
+                Err(_) => {
+                    // Not a control record: refused (and counted) now, not kept for later.
+                    let outcome = self.state.record(m.key(), |_| None, m.payload());
+                    self.outcome(&at, outcome);
+                    return true;
+                }
+            }
+            noted.push(Noted {
+                at,
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+            });
+            true
+        });
+        if !ended {
+            return false;
+        }
+        if legacy {
+            tracing::info!(topic = %self.options.topic, "the control topic holds chunks written by an older publish: replaying it whole");
+            if let Err(e) = assign_from_beginning(consumer, &self.options.topic) {
+                tracing::error!(error = %e, "cannot read the control topic again from its beginning");
+                return false;
+            }
+            return read_to_end(consumer, cancel, |m| {
+                self.handle(m, cancel);
+                true
+            });
+        }
+        let needed = plan.needed(self.options.keep_versions);
+        tracing::info!(
+            records = noted.len(),
+            chunks_passed_over = passed_over,
+            publishes_fetched = needed.len(),
+            "control topic read; fetching the chunks of the versions it holds"
+        );
+        for n in noted {
+            let manifest = match serde_json::from_slice::<ControlMessage>(
+                n.payload.as_deref().unwrap_or_default(),
+            ) {
+                Ok(ControlMessage::Manifest(m)) => Some(m),
+                _ => None,
+            };
+            if let Some(m) = &manifest {
+                if !needed.contains(&m.publish_id) {
+                    self.skipped.insert(m.version.clone());
+                    continue;
+                }
+            }
+            self.apply(
+                &n.at,
+                n.key.as_deref(),
+                n.payload.as_deref(),
+                manifest.as_ref(),
+                cancel,
+            );
+        }
+        true
+    }
+
     /// Creates the consumer and assigns every Kafka partition of the control topic from its
     /// beginning, retrying until the topic exists or the daemon stops.
-    fn connect(&self, cancel: &CancellationToken) -> Option<BaseConsumer<ControlContext>> {
-        let topic = &self.options.topic;
+    /// While the topic cannot be read, the local bundle (if any) is served: no operator's
+    /// word can be read to overrule it yet.
+    fn connect(
+        &mut self,
+        cancel: &CancellationToken,
+        local: &mut Option<LocalBundle>,
+    ) -> Option<BaseConsumer<ControlContext>> {
+        let topic = self.options.topic.clone();
+        let topic = topic.as_str();
         let mut warned = None::<Instant>;
         while !cancel.is_cancelled() {
             match self.try_connect() {
                 Ok(c) => return Some(c),
                 Err(e) => {
+                    if let Some(l) = local.take() {
+                        tracing::info!(version = %l.bundle.version, "serving the local bundle until the control topic can be read");
+                        self.add_local(l);
+                        self.publish(self.state.versions().active().cloned());
+                    }
                     if warned.is_none_or(|w| w.elapsed() > Duration::from_secs(30)) {
                         tracing::warn!(topic, error = %e, "control topic not readable yet; retrying (create it with 1 Kafka partition)");
                         warned = Some(Instant::now());
@@ -183,6 +275,16 @@ impl ControlReader {
 
     fn try_connect(&self) -> Result<BaseConsumer<ControlContext>, String> {
         let topic = &self.options.topic;
+        let consumer: BaseConsumer<ControlContext> = self
+            .client_config()
+            .create_with_context(ControlContext::default())
+            .map_err(|e| e.to_string())?;
+        assign_from_beginning(&consumer, topic)?;
+        Ok(consumer)
+    }
+
+    /// The control consumer's configuration (the chunks consumer's too).
+    fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.options.brokers)
@@ -207,46 +309,23 @@ impl ControlReader {
                 config.set(k, v);
             }
         }
-        let consumer: BaseConsumer<ControlContext> = config
-            .create_with_context(ControlContext::default())
-            .map_err(|e| e.to_string())?;
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(5))
-            .map_err(|e| e.to_string())?;
-        let t = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic)
-            .ok_or_else(|| format!("no metadata for {topic}"))?;
-        if let Some(e) = t.error() {
-            return Err(format!("{e:?}"));
-        }
-        if t.partitions().is_empty() {
-            return Err(format!("{topic} has no Kafka partitions"));
-        }
-        let mut list = TopicPartitionList::new();
-        for p in t.partitions() {
-            list.add_partition_offset(topic, p.id(), Offset::Beginning)
-                .map_err(|e| e.to_string())?;
-        }
-        consumer.assign(&list).map_err(|e| e.to_string())?;
-        Ok(consumer)
+        config
     }
 
-    /// The replay reached the end of every Kafka partition: settle on a version.
-    fn finish_bootstrap(&mut self, local: Option<&(String, i64)>, took: Duration) {
+    /// The replay reached the end of every Kafka partition: settle on a version. The
+    /// operator's last word wins: the control topic's active version, whatever the local
+    /// file holds; the local bundle is served only when the topic activated none.
+    fn finish_bootstrap(&mut self, local: Option<LocalBundle>, took: Duration) {
         self.live = true;
-        // The local file wins only when it is newer than what the control topic activated.
-        let versions = self.state.versions_mut();
-        if let (Some((version, created)), Some(active)) = (local, versions.active()) {
-            if active.version != *version && *created > active.created_at_ms {
-                tracing::info!(local = %version, control = %active.version, "the local bundle is newer than the control topic's active version; keeping it");
-                if let Err(r) = versions.activate(version) {
-                    tracing::warn!(rejection = %r, "cannot reactivate the local bundle");
-                }
+        self.skipped.clear();
+        if let Some(l) = local {
+            if self.state.versions().active().is_none() {
+                self.add_local(l);
+            } else {
+                tracing::info!(local = %l.bundle.version, "the control topic has an active version: the local bundle is not served");
             }
         }
-        let active = versions.active().cloned();
+        let active = self.state.versions().active().cloned();
         tracing::info!(
             topic = %self.options.topic,
             held = ?self.state.versions().held(),
@@ -255,6 +334,15 @@ impl ControlReader {
             "control topic replayed"
         );
         self.publish(active);
+    }
+
+    /// Holds and activates the local bundle.
+    fn add_local(&mut self, l: LocalBundle) {
+        match self.state.versions_mut().add(l.bundle, &l.sha256, true) {
+            Ok(Some(b)) => tracing::info!(version = %b.version, "local bundle loaded"),
+            Ok(None) => {}
+            Err(r) => tracing::error!(rejection = %r, "local bundle refused"),
+        }
     }
 
     /// Hands `active` to the consumer loop when it differs from what it has.
@@ -270,27 +358,162 @@ impl ControlReader {
         }
     }
 
-    fn handle(&mut self, m: &rdkafka::message::BorrowedMessage<'_>) {
+    /// Applies one record read from the control topic.
+    fn handle(&mut self, m: &rdkafka::message::BorrowedMessage<'_>, cancel: &CancellationToken) {
+        let at = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
         let headers = m.headers();
+        let manifest = match is_chunk(m) {
+            true => None,
+            false => {
+                match serde_json::from_slice::<ControlMessage>(m.payload().unwrap_or_default()) {
+                    Ok(ControlMessage::Manifest(x)) if x.chunks_at.is_some() => Some(x),
+                    _ => None,
+                }
+            }
+        };
+        if manifest.is_some() {
+            return self.apply(&at, m.key(), m.payload(), manifest.as_ref(), cancel);
+        }
         let header = |name: &str| {
             headers.and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
         };
-        let at = || format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
-        match self.state.record(m.key(), header, m.payload()) {
+        let outcome = self.state.record(m.key(), header, m.payload());
+        self.outcome(&at, outcome);
+    }
+
+    /// Applies a record that is not a chunk; for a manifest whose chunks are in a chunks
+    /// topic, its claims and signature are checked and its chunks fetched first.
+    fn apply(
+        &mut self,
+        at: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        manifest: Option<&Manifest>,
+        cancel: &CancellationToken,
+    ) {
+        if let Some(m) = manifest {
+            if let (Ok(()), Some(location)) = (self.state.admit_manifest(m), &m.chunks_at) {
+                self.fetch_chunks(location, &m.publish_id, cancel);
+            }
+            // A refused manifest is refused again here, at O(1), and counted.
+        }
+        let outcome = self.state.record(key, |_| None, payload);
+        self.outcome(at, outcome);
+    }
+
+    /// Reads the chunks of `publish_id` in `location` and applies them; stops early at the
+    /// end of the partition or after [`FETCH_PATIENCE`] without a record. Chunks that do not
+    /// come make the manifest incomplete, which it then reports.
+    fn fetch_chunks(
+        &mut self,
+        location: &ChunkLocation,
+        publish_id: &str,
+        cancel: &CancellationToken,
+    ) {
+        let started = Instant::now();
+        if self.chunks.is_none() {
+            match self
+                .client_config()
+                .create_with_context(ControlContext::default())
+            {
+                Ok(c) => self.chunks = Some(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot create the chunks consumer");
+                    return;
+                }
+            }
+        }
+        let Some(consumer) = self.chunks.take() else {
+            return;
+        };
+        let mut list = TopicPartitionList::new();
+        let assigned = list
+            .add_partition_offset(
+                &location.topic,
+                location.partition,
+                Offset::Offset(location.first_offset),
+            )
+            .and_then(|()| consumer.assign(&list));
+        if let Err(e) = assigned {
+            tracing::error!(error = %e, topic = %location.topic, "cannot read the chunks topic");
+            self.chunks = Some(consumer);
+            return;
+        }
+        let (mut read, mut bytes) = (0usize, 0usize);
+        let mut last_seen = Instant::now();
+        while !cancel.is_cancelled() && last_seen.elapsed() < FETCH_PATIENCE {
+            match consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                Some(Ok(m)) => {
+                    last_seen = Instant::now();
+                    if m.offset() > location.last_offset {
+                        break;
+                    }
+                    let headers = m.headers();
+                    let header = |name: &str| {
+                        headers.and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
+                    };
+                    if header(PUBLISH_HEADER) != Some(publish_id.as_bytes()) {
+                        continue; // another publish's chunk, or not a chunk
+                    }
+                    read += 1;
+                    bytes += m.payload().map_or(0, <[u8]>::len);
+                    let at = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
+                    let outcome = self.state.record(m.key(), header, m.payload());
+                    self.outcome(&at, outcome);
+                    if m.offset() == location.last_offset {
+                        break;
+                    }
+                }
+                Some(Err(KafkaError::PartitionEOF(_))) => break,
+                Some(Err(e)) => {
+                    consumer
+                        .context()
+                        .log
+                        .error("control", &e, "reading the chunks topic")
+                }
+            }
+        }
+        let _ = consumer.unassign();
+        self.chunks = Some(consumer);
+        tracing::debug!(
+            publish_id,
+            chunks = read,
+            bytes,
+            seconds = started.elapsed().as_secs_f64(),
+            "chunks fetched"
+        );
+    }
+
+    /// Logs, counts and passes on what a record did.
+    fn outcome(&mut self, at: &str, outcome: Outcome) {
+        match outcome {
             Outcome::Chunk { dropped } => {
                 for publish_id in dropped {
-                    tracing::warn!(at = %at(), %publish_id, "dropped the chunks of an unfinished publish to stay within max_bundle_bytes");
+                    tracing::warn!(at, %publish_id, "dropped the chunks of an unfinished publish to stay within max_bundle_bytes");
                 }
             }
             Outcome::Unchanged => {}
             Outcome::Activated(active) => {
                 if self.live {
-                    tracing::info!(at = %at(), version = %active.version, "activating");
+                    tracing::info!(at, version = %active.version, "activating");
                     self.publish(Some(active));
                 }
             }
             Outcome::Rejected { version, rejection } => {
-                self.reject(&at(), version.as_deref(), rejection)
+                // A command naming a version the restart plan skipped: that version was
+                // evicted by the end of the topic, as a full replay would have found.
+                let skipped =
+                    !self.live && version.as_ref().is_some_and(|v| self.skipped.contains(v));
+                if skipped {
+                    tracing::debug!(
+                        at,
+                        ?version,
+                        "command for a version no longer held; skipped"
+                    );
+                } else {
+                    self.reject(at, version.as_deref(), rejection)
+                }
             }
         }
     }
@@ -306,4 +529,81 @@ impl ControlReader {
         );
         crate::metrics::bundle_rejected(r.reason.as_str());
     }
+}
+
+/// Polls until every Kafka partition of the control topic is at its end, handing each record
+/// to `each` until it answers false; false if stopped first.
+fn read_to_end(
+    consumer: &BaseConsumer<ControlContext>,
+    cancel: &CancellationToken,
+    mut each: impl FnMut(&rdkafka::message::BorrowedMessage<'_>) -> bool,
+) -> bool {
+    let partitions = consumer.assignment().map(|a| a.count()).unwrap_or_default();
+    let mut at_end: HashSet<i32> = HashSet::new();
+    while !cancel.is_cancelled() {
+        match consumer.poll(Duration::from_millis(200)) {
+            None => {}
+            Some(Ok(m)) => {
+                at_end.remove(&m.partition());
+                if !each(&m) {
+                    return true;
+                }
+            }
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                at_end.insert(p);
+                if at_end.len() >= partitions {
+                    return true;
+                }
+            }
+            Some(Err(e)) => {
+                consumer
+                    .context()
+                    .log
+                    .error("control", &e, "reading the control topic")
+            }
+        }
+    }
+    false
+}
+
+/// True when the record is a chunk (the test [`super::message::parse`] makes).
+fn is_chunk(m: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+    m.headers()
+        .and_then(|h| h.iter().find(|x| x.key == KIND_HEADER))
+        .is_some_and(|x| x.value == Some(b"chunk".as_slice()))
+}
+
+/// Assigns every Kafka partition of `topic` from its beginning.
+fn assign_from_beginning(
+    consumer: &BaseConsumer<ControlContext>,
+    topic: &str,
+) -> Result<(), String> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    let t = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .ok_or_else(|| format!("no metadata for {topic}"))?;
+    if let Some(e) = t.error() {
+        return Err(format!("{e:?}"));
+    }
+    if t.partitions().is_empty() {
+        return Err(format!("{topic} has no Kafka partitions"));
+    }
+    let mut list = TopicPartitionList::new();
+    for p in t.partitions() {
+        list.add_partition_offset(topic, p.id(), Offset::Beginning)
+            .map_err(|e| e.to_string())?;
+    }
+    consumer.assign(&list).map_err(|e| e.to_string())
+}
+
+/// A manifest or command noted in the first pass of a restart.
+struct Noted {
+    /// Where it was read, for messages.
+    at: String,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
 }

@@ -77,6 +77,11 @@ impl ControlState {
         &mut self.versions
     }
 
+    /// Checks a manifest's claims and signature (O(1)), before its chunks are fetched.
+    pub fn admit_manifest(&self, manifest: &Manifest) -> Result<(), Rejection> {
+        self.admission.manifest(manifest).map(|_| ())
+    }
+
     /// What the chunks waiting for a manifest cost (see [`Assembler::pending_bytes`]).
     pub fn pending_bytes(&self) -> usize {
         self.assembler.pending_bytes()

@@ -1,0 +1,207 @@
+//! Which publishes a restarting daemon must fetch: the restart plan.
+//!
+//! When chunks live in a chunks topic, the control topic holds only manifests and commands,
+//! and a restart reads it whole first (it is small) without fetching any chunk. This module
+//! then works out, from the manifests and commands alone, which versions can still be held
+//! when the replay ends: the last `keep_versions` versions published, the version the
+//! commands leave active and the one a rollback would return to, and the bases of the deltas
+//! among them. Only those publishes' chunks are fetched; the others are skipped, so a restart
+//! reads the active bundle and the held ones, whatever the age of the topic.
+//!
+//! The plan over-approximates: [`super::versions::Versions`] still decides what is held,
+//! with the same rules as a full replay. A version the plan skips could not have been held
+//! at the end (it was evicted), so skipping it changes nothing a command can reach.
+
+use std::collections::HashSet;
+
+use super::message::{ControlMessage, Manifest};
+
+/// The manifests and commands of a control topic, in order.
+#[derive(Debug, Default)]
+pub struct ReplayPlan {
+    entries: Vec<Entry>,
+}
+
+#[derive(Debug)]
+enum Entry {
+    Manifest {
+        publish_id: String,
+        version: String,
+        base_version: Option<String>,
+        activate: bool,
+    },
+    Activate(String),
+    Rollback,
+}
+
+impl ReplayPlan {
+    /// Notes a manifest.
+    pub fn manifest(&mut self, m: &Manifest) {
+        self.entries.push(Entry::Manifest {
+            publish_id: m.publish_id.clone(),
+            version: m.version.clone(),
+            base_version: m.base_version.clone(),
+            activate: m.activate,
+        });
+    }
+
+    /// Notes a control message (a manifest or a command).
+    pub fn message(&mut self, m: &ControlMessage) {
+        match m {
+            ControlMessage::Manifest(m) => self.manifest(m),
+            ControlMessage::Activate { version } => {
+                self.entries.push(Entry::Activate(version.clone()))
+            }
+            ControlMessage::Rollback => self.entries.push(Entry::Rollback),
+        }
+    }
+
+    /// The publish ids whose chunks must be fetched for a daemon holding `keep` versions.
+    pub fn needed(&self, keep: usize) -> HashSet<String> {
+        let keep = keep.max(2);
+        let mut published: Vec<&str> = Vec::new();
+        let mut activations: Vec<&str> = Vec::new();
+        for e in &self.entries {
+            match e {
+                Entry::Manifest {
+                    version, activate, ..
+                } => {
+                    published.push(version);
+                    if *activate && activations.last() != Some(&version.as_str()) {
+                        activations.push(version);
+                    }
+                }
+                Entry::Activate(v) => {
+                    if published.contains(&v.as_str()) && activations.last() != Some(&v.as_str()) {
+                        activations.push(v);
+                    }
+                }
+                Entry::Rollback => {
+                    // As `Versions::rollback`: back to the last activation of another version.
+                    let current = activations.last().copied();
+                    let previous = activations
+                        .iter()
+                        .rev()
+                        .skip(1)
+                        .find(|v| Some(**v) != current)
+                        .copied();
+                    if let Some(previous) = previous {
+                        activations.pop();
+                        while activations.last() != Some(&previous) {
+                            activations.pop();
+                        }
+                    }
+                }
+            }
+        }
+        let mut versions: HashSet<&str> = HashSet::new();
+        let mut recent = Vec::new();
+        for v in published.iter().rev() {
+            if !recent.contains(v) {
+                recent.push(*v);
+            }
+            if recent.len() == keep {
+                break;
+            }
+        }
+        versions.extend(recent);
+        // The active version and the one a rollback returns to.
+        let current = activations.last().copied();
+        versions.extend(current);
+        versions.extend(
+            activations
+                .iter()
+                .rev()
+                .find(|v| Some(**v) != current)
+                .copied(),
+        );
+        // Deltas are materialised on arrival: their bases must be there too.
+        loop {
+            let bases: Vec<&str> = self
+                .entries
+                .iter()
+                .filter_map(|e| match e {
+                    Entry::Manifest {
+                        version,
+                        base_version: Some(b),
+                        ..
+                    } if versions.contains(version.as_str()) => Some(b.as_str()),
+                    _ => None,
+                })
+                .filter(|b| !versions.contains(b))
+                .collect();
+            if bases.is_empty() {
+                break;
+            }
+            versions.extend(bases);
+        }
+        self.entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Manifest {
+                    publish_id,
+                    version,
+                    ..
+                } if versions.contains(version.as_str()) => Some(publish_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(plan: &mut ReplayPlan, version: &str, base: Option<&str>, activate: bool) {
+        plan.entries.push(Entry::Manifest {
+            publish_id: format!("p-{version}"),
+            version: version.into(),
+            base_version: base.map(Into::into),
+            activate,
+        });
+    }
+
+    fn ids(v: &[&str]) -> HashSet<String> {
+        v.iter().map(|v| format!("p-{v}")).collect()
+    }
+
+    #[test]
+    fn a_hundred_publishes_need_only_the_last_keep_versions() {
+        let mut plan = ReplayPlan::default();
+        for i in 0..100 {
+            manifest(&mut plan, &format!("v{i}"), None, true);
+        }
+        assert_eq!(plan.needed(3), ids(&["v97", "v98", "v99"]));
+    }
+
+    #[test]
+    fn an_old_version_activated_or_rolled_back_to_is_needed_with_its_rollback_target() {
+        let mut plan = ReplayPlan::default();
+        manifest(&mut plan, "v1", None, true);
+        for i in 2..50 {
+            manifest(&mut plan, &format!("v{i}"), None, false);
+        }
+        assert_eq!(plan.needed(2), ids(&["v1", "v48", "v49"]));
+        plan.entries.push(Entry::Activate("v49".into()));
+        plan.entries.push(Entry::Activate("v48".into()));
+        plan.entries.push(Entry::Rollback);
+        assert_eq!(
+            plan.needed(2),
+            ids(&["v1", "v48", "v49"]),
+            "back to v49; v1 before it"
+        );
+    }
+
+    #[test]
+    fn the_bases_of_needed_deltas_are_needed() {
+        let mut plan = ReplayPlan::default();
+        manifest(&mut plan, "full", None, true);
+        for i in 0..10 {
+            manifest(&mut plan, &format!("other{i}"), None, false);
+        }
+        manifest(&mut plan, "d1", Some("full"), true);
+        manifest(&mut plan, "d2", Some("d1"), true);
+        assert_eq!(plan.needed(2), ids(&["full", "d1", "d2"]));
+    }
+}
