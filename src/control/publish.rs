@@ -315,29 +315,20 @@ impl ControlProducer {
 
     /// Waits until everything sent is acknowledged; the first failure, if any.
     fn flush(&self) -> Result<()> {
-        self.producer.flush(Duration::from_secs(60)).map_err(|e| {
-            Error::Kafka(format!(
-                "flushing to {} on {}: {e}",
-                self.topic, self.brokers
-            ))
-        })?;
-        let first = self
-            .producer
-            .context()
-            .0
-            .lock()
-            .ok()
-            .and_then(|f| f.clone());
-        match first {
-            None => Ok(()),
-            Some(e) => Err(Error::Kafka(format!(
-                "a control record was refused on {}: {e}",
-                self.brokers
-            ))),
-        }
+        self.settle(|e| format!("a control record was refused on {}: {e}", self.brokers))
     }
 
     fn finish(self) -> Result<()> {
+        self.settle(|e| {
+            format!(
+                "the control topic {} on {} refused a record: {e} (does the topic exist? create it with 1 Kafka partition)",
+                self.topic, self.brokers
+            )
+        })
+    }
+
+    /// Flushes, then reports the first refused record with `refused`.
+    fn settle(&self, refused: impl FnOnce(&str) -> String) -> Result<()> {
         self.producer.flush(Duration::from_secs(60)).map_err(|e| {
             Error::Kafka(format!(
                 "flushing to {} on {}: {e}",
@@ -353,10 +344,7 @@ impl ControlProducer {
             .and_then(|f| f.clone());
         match first {
             None => Ok(()),
-            Some(e) => Err(Error::Kafka(format!(
-                "the control topic {} on {} refused a record: {e} (does the topic exist? create it with 1 Kafka partition)",
-                self.topic, self.brokers
-            ))),
+            Some(e) => Err(Error::Kafka(refused(&e))),
         }
     }
 }
