@@ -214,14 +214,33 @@ pub fn fit_rows(
         (w, rank, Path::Exact)
     };
     let sse = residual_sum(&ws.xc, qa, &weights, &mut ws.residual);
+    let model = model_from(&weights, &ws.active, p, &ws.mean, y_mean, rank)?;
+    Ok(Fitted {
+        model,
+        rmse: (sse / n as f64).sqrt(),
+        rank,
+        path,
+    })
+}
+
+/// The model of weights solved for the `active` inputs of `p` (the others weigh 0), with the
+/// intercept that the centring took out: the target's mean less the weighted input means.
+pub(super) fn model_from(
+    weights: &[f64],
+    active: &[usize],
+    p: usize,
+    means: &[f64],
+    y_mean: f64,
+    rank: usize,
+) -> Result<LinearModel, FitError> {
     let mut coefficients = vec![0.0; p];
-    for (w, &j) in weights.iter().zip(&ws.active) {
+    for (w, &j) in weights.iter().zip(active) {
         coefficients[j] = *w;
     }
     let intercept = y_mean
         - coefficients
             .iter()
-            .zip(&ws.mean)
+            .zip(means)
             .map(|(w, m)| w * m)
             .sum::<f64>();
     let model = LinearModel {
@@ -233,12 +252,7 @@ pub fn fit_rows(
             "the fit gave non-finite coefficients (rank {rank} of {p})"
         )));
     }
-    Ok(Fitted {
-        model,
-        rmse: (sse / n as f64).sqrt(),
-        rank,
-        path,
-    })
+    Ok(model)
 }
 
 /// Centres the rows in `ws` and sums their cross-products (see [`Workspace`]); after it

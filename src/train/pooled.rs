@@ -7,11 +7,10 @@
 //! into a streaming QR.
 
 use super::fit::{
-    minimum_norm, set_aside_columns, solve_exact, FitError, Fitted, Method, Normal, Path,
-    Structure, Workspace,
+    minimum_norm, model_from, set_aside_columns, solve_exact, FitError, Fitted, Method, Normal,
+    Path, Structure, Workspace,
 };
 use super::linalg::StreamingQr;
-use crate::model::linear::LinearModel;
 
 /// Pooled moments of many stores' rows: count, means (target last), ranges, and the upper
 /// triangle of the centred cross-products of `[x | y]`.
@@ -160,25 +159,7 @@ impl Pooled {
                 sse += weights[a] * at(a, b) * weights[b];
             }
         }
-        let mut coefficients = vec![0.0; p];
-        for (w, &j) in weights.iter().zip(&active) {
-            coefficients[j] = *w;
-        }
-        let intercept = self.mean[p]
-            - coefficients
-                .iter()
-                .zip(&self.mean)
-                .map(|(w, m)| w * m)
-                .sum::<f64>();
-        let model = LinearModel {
-            intercept,
-            coefficients,
-        };
-        if !model.is_finite() {
-            return Err(FitError::new(format!(
-                "the fit gave non-finite coefficients (rank {rank} of {p})"
-            )));
-        }
+        let model = model_from(&weights, &active, p, &self.mean, self.mean[p], rank)?;
         Ok(Fitted {
             model,
             rmse: (sse.max(0.0) / n as f64).sqrt(),
