@@ -782,15 +782,73 @@ async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
     wait_active(&daemon, "v4");
     assert!(daemon.terminate().success());
 
-    // Restarted: the same version, from v3 (the rollback target), v4 and v5 only.
+    // Restarted: the same version; v4 (active) and v3 (the rollback target) are fetched,
+    // v5, the other version held, stays on the topic until a command needs it.
     let daemon = Daemon::start(&config);
     wait_active(&daemon, "v4");
-    assert_eq!(replay_field(&daemon, "publishes_fetched"), Some(3));
+    assert_eq!(replay_field(&daemon, "publishes_fetched"), Some(2));
+    assert_eq!(replay_field(&daemon, "publishes_held_on_topic"), Some(1));
     let metrics = http_get(&daemon.metrics_addr(), "/metrics").1;
     assert_eq!(
         metric_sum(&metrics, "manymodel_bundle_rejections_total"),
         0.0,
         "{metrics}"
+    );
+    assert!(daemon.terminate().success());
+
+    // Holding 4 versions: v2 and v5 are held on the topic, and `activate` brings either back.
+    let config = ServeConfigFile::new(&brokers, "held4")
+        .topics("in", "out", "dlq")
+        .kafka(r#"control_topic = "control""#)
+        .model("keep_versions = 4")
+        .write(d, "held4");
+    let daemon = Daemon::start(&config);
+    wait_active(&daemon, "v4");
+    assert_eq!(replay_field(&daemon, "publishes_fetched"), Some(2));
+    assert_eq!(replay_field(&daemon, "publishes_held_on_topic"), Some(2));
+    let control = |args: &[&str]| {
+        let mut all = vec!["control"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--brokers", &brokers, "--control-topic", "control"]);
+        run_ok(&all);
+    };
+    control(&["activate", "--version", "v5"]);
+    wait_active(&daemon, "v5");
+    control(&["rollback"]);
+    wait_active(&daemon, "v4");
+    control(&["activate", "--version", "v2"]);
+    wait_active(&daemon, "v2");
+    let metrics = http_get(&daemon.metrics_addr(), "/metrics").1;
+    assert_eq!(
+        metric_sum(&metrics, "manymodel_bundle_rejections_total"),
+        0.0,
+        "{metrics}"
+    );
+    // v1 was never held by this daemon: refused, and v2 stays.
+    control(&["activate", "--version", "v1"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric_sum(
+        &http_get(&daemon.metrics_addr(), "/metrics").1,
+        "manymodel_bundle_rejections_total",
+    ) < 1.0
+    {
+        assert!(Instant::now() < deadline, "{}", daemon.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    wait_active(&daemon, "v2");
+    daemon.wait_assigned();
+    local::produce_events(&brokers, "in", std::sync::Arc::new(events(d)), None)
+        .await
+        .expect("events");
+    // 50 by v5 before, the 50 earlier events again by this new group, then the new 50.
+    let records = local::read(&brokers, "out", 150, Duration::from_secs(60))
+        .await
+        .expect("predictions");
+    assert!(
+        records[100..]
+            .iter()
+            .all(|r| r.headers.get("model-version").map(String::as_str) == Some("v2")),
+        "the version fetched from the topic scores"
     );
     assert!(daemon.terminate().success());
 }
@@ -887,8 +945,8 @@ async fn restart_time_does_not_grow_with_the_publishes_on_the_control_topic() {
             .model(&format!("keep_versions = {keep}"))
             .write(d, &name)
     };
-    // The active version and the one a rollback returns to are read (keep_versions = 2), or
-    // the 8 newest (the default).
+    // The active version and the one a rollback returns to are read; the other held versions
+    // (2 or the default 8) stay on the topic until a command needs them.
     let (one, hundred, hundred_8) = (config("one", 2), config("hundred", 2), config("hundred", 8));
     // Twice each, the second from a warm page cache.
     let (mut t1, mut t100, mut t100_8) = ([0.0; 2], [0.0; 2], [0.0; 2]);
@@ -902,4 +960,5 @@ async fn restart_time_does_not_grow_with_the_publishes_on_the_control_topic() {
         t1[0], t1[1], t100[0], t100[1], t100_8[0], t100_8[1]
     );
     assert!(t100[1] <= 2.0 * t1[1], "{t100:?} vs {t1:?}");
+    assert!(t100_8[1] <= 2.0 * t1[1], "{t100_8:?} vs {t1:?}");
 }

@@ -10,7 +10,7 @@
 //! thing it shares with the scoring path is a `watch` channel holding the active bundle; the
 //! consumer loop swaps it in between two records.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::admission::Admission;
 use super::message::{ChunkLocation, ControlMessage, Manifest, KIND_HEADER, PUBLISH_HEADER};
-use super::rejection::Rejection;
+use super::rejection::{Reason, Rejection};
 use super::replay::ReplayPlan;
 use super::signing::TrustedKeys;
 use super::state::{ControlState, Outcome};
@@ -115,9 +115,15 @@ struct ControlReader {
     live: bool,
     /// Versions the restart plan did not fetch (cleared once live).
     skipped: HashSet<String>,
+    /// The manifests of the versions a restart held on the topic, by version: what a later
+    /// command needs to fetch one (or the base of one).
+    on_topic: HashMap<String, Manifest>,
     /// Reads chunks by offset from a chunks topic, made on first use.
     chunks: Option<BaseConsumer<ControlContext>>,
 }
+
+/// The longest chain of deltas fetched to bring back a version held on the topic.
+const MAX_DELTA_CHAIN: usize = 64;
 
 impl ControlReader {
     fn new(options: ControlOptions, tx: watch::Sender<Option<Arc<Bundle>>>) -> Self {
@@ -132,6 +138,7 @@ impl ControlReader {
             log: ClientLog::default(),
             live: false,
             skipped: HashSet::new(),
+            on_topic: HashMap::new(),
             chunks: None,
         }
     }
@@ -144,7 +151,7 @@ impl ControlReader {
         if !self.bootstrap(&consumer, &cancel) {
             return;
         }
-        self.finish_bootstrap(local, started.elapsed());
+        self.finish_bootstrap(local, started.elapsed(), &cancel);
         while !cancel.is_cancelled() {
             match consumer.poll(Duration::from_millis(200)) {
                 None | Some(Err(KafkaError::PartitionEOF(_))) => {}
@@ -214,8 +221,9 @@ impl ControlReader {
         tracing::info!(
             records = noted.len(),
             chunks_passed_over = passed_over,
-            publishes_fetched = needed.len(),
-            "control topic read; fetching the chunks of the versions it holds"
+            publishes_fetched = needed.fetch.len(),
+            publishes_held_on_topic = needed.hold.len(),
+            "control topic read; fetching the chunks of the active version and the rollback target"
         );
         for n in noted {
             let manifest = match serde_json::from_slice::<ControlMessage>(
@@ -224,19 +232,27 @@ impl ControlReader {
                 Ok(ControlMessage::Manifest(m)) => Some(m),
                 _ => None,
             };
-            if let Some(m) = &manifest {
-                if !needed.contains(&m.publish_id) {
+            if let Some(m) = manifest {
+                if needed.hold.contains(&m.publish_id) {
+                    let outcome = self.state.hold_on_topic(&m);
+                    self.on_topic.insert(m.version.clone(), m);
+                    self.outcome(&n.at, outcome);
+                    continue;
+                }
+                if !needed.fetch.contains(&m.publish_id) {
                     self.skipped.insert(m.version.clone());
                     continue;
                 }
+                self.apply(
+                    &n.at,
+                    n.key.as_deref(),
+                    n.payload.as_deref(),
+                    Some(&m),
+                    cancel,
+                );
+                continue;
             }
-            self.apply(
-                &n.at,
-                n.key.as_deref(),
-                n.payload.as_deref(),
-                manifest.as_ref(),
-                cancel,
-            );
+            self.apply(&n.at, n.key.as_deref(), n.payload.as_deref(), None, cancel);
         }
         true
     }
@@ -315,9 +331,23 @@ impl ControlReader {
     /// The replay reached the end of every Kafka partition: settle on a version. The
     /// operator's last word wins: the control topic's active version, whatever the local
     /// file holds; the local bundle is served only when the topic activated none.
-    fn finish_bootstrap(&mut self, local: Option<LocalBundle>, took: Duration) {
+    fn finish_bootstrap(
+        &mut self,
+        local: Option<LocalBundle>,
+        took: Duration,
+        cancel: &CancellationToken,
+    ) {
         self.live = true;
         self.skipped.clear();
+        // The plan fetches the active version; should it still be held on the topic only,
+        // fetch it now rather than serve nothing.
+        if let Some(v) = self.state.versions().active_version().map(str::to_owned) {
+            if self.state.versions().on_topic(&v) {
+                if let Err(r) = self.materialise(&v, cancel, 0) {
+                    self.reject("bootstrap", Some(&v), r);
+                }
+            }
+        }
         if let Some(l) = local {
             if self.state.versions().active().is_none() {
                 self.add_local(l);
@@ -374,11 +404,73 @@ impl ControlReader {
         if manifest.is_some() {
             return self.apply(&at, m.key(), m.payload(), manifest.as_ref(), cancel);
         }
+        if let Some(version) = self.command_needs_fetch(m.payload()) {
+            if let Err(r) = self.materialise(&version, cancel, 0) {
+                // Not applied: the active version stays as it is.
+                return self.reject(&at, Some(&version), r);
+            }
+        }
         let header = |name: &str| {
             headers.and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
         };
         let outcome = self.state.record(m.key(), header, m.payload());
         self.outcome(&at, outcome);
+    }
+
+    /// The version held on the topic only that a command (`activate`, `rollback`) would make
+    /// active, if it is one.
+    fn command_needs_fetch(&self, payload: Option<&[u8]>) -> Option<String> {
+        let versions = self.state.versions();
+        let target = match serde_json::from_slice::<ControlMessage>(payload?).ok()? {
+            ControlMessage::Activate { version } => version,
+            ControlMessage::Rollback => versions.rollback_target()?.to_owned(),
+            ControlMessage::Manifest(_) => return None,
+        };
+        versions.on_topic(&target).then_some(target)
+    }
+
+    /// Fetches, checks and validates a version held on the topic (a delta's bases first) and
+    /// puts it in place, as if it had been read at its publish.
+    fn materialise(
+        &mut self,
+        version: &str,
+        cancel: &CancellationToken,
+        depth: usize,
+    ) -> Result<Arc<Bundle>, Rejection> {
+        if let Some(b) = self.state.versions().get(version) {
+            return Ok(b.clone());
+        }
+        let Some(manifest) = self.on_topic.get(version).cloned() else {
+            return Err(Rejection::new(
+                Reason::UnknownVersion,
+                format!("{version} is no longer on the control topic; publish it again"),
+            ));
+        };
+        if depth >= MAX_DELTA_CHAIN {
+            return Err(Rejection::new(
+                Reason::BaseMismatch,
+                format!(
+                    "{version} is a delta more than {MAX_DELTA_CHAIN} deep; publish a full bundle"
+                ),
+            ));
+        }
+        let base = match &manifest.base_version {
+            Some(b) => Some(self.materialise(b, cancel, depth + 1)?),
+            None => None,
+        };
+        let started = Instant::now();
+        if let Some(location) = &manifest.chunks_at {
+            self.fetch_chunks(location, &manifest.publish_id, cancel);
+        }
+        let bundle = self.state.load(&manifest, base.as_deref())?;
+        self.state.versions_mut().fill(bundle.clone());
+        tracing::info!(
+            version,
+            partitions = bundle.partitions.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "fetched a version held on the control topic"
+        );
+        Ok(bundle)
     }
 
     /// Applies a record that is not a chunk; for a manifest whose chunks are in a chunks

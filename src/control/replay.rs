@@ -5,8 +5,11 @@
 //! then works out, from the manifests and commands alone, which versions can still be held
 //! when the replay ends: the last `keep_versions` versions published, the version the
 //! commands leave active and the one a rollback would return to, and the bases of the deltas
-//! among them. Only those publishes' chunks are fetched; the others are skipped, so a restart
-//! reads the active bundle and the held ones, whatever the age of the topic.
+//! among them. Only the active version, the rollback target and their bases are fetched at
+//! once; the other held versions are held *on the topic* (their manifests only) and fetched
+//! when a command makes one of them active. The rest are skipped. So a restart reads the
+//! active bundle and the one a rollback needs, whatever the age of the topic and whatever
+//! `keep_versions` is.
 //!
 //! The plan over-approximates: [`super::versions::Versions`] still decides what is held,
 //! with the same rules as a full replay. A version the plan skips could not have been held
@@ -15,6 +18,15 @@
 use std::collections::HashSet;
 
 use super::message::{ControlMessage, Manifest};
+
+/// What a restart reads of the chunks: publish ids.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Needs {
+    /// Fetched during the replay: the active version, the rollback target, their bases.
+    pub fetch: HashSet<String>,
+    /// Held on the topic, fetched when a command needs them.
+    pub hold: HashSet<String>,
+}
 
 /// The manifests and commands of a control topic, in order.
 #[derive(Debug, Default)]
@@ -56,9 +68,21 @@ impl ReplayPlan {
         }
     }
 
-    /// The publish ids whose chunks must be fetched for a daemon holding `keep` versions.
-    pub fn needed(&self, keep: usize) -> HashSet<String> {
-        let keep = keep.max(2);
+    /// What a daemon holding `keep` versions needs: the publishes to fetch at once and the
+    /// ones to hold on the topic.
+    pub fn needed(&self, keep: usize) -> Needs {
+        let fetch = self.publishes(&self.versions(0));
+        let hold = self
+            .publishes(&self.versions(keep.max(2)))
+            .difference(&fetch)
+            .cloned()
+            .collect();
+        Needs { fetch, hold }
+    }
+
+    /// The versions held at the end of the topic: the active one, the one a rollback
+    /// returns to, the `keep` last published and the bases of the deltas among them.
+    fn versions(&self, keep: usize) -> HashSet<&str> {
         let mut published: Vec<&str> = Vec::new();
         let mut activations: Vec<&str> = Vec::new();
         for e in &self.entries {
@@ -95,16 +119,16 @@ impl ReplayPlan {
             }
         }
         let mut versions: HashSet<&str> = HashSet::new();
-        let mut recent = Vec::new();
+        let mut newest = Vec::new();
         for v in published.iter().rev() {
-            if !recent.contains(v) {
-                recent.push(*v);
-            }
-            if recent.len() == keep {
+            if newest.len() == keep {
                 break;
             }
+            if !newest.contains(v) {
+                newest.push(*v);
+            }
         }
-        versions.extend(recent);
+        versions.extend(newest);
         // The active version and the one a rollback returns to.
         let current = activations.last().copied();
         versions.extend(current);
@@ -135,6 +159,11 @@ impl ReplayPlan {
             }
             versions.extend(bases);
         }
+        versions
+    }
+
+    /// The publish ids of manifests of `versions`.
+    fn publishes(&self, versions: &HashSet<&str>) -> HashSet<String> {
         self.entries
             .iter()
             .filter_map(|e| match e {
@@ -172,7 +201,13 @@ mod tests {
         for i in 0..100 {
             manifest(&mut plan, &format!("v{i}"), None, true);
         }
-        assert_eq!(plan.needed(3), ids(&["v97", "v98", "v99"]));
+        let needs = plan.needed(3);
+        assert_eq!(
+            needs.fetch,
+            ids(&["v98", "v99"]),
+            "active and rollback target"
+        );
+        assert_eq!(needs.hold, ids(&["v97"]));
     }
 
     #[test]
@@ -182,15 +217,19 @@ mod tests {
         for i in 2..50 {
             manifest(&mut plan, &format!("v{i}"), None, false);
         }
-        assert_eq!(plan.needed(2), ids(&["v1", "v48", "v49"]));
+        let needs = plan.needed(2);
+        assert_eq!(needs.fetch, ids(&["v1"]), "active, nothing before it");
+        assert_eq!(needs.hold, ids(&["v48", "v49"]));
         plan.entries.push(Entry::Activate("v49".into()));
         plan.entries.push(Entry::Activate("v48".into()));
         plan.entries.push(Entry::Rollback);
+        let needs = plan.needed(2);
         assert_eq!(
-            plan.needed(2),
-            ids(&["v1", "v48", "v49"]),
+            needs.fetch,
+            ids(&["v1", "v49"]),
             "back to v49; v1 before it"
         );
+        assert_eq!(needs.hold, ids(&["v48"]));
     }
 
     #[test]
@@ -202,6 +241,8 @@ mod tests {
         }
         manifest(&mut plan, "d1", Some("full"), true);
         manifest(&mut plan, "d2", Some("d1"), true);
-        assert_eq!(plan.needed(2), ids(&["full", "d1", "d2"]));
+        let needs = plan.needed(2);
+        assert_eq!(needs.fetch, ids(&["full", "d1", "d2"]));
+        assert!(needs.hold.is_empty());
     }
 }

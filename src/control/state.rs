@@ -121,7 +121,7 @@ impl ControlState {
                 .and_then(|()| self.versions.activate(&version))
                 .map_err(|r| (Some(version), r)),
             ControlRecord::Message(ControlMessage::Rollback) => {
-                self.versions.rollback().map(Some).map_err(|r| (None, r))
+                self.versions.rollback().map_err(|r| (None, r))
             }
         };
         match result {
@@ -129,6 +129,47 @@ impl ControlState {
             Ok(None) => Outcome::Unchanged,
             Err((version, r)) => rejected(version.as_deref(), r),
         }
+    }
+
+    /// Holds a manifest's version on the topic only (see [`Versions::add_on_topic`]): a
+    /// restart's replay does this for the versions it need not fetch at once. The manifest's
+    /// claims and signature are checked as for any manifest.
+    pub fn hold_on_topic(&mut self, manifest: &Manifest) -> Outcome {
+        let held = self.admission.manifest(manifest).and_then(|_| {
+            self.versions.add_on_topic(
+                &manifest.version,
+                manifest.base_version.as_deref(),
+                &manifest.sha256.to_ascii_lowercase(),
+                manifest.activate,
+            )
+        });
+        match held {
+            Ok(()) => Outcome::Unchanged,
+            Err(r) => rejected(Some(&manifest.version), r),
+        }
+    }
+
+    /// Builds the bundle of a version held on the topic, once its chunks have been handed in
+    /// as records: checked and validated as at its publish, a delta applied to `base`. The
+    /// caller puts it in place with [`Versions::fill`].
+    pub fn load(
+        &mut self,
+        manifest: &Manifest,
+        base: Option<&Bundle>,
+    ) -> Result<Arc<Bundle>, Rejection> {
+        self.admission.manifest(manifest)?;
+        let file = self.assembler.finish(manifest)?;
+        let bundle = validate(&file, manifest, &self.formats)?;
+        Ok(Arc::new(match (base, &bundle.base_version) {
+            (_, None) => bundle,
+            (Some(base), Some(_)) => crate::model::delta::apply(base, &bundle)?,
+            (None, Some(b)) => {
+                return Err(Rejection::new(
+                    Reason::BaseMismatch,
+                    format!("delta {} builds on {b}, which is no longer on the control topic; publish it again", bundle.version),
+                ))
+            }
+        }))
     }
 
     fn manifest(&mut self, manifest: &Manifest) -> Result<Option<Arc<Bundle>>, Rejection> {

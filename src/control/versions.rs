@@ -5,6 +5,11 @@
 //! or roll back to any of them without the bundle being sent again; the active version and
 //! the one a rollback would return to are never evicted. Deltas are stored materialised (the
 //! full bundle under the delta's version), so activating one never needs its base again.
+//!
+//! A version can also be held *on the topic*: known from its manifest, counted against `keep`
+//! and evicted by the same rules, but its chunks not fetched yet. A restarting daemon holds
+//! the versions it does not need at once that way ([`super::replay`]); the reader fetches one
+//! ([`Versions::fill`]) before a command makes it active.
 
 use std::sync::Arc;
 
@@ -17,7 +22,9 @@ const MAX_ACTIVATIONS: usize = 1000;
 
 #[derive(Debug)]
 struct Stored {
-    bundle: Arc<Bundle>,
+    version: String,
+    /// The bundle, or `None` while it is held on the topic only.
+    bundle: Option<Arc<Bundle>>,
     sha256: String,
 }
 
@@ -40,25 +47,108 @@ impl Versions {
         }
     }
 
-    /// The active bundle.
+    /// The active bundle (`None` also while the active version is held on the topic only,
+    /// which happens only during a restart's replay).
     pub fn active(&self) -> Option<&Arc<Bundle>> {
         self.activations.last().and_then(|v| self.get(v))
     }
 
-    /// A held bundle by version.
+    /// The active version's name, whether or not its bundle has been fetched.
+    pub fn active_version(&self) -> Option<&str> {
+        self.activations.last().map(String::as_str)
+    }
+
+    /// A held bundle by version, if its chunks have been read.
     pub fn get(&self, version: &str) -> Option<&Arc<Bundle>> {
-        self.stored
-            .iter()
-            .find(|s| s.bundle.version == version)
-            .map(|s| &s.bundle)
+        self.find(version).and_then(|s| s.bundle.as_ref())
+    }
+
+    fn find(&self, version: &str) -> Option<&Stored> {
+        self.stored.iter().find(|s| s.version == version)
+    }
+
+    /// True when `version` is held on the topic only: known, but not fetched yet.
+    pub fn on_topic(&self, version: &str) -> bool {
+        self.find(version).is_some_and(|s| s.bundle.is_none())
     }
 
     /// The versions held, oldest first.
     pub fn held(&self) -> Vec<&str> {
-        self.stored
+        self.stored.iter().map(|s| s.version.as_str()).collect()
+    }
+
+    /// The version a rollback would return to, if there is one.
+    pub fn rollback_target(&self) -> Option<&str> {
+        let current = self.activations.last();
+        self.activations
             .iter()
-            .map(|s| s.bundle.version.as_str())
-            .collect()
+            .rev()
+            .skip(1)
+            .find(|v| Some(*v) != current)
+            .map(String::as_str)
+    }
+
+    /// Holds a version on the topic only, from its admitted manifest: the same checks and
+    /// the same activation and eviction as [`Versions::add`], without the bundle.
+    pub fn add_on_topic(
+        &mut self,
+        version: &str,
+        base_version: Option<&str>,
+        sha256: &str,
+        activate: bool,
+    ) -> Result<(), Rejection> {
+        if let Some(known) = self.find(version) {
+            if known.sha256 != sha256 {
+                return Err(duplicate(version));
+            }
+            if activate {
+                self.activate(version)?;
+            }
+            return Ok(());
+        }
+        if let Some(base) = base_version {
+            let found = match activate {
+                true => self.activations.last().is_some_and(|a| a == base),
+                false => self.find(base).is_some(),
+            };
+            if !found {
+                return Err(self.base_mismatch(version, base));
+            }
+        }
+        self.stored.push(Stored {
+            version: version.to_owned(),
+            bundle: None,
+            sha256: sha256.to_owned(),
+        });
+        if activate {
+            self.activate(version)?;
+        }
+        self.evict();
+        Ok(())
+    }
+
+    /// Puts the fetched bundle (a delta already applied to its base) in place of a version
+    /// held on the topic; false if that version is no longer held that way.
+    pub fn fill(&mut self, bundle: Arc<Bundle>) -> bool {
+        match self
+            .stored
+            .iter_mut()
+            .find(|s| s.version == bundle.version && s.bundle.is_none())
+        {
+            Some(s) => {
+                s.bundle = Some(bundle);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn base_mismatch(&self, version: &str, base_version: &str) -> Rejection {
+        let active = self.activations.last().map_or("none", String::as_str);
+        Rejection::new(
+            Reason::BaseMismatch,
+            format!("delta {version} builds on {base_version}, but the active version is {active}"),
+        )
     }
 
     /// Adds a validated bundle (a delta is applied to its base first) and activates it when
@@ -69,19 +159,9 @@ impl Versions {
         sha256: &str,
         activate: bool,
     ) -> Result<Option<Arc<Bundle>>, Rejection> {
-        if let Some(known) = self
-            .stored
-            .iter()
-            .find(|s| s.bundle.version == bundle.version)
-        {
+        if let Some(known) = self.find(&bundle.version) {
             if known.sha256 != sha256 {
-                return Err(Rejection::new(
-                    Reason::DuplicateVersion,
-                    format!(
-                        "version {} is already held with other content; every bundle needs its own version",
-                        bundle.version
-                    ),
-                ));
+                return Err(duplicate(&bundle.version));
             }
             // The same bundle again (a republish): only the activation may be new.
             return if activate {
@@ -99,21 +179,15 @@ impl Versions {
                     self.get(&base_version)
                 };
                 let Some(base) = base else {
-                    let active = self.active().map(|a| a.version.as_str()).unwrap_or("none");
-                    return Err(Rejection::new(
-                        Reason::BaseMismatch,
-                        format!(
-                            "delta {} builds on {base_version}, but the active version is {active}",
-                            bundle.version
-                        ),
-                    ));
+                    return Err(self.base_mismatch(&bundle.version, &base_version));
                 };
                 delta::apply(base, &bundle)?
             }
         };
         let version = full.version.clone();
         self.stored.push(Stored {
-            bundle: Arc::new(full),
+            version: version.clone(),
+            bundle: Some(Arc::new(full)),
             sha256: sha256.to_owned(),
         });
         let changed = if activate {
@@ -125,9 +199,10 @@ impl Versions {
         Ok(changed)
     }
 
-    /// Makes a held version active; `None` when it already is.
+    /// Makes a held version active; `None` when it already is, or when it is held on the
+    /// topic only (the reader fills it in first when that matters).
     pub fn activate(&mut self, version: &str) -> Result<Option<Arc<Bundle>>, Rejection> {
-        let Some(bundle) = self.get(version).cloned() else {
+        let Some(stored) = self.find(version) else {
             return Err(Rejection::new(
                 Reason::UnknownVersion,
                 format!(
@@ -139,31 +214,25 @@ impl Versions {
         if self.activations.last().map(String::as_str) == Some(version) {
             return Ok(None);
         }
+        let bundle = stored.bundle.clone();
         self.activations.push(version.to_owned());
         if self.activations.len() > MAX_ACTIVATIONS {
             self.activations.remove(0);
         }
-        Ok(Some(bundle))
+        Ok(bundle)
     }
 
-    /// Returns to the version active before the current one.
-    pub fn rollback(&mut self) -> Result<Arc<Bundle>, Rejection> {
+    /// Returns to the version active before the current one; `None` when that version is
+    /// held on the topic only (the reader fills it in first when that matters).
+    pub fn rollback(&mut self) -> Result<Option<Arc<Bundle>>, Rejection> {
         // Skip entries whose version is the current one again (v1, v2, v1 → rollback → v2).
-        let current = self.activations.last().cloned();
-        let previous = self
-            .activations
-            .iter()
-            .rev()
-            .skip(1)
-            .find(|v| Some(*v) != current.as_ref())
-            .cloned();
-        let Some(previous) = previous else {
+        let Some(previous) = self.rollback_target().map(str::to_owned) else {
             return Err(Rejection::new(
                 Reason::NoPrevious,
                 "rollback: no version was active before the current one",
             ));
         };
-        let Some(bundle) = self.get(&previous).cloned() else {
+        let Some(bundle) = self.find(&previous).map(|s| s.bundle.clone()) else {
             return Err(Rejection::new(
                 Reason::UnknownVersion,
                 format!("rollback to {previous}: that version is no longer held; publish it again"),
@@ -183,13 +252,22 @@ impl Versions {
             let Some(i) = self
                 .stored
                 .iter()
-                .position(|s| !protected.contains(&&s.bundle.version))
+                .position(|s| !protected.contains(&&s.version))
             else {
                 return;
             };
             self.stored.remove(i);
         }
     }
+}
+
+fn duplicate(version: &str) -> Rejection {
+    Rejection::new(
+        Reason::DuplicateVersion,
+        format!(
+            "version {version} is already held with other content; every bundle needs its own version"
+        ),
+    )
 }
 
 #[cfg(test)]
@@ -258,8 +336,8 @@ mod tests {
             .unwrap()
             .is_none());
 
-        assert_eq!(v.rollback().unwrap().version, "v2");
-        assert_eq!(v.rollback().unwrap().version, "v1");
+        assert_eq!(v.rollback().unwrap().unwrap().version, "v2");
+        assert_eq!(v.rollback().unwrap().unwrap().version, "v1");
         assert_eq!(v.activate("d2").unwrap().unwrap().version, "d2");
         assert!(v.activate("d2").unwrap().is_none(), "already active");
         assert_eq!(v.activate("v9").unwrap_err().reason, Reason::UnknownVersion);
@@ -268,5 +346,30 @@ mod tests {
         v.add(bundle("v3", None, &["a"]), "3", false).unwrap();
         assert_eq!(v.held().len(), 3);
         assert!(v.get("d2").is_some() && v.get("v1").is_some());
+    }
+
+    #[test]
+    fn a_version_held_on_the_topic_counts_activates_by_name_and_is_filled_in_later() {
+        let mut v = Versions::new(2);
+        v.add_on_topic("v1", None, "1", true).unwrap();
+        assert!(v.on_topic("v1") && v.active().is_none());
+        assert_eq!(v.active_version(), Some("v1"));
+        v.add(bundle("v2", None, &["a"]), "2", true).unwrap();
+        assert_eq!(v.rollback_target(), Some("v1"));
+        // Same checks as a bundle: other bytes under a held name, a delta on a non-active base.
+        let dup = v.add_on_topic("v1", None, "x", false).unwrap_err();
+        assert_eq!(dup.reason, Reason::DuplicateVersion);
+        let wrong = v.add_on_topic("d", Some("v1"), "d", true).unwrap_err();
+        assert_eq!(wrong.reason, Reason::BaseMismatch);
+        // A rollback to it while it is not filled in changes the history, not the bundle.
+        assert!(v.rollback().unwrap().is_none());
+        assert_eq!(v.active_version(), Some("v1"));
+        assert!(v.fill(Arc::new(bundle("v1", None, &["a"]))));
+        assert!(!v.fill(Arc::new(bundle("v1", None, &["a"]))), "filled once");
+        assert_eq!(active(&v), "v1");
+        // Evicted like any other: a third version pushes out the oldest unprotected one.
+        v.add_on_topic("v3", None, "3", false).unwrap();
+        v.add_on_topic("v4", None, "4", false).unwrap();
+        assert_eq!(v.held().len(), 2);
     }
 }
