@@ -270,6 +270,8 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport> {
         }
     }
 
+    // The rows are no longer needed: free them before the bundle is encoded.
+    drop(history.columns);
     if base.is_some() && models.is_empty() {
         return Err(Error::Usage(
             "the delta would replace no partition: every partition asked for was skipped (see min_rows)".into(),

@@ -755,11 +755,12 @@ async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
     assert_eq!(replay_field(&daemon, "chunks_passed_over"), Some(0));
     assert_eq!(
         replay_field(&daemon, "publishes_fetched"),
-        Some(2),
+        Some(1),
         "{}",
         daemon.log_text()
     );
-    // Scores with v5, and a rollback reaches v4, which it holds.
+    assert_eq!(replay_field(&daemon, "publishes_held_on_topic"), Some(1));
+    // Scores with v5, and a rollback reaches v4, which it holds on the topic.
     daemon.wait_assigned();
     local::produce_events(&brokers, "in", std::sync::Arc::new(events(d)), None)
         .await
@@ -782,12 +783,12 @@ async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
     wait_active(&daemon, "v4");
     assert!(daemon.terminate().success());
 
-    // Restarted: the same version; v4 (active) and v3 (the rollback target) are fetched,
-    // v5, the other version held, stays on the topic until a command needs it.
+    // Restarted: the same version. Only v4, the active one, is fetched; v3 (the rollback
+    // target) and v5 stay on the topic until a command needs them.
     let daemon = Daemon::start(&config);
     wait_active(&daemon, "v4");
-    assert_eq!(replay_field(&daemon, "publishes_fetched"), Some(2));
-    assert_eq!(replay_field(&daemon, "publishes_held_on_topic"), Some(1));
+    assert_eq!(replay_field(&daemon, "publishes_fetched"), Some(1));
+    assert_eq!(replay_field(&daemon, "publishes_held_on_topic"), Some(2));
     let metrics = http_get(&daemon.metrics_addr(), "/metrics").1;
     assert_eq!(
         metric_sum(&metrics, "manymodel_bundle_rejections_total"),
@@ -796,7 +797,8 @@ async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
     );
     assert!(daemon.terminate().success());
 
-    // Holding 4 versions: v2 and v5 are held on the topic, and `activate` brings either back.
+    // Holding 4 versions: v2, v3 and v5 are held on the topic; `rollback` and `activate`
+    // bring them back.
     let config = ServeConfigFile::new(&brokers, "held4")
         .topics("in", "out", "dlq")
         .kafka(r#"control_topic = "control""#)
@@ -804,18 +806,20 @@ async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
         .write(d, "held4");
     let daemon = Daemon::start(&config);
     wait_active(&daemon, "v4");
-    assert_eq!(replay_field(&daemon, "publishes_fetched"), Some(2));
-    assert_eq!(replay_field(&daemon, "publishes_held_on_topic"), Some(2));
+    assert_eq!(replay_field(&daemon, "publishes_fetched"), Some(1));
+    assert_eq!(replay_field(&daemon, "publishes_held_on_topic"), Some(3));
     let control = |args: &[&str]| {
         let mut all = vec!["control"];
         all.extend_from_slice(args);
         all.extend_from_slice(&["--brokers", &brokers, "--control-topic", "control"]);
         run_ok(&all);
     };
+    control(&["rollback"]);
+    wait_active(&daemon, "v3");
     control(&["activate", "--version", "v5"]);
     wait_active(&daemon, "v5");
     control(&["rollback"]);
-    wait_active(&daemon, "v4");
+    wait_active(&daemon, "v3");
     control(&["activate", "--version", "v2"]);
     wait_active(&daemon, "v2");
     let metrics = http_get(&daemon.metrics_addr(), "/metrics").1;

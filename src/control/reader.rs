@@ -223,7 +223,7 @@ impl ControlReader {
             chunks_passed_over = passed_over,
             publishes_fetched = needed.fetch.len(),
             publishes_held_on_topic = needed.hold.len(),
-            "control topic read; fetching the chunks of the active version and the rollback target"
+            "control topic read; fetching the chunks of the active version"
         );
         for n in noted {
             let manifest = match serde_json::from_slice::<ControlMessage>(

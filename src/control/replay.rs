@@ -5,11 +5,11 @@
 //! then works out, from the manifests and commands alone, which versions can still be held
 //! when the replay ends: the last `keep_versions` versions published, the version the
 //! commands leave active and the one a rollback would return to, and the bases of the deltas
-//! among them. Only the active version, the rollback target and their bases are fetched at
-//! once; the other held versions are held *on the topic* (their manifests only) and fetched
-//! when a command makes one of them active. The rest are skipped. So a restart reads the
-//! active bundle and the one a rollback needs, whatever the age of the topic and whatever
-//! `keep_versions` is.
+//! among them. Only the active version (and the bases it was built on, for a delta) is
+//! fetched at once; the other held versions, the rollback target among them, are held *on
+//! the topic* (their manifests only) and fetched when a command makes one of them active. The
+//! rest are skipped. So a restart reads the active bundle once, whatever the age of the topic
+//! and whatever `keep_versions` is.
 //!
 //! The plan over-approximates: [`super::versions::Versions`] still decides what is held,
 //! with the same rules as a full replay. A version the plan skips could not have been held
@@ -22,7 +22,7 @@ use super::message::{ControlMessage, Manifest};
 /// What a restart reads of the chunks: publish ids.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Needs {
-    /// Fetched during the replay: the active version, the rollback target, their bases.
+    /// Fetched during the replay: the active version and its bases.
     pub fetch: HashSet<String>,
     /// Held on the topic, fetched when a command needs them.
     pub hold: HashSet<String>,
@@ -71,18 +71,20 @@ impl ReplayPlan {
     /// What a daemon holding `keep` versions needs: the publishes to fetch at once and the
     /// ones to hold on the topic.
     pub fn needed(&self, keep: usize) -> Needs {
-        let fetch = self.publishes(&self.versions(0));
+        let fetch = self.publishes(&self.versions(None));
         let hold = self
-            .publishes(&self.versions(keep.max(2)))
+            .publishes(&self.versions(Some(keep.max(2))))
             .difference(&fetch)
             .cloned()
             .collect();
         Needs { fetch, hold }
     }
 
-    /// The versions held at the end of the topic: the active one, the one a rollback
-    /// returns to, the `keep` last published and the bases of the deltas among them.
-    fn versions(&self, keep: usize) -> HashSet<&str> {
+    /// The versions held at the end of the topic: the active one and, with `held`, the one a
+    /// rollback returns to and the `held` last published; and the bases of the deltas among
+    /// them.
+    fn versions(&self, held: Option<usize>) -> HashSet<&str> {
+        let keep = held.unwrap_or(0);
         let mut published: Vec<&str> = Vec::new();
         let mut activations: Vec<&str> = Vec::new();
         for e in &self.entries {
@@ -132,13 +134,15 @@ impl ReplayPlan {
         // The active version and the one a rollback returns to.
         let current = activations.last().copied();
         versions.extend(current);
-        versions.extend(
-            activations
-                .iter()
-                .rev()
-                .find(|v| Some(**v) != current)
-                .copied(),
-        );
+        if held.is_some() {
+            versions.extend(
+                activations
+                    .iter()
+                    .rev()
+                    .find(|v| Some(**v) != current)
+                    .copied(),
+            );
+        }
         // Deltas are materialised on arrival: their bases must be there too.
         loop {
             let bases: Vec<&str> = self
@@ -196,22 +200,22 @@ mod tests {
     }
 
     #[test]
-    fn a_hundred_publishes_need_only_the_last_keep_versions() {
+    fn a_hundred_publishes_fetch_the_active_version_and_hold_the_last_keep() {
         let mut plan = ReplayPlan::default();
         for i in 0..100 {
             manifest(&mut plan, &format!("v{i}"), None, true);
         }
         let needs = plan.needed(3);
+        assert_eq!(needs.fetch, ids(&["v99"]), "the active version");
         assert_eq!(
-            needs.fetch,
-            ids(&["v98", "v99"]),
-            "active and rollback target"
+            needs.hold,
+            ids(&["v97", "v98"]),
+            "v98 is the rollback target"
         );
-        assert_eq!(needs.hold, ids(&["v97"]));
     }
 
     #[test]
-    fn an_old_version_activated_or_rolled_back_to_is_needed_with_its_rollback_target() {
+    fn an_old_version_activated_or_rolled_back_to_is_fetched_and_its_rollback_target_held() {
         let mut plan = ReplayPlan::default();
         manifest(&mut plan, "v1", None, true);
         for i in 2..50 {
@@ -224,12 +228,8 @@ mod tests {
         plan.entries.push(Entry::Activate("v48".into()));
         plan.entries.push(Entry::Rollback);
         let needs = plan.needed(2);
-        assert_eq!(
-            needs.fetch,
-            ids(&["v1", "v49"]),
-            "back to v49; v1 before it"
-        );
-        assert_eq!(needs.hold, ids(&["v48"]));
+        assert_eq!(needs.fetch, ids(&["v49"]), "back to v49");
+        assert_eq!(needs.hold, ids(&["v1", "v48"]), "v1 before it");
     }
 
     #[test]
@@ -242,7 +242,7 @@ mod tests {
         manifest(&mut plan, "d1", Some("full"), true);
         manifest(&mut plan, "d2", Some("d1"), true);
         let needs = plan.needed(2);
-        assert_eq!(needs.fetch, ids(&["full", "d1", "d2"]));
+        assert_eq!(needs.fetch, ids(&["full", "d1", "d2"]), "d2 and its bases");
         assert!(needs.hold.is_empty());
     }
 }

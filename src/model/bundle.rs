@@ -10,6 +10,7 @@
 //! lets an imported bundle have no fallback; format-1 files (linear only) still load.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::path::Path;
 use std::sync::OnceLock;
 
@@ -236,16 +237,22 @@ impl Bundle {
 
     /// Writes the bundle as an Avro object container file.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let bytes = self.to_avro()?;
-        std::fs::write(path, bytes).map_err(|e| Error::io(path, e))
+        let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+        let mut out = self.write_avro(std::io::BufWriter::with_capacity(1 << 20, file))?;
+        out.flush().map_err(|e| Error::io(path, e))
     }
 
     /// The bundle as Avro object container bytes.
     pub fn to_avro(&self) -> Result<Vec<u8>> {
+        self.write_avro(Vec::new())
+    }
+
+    /// Encodes the bundle into `out`, and hands `out` back.
+    fn write_avro<W: std::io::Write>(&self, out: W) -> Result<W> {
         let record = BundleRecord::from(self);
         let mut writer = Writer::with_codec(
             schema()?,
-            Vec::new(),
+            out,
             // The fastest deflate level: a bundle of thousands of tree ensembles is hundreds of
             // megabytes of node arrays, and the default level spends minutes on them for a
             // few percent of size.
@@ -306,9 +313,11 @@ impl Bundle {
     }
 }
 
-/// The Avro datum, field for field as in `schemas/bundle.avsc`.
+/// The Avro datum, field for field as in `schemas/bundle.avsc`. Read with the partitions in a
+/// `Vec`; written with [`PartitionRecords`], which turns each model into its record only as
+/// it is encoded, so writing a bundle never holds a second copy of its models.
 #[derive(Debug, Serialize, Deserialize)]
-struct BundleRecord {
+struct BundleRecord<P = Vec<ModelRecord>> {
     format: i32,
     version: String,
     base_version: Option<String>,
@@ -318,7 +327,16 @@ struct BundleRecord {
     rows_used: i64,
     rows_rejected: i64,
     fallback: Option<ModelRecord>,
-    partitions: Vec<ModelRecord>,
+    partitions: P,
+}
+
+/// A bundle's partitions, encoded one record at a time.
+struct PartitionRecords<'a>(&'a [PartitionModel]);
+
+impl Serialize for PartitionRecords<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(ModelRecord::from))
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -472,8 +490,8 @@ impl TryFrom<ModelRecord> for PartitionModel {
     }
 }
 
-impl From<&Bundle> for BundleRecord {
-    fn from(b: &Bundle) -> Self {
+impl<'a> From<&'a Bundle> for BundleRecord<PartitionRecords<'a>> {
+    fn from(b: &'a Bundle) -> Self {
         BundleRecord {
             format: FORMAT,
             version: b.version.clone(),
@@ -500,7 +518,7 @@ impl From<&Bundle> for BundleRecord {
             rows_used: b.rows_used as i64,
             rows_rejected: b.rows_rejected as i64,
             fallback: b.has_fallback.then(|| ModelRecord::from(&b.fallback)),
-            partitions: b.partitions.iter().map(ModelRecord::from).collect(),
+            partitions: PartitionRecords(&b.partitions),
         }
     }
 }
