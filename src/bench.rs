@@ -26,6 +26,7 @@ use crate::control::ActiveBundle;
 use crate::error::{Error, Result};
 use crate::kafka::producer::now_ms;
 use crate::local;
+use crate::memory;
 use crate::metrics::PipelineStats;
 use crate::model::bundle::Bundle;
 use crate::serve::{self, Mode};
@@ -70,6 +71,8 @@ pub struct Figures {
     pub p50_ms: f64,
     /// 99th percentile latency at the steady rate, ms.
     pub p99_ms: f64,
+    /// Resident memory while the pipeline runs at the steady rate, bytes.
+    pub steady_rss: Option<u64>,
 }
 
 struct Setup<'a> {
@@ -276,7 +279,15 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     }
 
     let work = local::workload(opts.stores, 14, opts.events.max(live_events), 11, "bench")?;
+    if work.fitted_stores < opts.stores {
+        let _ = writeln!(
+            out,
+            "synthetic bundle: {} stores fitted from generated history, their models spread over {} stores",
+            work.fitted_stores, opts.stores
+        );
+    }
     let bundle = Arc::new(work.bundle);
+    let loaded_rss = memory::rss();
     let mut lines: Vec<Vec<u8>> = work.events.lines().map(|l| l.as_bytes().to_vec()).collect();
     let schema_file = std::env::temp_dir().join(format!("manymodel-bench-{run_id}.avsc"));
     let input = match opts.format {
@@ -368,6 +379,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         };
         let (stats, stop, handle) = setup.start(*mode, live_in, output, None).await;
         (f.p50_ms, f.p99_ms) = steady_latency(&stats, &brokers, live_in, &live, opts).await?;
+        f.steady_rss = memory::rss();
         stop.cancel();
         handle.await.map_err(|e| Error::Internal(e.to_string()))??;
         figures.push((*mode, f));
@@ -381,8 +393,8 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
 
     let _ = writeln!(
         out,
-        "\n{:<12} {:>12} {:>10} {:>10} {:>14}",
-        "pipeline", "events/s", "p50 ms", "p99 ms", "CPU µs/event"
+        "\n{:<12} {:>12} {:>10} {:>10} {:>14} {:>16}",
+        "pipeline", "events/s", "p50 ms", "p99 ms", "CPU µs/event", "steady RSS MiB"
     );
     for (mode, f) in &figures {
         let name = if *mode == Mode::Score {
@@ -392,8 +404,12 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         };
         let _ = writeln!(
             out,
-            "{name:<12} {:>12.0} {:>10.1} {:>10.1} {:>14.2}",
-            f.events_per_sec, f.p50_ms, f.p99_ms, f.cpu_us_per_event
+            "{name:<12} {:>12.0} {:>10.1} {:>10.1} {:>14.2} {:>16.1}",
+            f.events_per_sec,
+            f.p50_ms,
+            f.p99_ms,
+            f.cpu_us_per_event,
+            f.steady_rss.map_or(f64::NAN, memory::mib)
         );
     }
     if let Some((p50, p99, swaps)) = reload {
@@ -403,6 +419,19 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             "scoring+reload", "-"
         );
     }
+    let _ = writeln!(
+        out,
+        "memory: {} stores; resident after loading the bundle {:.1} MiB; peak {:.1} MiB{}",
+        opts.stores,
+        loaded_rss.map_or(f64::NAN, memory::mib),
+        memory::peak_rss().map_or(f64::NAN, memory::mib),
+        if opts.reload { " (with the hot swaps)" } else { "" }
+    );
+    let _ = writeln!(
+        out,
+        "bundle in memory: {:.0} bytes per store, by count of what it holds (ids, models, index)",
+        setup.bundle.memory_bytes() as f64 / setup.bundle.partitions.len().max(1) as f64
+    );
     let _ = std::fs::remove_file(&schema_file);
     let ratio = figures[1].1.events_per_sec / figures[0].1.events_per_sec;
     let _ = writeln!(

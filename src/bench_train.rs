@@ -23,13 +23,7 @@ pub struct TrainBench {
     pub peak_rss: Option<u64>,
 }
 
-/// The peak resident set size of this process (`VmHWM`), in bytes; Linux only.
-pub fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
+use crate::memory::peak_rss;
 
 /// Trains `input` under `spec` once and prints the figures to `out`.
 pub fn run(spec: PathBuf, input: PathBuf, out: &mut dyn Write) -> Result<TrainBench> {

@@ -145,7 +145,7 @@ fn read_model(
         (Model::Linear(m), Vec::new())
     } else {
         let m = xgboost::read(doc, names, use_best_iteration).map_err(fail)?;
-        (Model::Trees(m.trees), m.ignored)
+        (Model::Trees(Box::new(m.trees)), m.ignored)
     };
     if let Some(rmse) = r.rmse {
         if !rmse.is_finite() || rmse < 0.0 {

@@ -123,7 +123,7 @@ pub fn partition(b: &Bundle, m: &PartitionModel) -> String {
         Model::Linear(l) => {
             let _ = writeln!(s, "intercept:  {}", number(l.intercept));
             let _ = writeln!(s, "coefficients:");
-            for (name, c) in names.iter().zip(&l.coefficients) {
+            for (name, c) in names.iter().zip(l.coefficients.iter()) {
                 let _ = writeln!(s, "  {name:<width$}  {}", number(*c));
             }
         }

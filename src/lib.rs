@@ -49,6 +49,7 @@
 //! | [`bench_trees`] | `bench --trees`: tree-ensemble predictions per second on one core |
 //! | [`bench_train`] | `bench --train`: rows and stores per second of `train`, and its peak RSS |
 //! | [`local`] | Kafka helpers for the demo, the benchmark and the tests |
+//! | [`memory`] | the process's resident and peak memory, for the benchmarks |
 //! | [`error`] | the error types |
 
 pub mod awaiting;
@@ -71,6 +72,7 @@ pub mod import;
 pub mod inspect;
 pub mod kafka;
 pub mod local;
+pub mod memory;
 pub mod metrics;
 pub mod model;
 pub mod partition;

@@ -268,6 +268,50 @@ pub struct Workload {
     pub history_rows: usize,
     /// Training time, seconds.
     pub train_seconds: f64,
+    /// Stores fitted from history; the bundle's other stores reuse their models.
+    pub fitted_stores: usize,
+}
+
+/// The most stores a workload fits from generated history; above it, the bundle is widened
+/// with [`widen`], so that a benchmark of a million stores needs no million fits.
+pub const FITTED_STORES: usize = 20_000;
+
+/// `bundle` with `stores` partitions named as `generate --stores {stores}` names them, each a
+/// fitted model of `bundle` with its weights moved a little, so that no two are equal.
+pub fn widen(
+    bundle: &crate::model::bundle::Bundle,
+    stores: usize,
+) -> Result<crate::model::bundle::Bundle> {
+    use crate::model::Model;
+    let width = stores.to_string().len().max(3);
+    let fitted = &bundle.partitions;
+    if fitted.is_empty() {
+        return Err(Error::Internal("no fitted store to widen the bundle with".into()));
+    }
+    let partitions = (0..stores)
+        .map(|i| {
+            let mut m = fitted[i % fitted.len()].clone();
+            m.partition = format!("S{:0width$}", i + 1);
+            if let Model::Linear(l) = &mut m.model {
+                // Weights of its own, as a fitted store has (not shared with its template).
+                let shift = (i / fitted.len()) as f64 * 1e-3;
+                l.intercept += shift;
+                l.coefficients = l.coefficients.iter().map(|c| c + shift * 1e-3).collect();
+            }
+            m
+        })
+        .collect();
+    crate::model::bundle::Bundle::new(
+        bundle.version.clone(),
+        None,
+        bundle.created_at_ms,
+        bundle.spec.clone(),
+        bundle.rows_used,
+        bundle.rows_rejected,
+        bundle.fallback.clone(),
+        partitions,
+    )
+    .map_err(|e| Error::Internal(format!("widening the bundle: {e}")))
 }
 
 /// The Avro file bytes of `bundle` under another version: the demo and the benchmark publish
@@ -298,9 +342,10 @@ pub fn workload(
     use crate::generate::{self, GenerateOptions};
     use crate::train::{self, TrainOptions};
     let dir = std::env::temp_dir().join(format!("manymodel-{version}-{}", std::process::id()));
+    let fitted = stores.min(FITTED_STORES);
     let result = (|| {
         let gen = generate::run(&GenerateOptions {
-            stores,
+            stores: fitted,
             days,
             events,
             out: dir.clone(),
@@ -316,13 +361,29 @@ pub fn workload(
             base: None,
             partitions: Vec::new(),
         })?;
+        let mut bundle = report.bundle;
+        if stores > fitted {
+            // Events for every store (no history), and the fitted models spread over them.
+            let wide = dir.join("wide");
+            generate::run(&GenerateOptions {
+                stores,
+                days: 0,
+                events,
+                out: wide.clone(),
+                seed,
+            })?;
+            std::fs::rename(wide.join("events.jsonl"), dir.join("events.jsonl"))
+                .map_err(|e| Error::io(&wide, e))?;
+            bundle = widen(&bundle, stores)?;
+        }
         let path = dir.join("events.jsonl");
         let events = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         Ok(Workload {
-            bundle: report.bundle,
+            bundle,
             events,
             history_rows: gen.history_rows,
             train_seconds: report.seconds,
+            fitted_stores: fitted,
         })
     })();
     let _ = std::fs::remove_dir_all(&dir);

@@ -5,6 +5,7 @@
 
 pub mod bundle;
 pub mod delta;
+pub mod index;
 pub mod linear;
 pub mod tree;
 
@@ -17,7 +18,7 @@ pub enum Model {
     /// An intercept and one weight per model input (trained here or imported as JSON).
     Linear(LinearModel),
     /// A gradient-boosted tree ensemble (imported from XGBoost).
-    Trees(TreeEnsemble),
+    Trees(Box<TreeEnsemble>),
 }
 
 impl Model {
@@ -36,6 +37,14 @@ impl Model {
             Model::Linear(m) => m.is_finite(),
             // A TreeEnsemble is validated when built: finite leaves and base score.
             Model::Trees(_) => true,
+        }
+    }
+
+    /// Bytes the model holds outside its own struct (its weights or nodes).
+    pub fn heap_bytes(&self) -> usize {
+        match self {
+            Model::Linear(m) => m.heap_bytes(),
+            Model::Trees(m) => m.heap_bytes(),
         }
     }
 

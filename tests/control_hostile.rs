@@ -100,7 +100,7 @@ fn genuine() -> Genuine {
         rmse: 1.0,
         model: Model::Linear(LinearModel {
             intercept: b,
-            coefficients: vec![2.0],
+            coefficients: vec![2.0].into(),
         }),
     };
     let bundle = Bundle::new(

@@ -341,7 +341,7 @@ struct References {
 
 fn linear_of(bundle: &Bundle, id: &str) -> (Vec<f64>, f64) {
     match &bundle.partition(id).expect("every store is fitted").model {
-        Model::Linear(m) => (m.coefficients.clone(), m.intercept),
+        Model::Linear(m) => (m.coefficients.to_vec(), m.intercept),
         Model::Trees(_) => panic!("a linear bundle"),
     }
 }

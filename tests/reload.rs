@@ -584,9 +584,12 @@ async fn a_bundle_of_100000_partitions_publishes_and_swaps_in() {
                 l.intercept += i as f64;
                 // Distinct coefficients, so the file is as large as a real one (no free
                 // compression).
-                for (j, c) in l.coefficients.iter_mut().enumerate() {
-                    *c += ((i * 7919 + j * 104_729) % 10_007) as f64 * 1e-4;
-                }
+                l.coefficients = l
+                    .coefficients
+                    .iter()
+                    .enumerate()
+                    .map(|(j, c)| c + ((i * 7919 + j * 104_729) % 10_007) as f64 * 1e-4)
+                    .collect();
             }
             m
         })
@@ -897,9 +900,12 @@ async fn restart_time_does_not_grow_with_the_publishes_on_the_control_topic() {
             m.partition = format!("Z{i:06}");
             if let Model::Linear(l) = &mut m.model {
                 l.intercept += i as f64;
-                for (j, c) in l.coefficients.iter_mut().enumerate() {
-                    *c += ((i * 7919 + j * 104_729) % 10_007) as f64 * 1e-4;
-                }
+                l.coefficients = l
+                    .coefficients
+                    .iter()
+                    .enumerate()
+                    .map(|(j, c)| c + ((i * 7919 + j * 104_729) % 10_007) as f64 * 1e-4)
+                    .collect();
             }
             m
         })

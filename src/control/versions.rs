@@ -289,7 +289,7 @@ mod tests {
             rmse: 0.0,
             model: Model::Linear(LinearModel {
                 intercept: version.len() as f64,
-                coefficients: vec![1.0],
+                coefficients: vec![1.0].into(),
             }),
         };
         Bundle::new(

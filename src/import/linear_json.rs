@@ -47,7 +47,7 @@ pub fn read(doc: Value, names: &FeatureNames<'_>, width: usize) -> Result<Linear
     }
     Ok(LinearModel {
         intercept: file.intercept,
-        coefficients,
+        coefficients: coefficients.into(),
     })
 }
 
@@ -66,7 +66,7 @@ mod tests {
         let doc = json!({"intercept": 3.0, "coefficients": {"cost": -2.0, "region=north": 1.5}});
         assert!(is_linear(&doc));
         let m = read(doc, &names, 3).unwrap();
-        assert_eq!(m.coefficients, vec![-2.0, 0.0, 1.5]);
+        assert_eq!(m.coefficients[..], [-2.0, 0.0, 1.5]);
         assert_eq!(m.predict(&[1.0, 1.0, 1.0]), 2.5);
         let err = read(
             json!({"intercept": 1.0, "coefficients": {"colour": 1.0}}),

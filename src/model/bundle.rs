@@ -9,7 +9,6 @@
 //! Format 2 lets each partition (and the fallback) hold a linear model or a tree ensemble, and
 //! lets an imported bundle have no fallback; format-1 files (linear only) still load.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -19,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{BundleError, Error, Result};
 use crate::features::FeatureEncoder;
+use crate::model::index::PartitionIndex;
 use crate::model::linear::LinearModel;
 use crate::model::tree::{Objective, TreeArrays, TreeEnsemble};
 use crate::model::Model;
@@ -78,7 +78,7 @@ pub struct Bundle {
     has_fallback: bool,
     /// Per-partition models, sorted by id.
     pub partitions: Vec<PartitionModel>,
-    index: HashMap<String, usize>,
+    index: PartitionIndex,
     encoder: FeatureEncoder,
 }
 
@@ -169,18 +169,18 @@ impl Bundle {
             rmse: f64::NAN,
             model: Model::Linear(LinearModel {
                 intercept: f64::NAN,
-                coefficients: vec![0.0; width],
+                coefficients: vec![0.0; width].into(),
             }),
         });
-        let mut index = HashMap::with_capacity(partitions.len());
-        for (i, m) in partitions.iter().enumerate() {
-            if index.insert(m.partition.clone(), i).is_some() {
-                return Err(BundleError::Spec(format!(
-                    "partition {:?} appears twice",
-                    m.partition
-                )));
-            }
+        if partitions.len() > u32::MAX as usize {
+            return Err(BundleError::Spec(format!(
+                "{} partitions: a bundle holds at most {}",
+                partitions.len(),
+                u32::MAX
+            )));
         }
+        let index = PartitionIndex::build(partitions.len(), |i| &partitions[i].partition)
+            .map_err(|id| BundleError::Spec(format!("partition {id:?} appears twice")))?;
         Ok(Bundle {
             version,
             base_version,
@@ -219,12 +219,25 @@ impl Bundle {
 
     /// Where the partition's own model sits in `partitions`, if it has one.
     pub fn partition_index(&self, id: &str) -> Option<usize> {
-        self.index.get(id).copied()
+        self.index.find(id, |i| &self.partitions[i].partition)
     }
 
     /// The partition's own model, if it has one.
     pub fn partition(&self, id: &str) -> Option<&PartitionModel> {
-        self.index.get(id).map(|&i| &self.partitions[i])
+        self.partition_index(id).map(|i| &self.partitions[i])
+    }
+
+    /// Bytes the bundle's partitions hold, counted: each model's struct, id and weights, and
+    /// the index. What the allocator adds on top is not counted.
+    pub fn memory_bytes(&self) -> usize {
+        let models: usize = self
+            .partitions
+            .iter()
+            .map(|m| m.partition.len() + m.model.heap_bytes())
+            .sum();
+        self.partitions.capacity() * std::mem::size_of::<PartitionModel>()
+            + models
+            + self.index.memory_bytes()
     }
 
     /// The model that scores `id`: its own, or the fallback.
@@ -416,7 +429,7 @@ fn unpack<T, const N: usize>(
 impl From<&PartitionModel> for ModelRecord {
     fn from(m: &PartitionModel) -> Self {
         let (intercept, coefficients, trees) = match &m.model {
-            Model::Linear(l) => (l.intercept, l.coefficients.clone(), None),
+            Model::Linear(l) => (l.intercept, l.coefficients.to_vec(), None),
             Model::Trees(t) => {
                 let a = t.to_arrays();
                 let trees = TreesRecord {
@@ -451,7 +464,7 @@ impl TryFrom<ModelRecord> for PartitionModel {
         let model = match r.trees {
             None => Model::Linear(LinearModel {
                 intercept: r.intercept,
-                coefficients: r.coefficients,
+                coefficients: r.coefficients.into(),
             }),
             Some(t) => {
                 let objective = Objective::parse(&t.objective).ok_or_else(|| {
@@ -478,7 +491,9 @@ impl TryFrom<ModelRecord> for PartitionModel {
                     leaf_value: unpack(&t.leaf_value, "leaf_value", f64::from_le_bytes)
                         .map_err(within)?,
                 };
-                Model::Trees(TreeEnsemble::new(&arrays).map_err(|e| e.within(&context))?)
+                Model::Trees(Box::new(
+                    TreeEnsemble::new(&arrays).map_err(|e| e.within(&context))?,
+                ))
             }
         };
         Ok(PartitionModel {
@@ -610,7 +625,7 @@ pub(crate) mod tests {
             rmse: 1.5,
             model: Model::Linear(LinearModel {
                 intercept: b,
-                coefficients: vec![-2.0, 1.0, 3.0],
+                coefficients: vec![-2.0, 1.0, 3.0].into(),
             }),
         };
         Bundle::new(
@@ -662,7 +677,7 @@ pub(crate) mod tests {
     }
 
     fn trees(leaf: f64) -> Model {
-        Model::Trees(
+        Model::Trees(Box::new(
             TreeEnsemble::new(&TreeArrays {
                 objective: Objective::Poisson,
                 base_score: 2.0,
@@ -675,7 +690,7 @@ pub(crate) mod tests {
                 leaf_value: vec![0.0, leaf, -leaf],
             })
             .unwrap(),
-        )
+        ))
     }
 
     #[test]
@@ -729,7 +744,7 @@ pub(crate) mod tests {
         };
         let mut a = t.to_arrays();
         a.split_feature[0] = 3;
-        parts[0].model = Model::Trees(TreeEnsemble::new(&a).unwrap());
+        parts[0].model = Model::Trees(Box::new(TreeEnsemble::new(&a).unwrap()));
         let err = Bundle::new(
             "v2".into(),
             None,
@@ -752,7 +767,7 @@ pub(crate) mod tests {
         let b = sample("v1");
         let mut bad = b.partitions.clone();
         if let Model::Linear(l) = &mut bad[0].model {
-            l.coefficients.pop();
+            l.coefficients = l.coefficients[1..].into();
         }
         let err = Bundle::new(
             "v2".into(),
@@ -776,7 +791,9 @@ pub(crate) mod tests {
         let b = sample("v1");
         let mut bad = b.partitions.clone();
         if let Model::Linear(l) = &mut bad[0].model {
-            l.coefficients[0] = f64::NAN;
+            let mut c = l.coefficients.to_vec();
+            c[0] = f64::NAN;
+            l.coefficients = c.into();
         }
         let err = Bundle::new(
             "v2".into(),

@@ -3,16 +3,24 @@
 //! Models are plain data, as in linfa: the bundle stores them and serving reads them, and
 //! scoring is one dot product with no allocation.
 
+use std::sync::Arc;
+
 /// A linear model over the inputs of a [`crate::features::FeatureEncoder`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct LinearModel {
     /// The constant term.
     pub intercept: f64,
-    /// One weight per model input, in the encoder's order.
-    pub coefficients: Vec<f64>,
+    /// One weight per model input, in the encoder's order. Shared: a bundle that keeps a
+    /// store's model from another (a delta, a held version) shares its weights.
+    pub coefficients: Arc<[f64]>,
 }
 
 impl LinearModel {
+    /// Bytes held by the weights (with the count of their shared allocation).
+    pub fn heap_bytes(&self) -> usize {
+        std::mem::size_of_val(&self.coefficients[..]) + 2 * std::mem::size_of::<usize>()
+    }
+
     /// The prediction for one encoded input vector.
     #[inline]
     pub fn predict(&self, inputs: &[f64]) -> f64 {

@@ -148,6 +148,12 @@ pub struct TreeEnsemble {
 }
 
 impl TreeEnsemble {
+    /// Bytes held by the node arrays.
+    pub fn heap_bytes(&self) -> usize {
+        self.nodes.capacity() * std::mem::size_of::<Node>()
+            + self.roots.capacity() * std::mem::size_of::<u32>()
+    }
+
     /// Validates the arrays and lays the trees out for scoring. Refuses anything that could
     /// make scoring fail: ragged arrays, children out of range, cycles or shared nodes,
     /// non-finite leaves or NaN thresholds.

@@ -245,7 +245,7 @@ pub(super) fn model_from(
             .sum::<f64>();
     let model = LinearModel {
         intercept,
-        coefficients,
+        coefficients: coefficients.into(),
     };
     if !model.is_finite() {
         return Err(FitError(format!(
@@ -715,7 +715,7 @@ mod tests {
             .model
             .coefficients
             .iter()
-            .zip(&exact.model.coefficients)
+            .zip(exact.model.coefficients.iter())
         {
             assert!(close(*a, *b), "{a} vs {b}");
         }
