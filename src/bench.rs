@@ -425,7 +425,11 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         opts.stores,
         loaded_rss.map_or(f64::NAN, memory::mib),
         memory::peak_rss().map_or(f64::NAN, memory::mib),
-        if opts.reload { " (with the hot swaps)" } else { "" }
+        if opts.reload {
+            " (with the hot swaps)"
+        } else {
+            ""
+        }
     );
     let _ = writeln!(
         out,

@@ -286,7 +286,9 @@ pub fn widen(
     let width = stores.to_string().len().max(3);
     let fitted = &bundle.partitions;
     if fitted.is_empty() {
-        return Err(Error::Internal("no fitted store to widen the bundle with".into()));
+        return Err(Error::Internal(
+            "no fitted store to widen the bundle with".into(),
+        ));
     }
     let partitions = (0..stores)
         .map(|i| {

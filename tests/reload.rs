@@ -825,13 +825,22 @@ async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
     wait_active(&daemon, "v3");
     control(&["activate", "--version", "v2"]);
     wait_active(&daemon, "v2");
+    // Published while it runs: v6 becomes active and v2 leaves memory (only the active bundle
+    // stays there); a rollback fetches v2 again, and an activate v6.
+    let v6 = train(d, 3_100, "v6", None);
+    publish(&brokers, &v6, None);
+    wait_active(&daemon, "v6");
+    control(&["rollback"]);
+    wait_active(&daemon, "v2");
+    control(&["activate", "--version", "v6"]);
+    wait_active(&daemon, "v6");
     let metrics = http_get(&daemon.metrics_addr(), "/metrics").1;
     assert_eq!(
         metric_sum(&metrics, "manymodel_bundle_rejections_total"),
         0.0,
         "{metrics}"
     );
-    // v1 was never held by this daemon: refused, and v2 stays.
+    // v1 was never held by this daemon: refused, and v6 stays.
     control(&["activate", "--version", "v1"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while metric_sum(
@@ -842,7 +851,7 @@ async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
         assert!(Instant::now() < deadline, "{}", daemon.log_text());
         std::thread::sleep(Duration::from_millis(100));
     }
-    wait_active(&daemon, "v2");
+    wait_active(&daemon, "v6");
     daemon.wait_assigned();
     local::produce_events(&brokers, "in", std::sync::Arc::new(events(d)), None)
         .await
@@ -854,7 +863,7 @@ async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
     assert!(
         records[100..]
             .iter()
-            .all(|r| r.headers.get("model-version").map(String::as_str) == Some("v2")),
+            .all(|r| r.headers.get("model-version").map(String::as_str) == Some("v6")),
         "the version fetched from the topic scores"
     );
     assert!(daemon.terminate().success());

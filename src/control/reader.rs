@@ -115,9 +115,10 @@ struct ControlReader {
     live: bool,
     /// Versions the restart plan did not fetch (cleared once live).
     skipped: HashSet<String>,
-    /// The manifests of the versions a restart held on the topic, by version: what a later
-    /// command needs to fetch one (or the base of one).
-    on_topic: HashMap<String, Manifest>,
+    /// The manifests of the versions whose chunks are in a chunks topic, by version: what it
+    /// takes to fetch one (or the base of one) again. Only the active version's bundle is kept
+    /// in memory; the others are held on the topic and fetched when a command needs them.
+    manifests: HashMap<String, Manifest>,
     /// Reads chunks by offset from a chunks topic, made on first use.
     chunks: Option<BaseConsumer<ControlContext>>,
 }
@@ -138,7 +139,7 @@ impl ControlReader {
             log: ClientLog::default(),
             live: false,
             skipped: HashSet::new(),
-            on_topic: HashMap::new(),
+            manifests: HashMap::new(),
             chunks: None,
         }
     }
@@ -235,7 +236,7 @@ impl ControlReader {
             if let Some(m) = manifest {
                 if needed.hold.contains(&m.publish_id) {
                     let outcome = self.state.hold_on_topic(&m);
-                    self.on_topic.insert(m.version.clone(), m);
+                    self.manifests.insert(m.version.clone(), m);
                     self.outcome(&n.at, outcome);
                     continue;
                 }
@@ -355,6 +356,7 @@ impl ControlReader {
                 tracing::info!(local = %l.bundle.version, "the control topic has an active version: the local bundle is not served");
             }
         }
+        self.release_inactive();
         let active = self.state.versions().active().cloned();
         tracing::info!(
             topic = %self.options.topic,
@@ -415,6 +417,7 @@ impl ControlReader {
         };
         let outcome = self.state.record(m.key(), header, m.payload());
         self.outcome(&at, outcome);
+        self.release_inactive();
     }
 
     /// The version held on the topic only that a command (`activate`, `rollback`) would make
@@ -440,7 +443,7 @@ impl ControlReader {
         if let Some(b) = self.state.versions().get(version) {
             return Ok(b.clone());
         }
-        let Some(manifest) = self.on_topic.get(version).cloned() else {
+        let Some(manifest) = self.manifests.get(version).cloned() else {
             return Err(Rejection::new(
                 Reason::UnknownVersion,
                 format!("{version} is no longer on the control topic; publish it again"),
@@ -485,12 +488,38 @@ impl ControlReader {
     ) {
         if let Some(m) = manifest {
             if let (Ok(()), Some(location)) = (self.state.admit_manifest(m), &m.chunks_at) {
+                // A delta held for later builds on a version that may be held on the topic.
+                if let Some(base) = &m.base_version {
+                    if self.state.versions().on_topic(base) {
+                        if let Err(r) = self.materialise(base, cancel, 0) {
+                            return self.reject(at, Some(&m.version), r);
+                        }
+                    }
+                }
                 self.fetch_chunks(location, &m.publish_id, cancel);
             }
             // A refused manifest is refused again here, at O(1), and counted.
         }
         let outcome = self.state.record(key, |_| None, payload);
+        let held = !matches!(outcome, Outcome::Rejected { .. });
+        if let Some(m) = manifest.filter(|m| held && m.chunks_at.is_some()) {
+            self.manifests.insert(m.version.clone(), m.clone());
+        }
         self.outcome(at, outcome);
+        if self.live {
+            self.release_inactive();
+        }
+    }
+
+    /// Keeps only the active bundle in memory: every other held version whose chunks can be
+    /// fetched again is released (a full swap holds two bundles while it runs, never more).
+    fn release_inactive(&mut self) {
+        for version in self.state.versions().loaded_inactive() {
+            if self.manifests.contains_key(&version) && self.state.versions_mut().release(&version)
+            {
+                tracing::debug!(%version, "released from memory; held on the control topic");
+            }
+        }
     }
 
     /// Reads the chunks of `publish_id` in `location` and applies them; stops early at the

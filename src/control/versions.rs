@@ -143,6 +143,28 @@ impl Versions {
         }
     }
 
+    /// Drops a held version's bundle from memory, keeping the version held on the topic (the
+    /// reader can fetch it again); never the active one. False if nothing was dropped.
+    pub fn release(&mut self, version: &str) -> bool {
+        if self.active_version() == Some(version) {
+            return false;
+        }
+        match self.stored.iter_mut().find(|s| s.version == version) {
+            Some(s) => s.bundle.take().is_some(),
+            None => false,
+        }
+    }
+
+    /// The held versions whose bundles are in memory, other than the active one.
+    pub fn loaded_inactive(&self) -> Vec<String> {
+        let active = self.active_version();
+        self.stored
+            .iter()
+            .filter(|s| s.bundle.is_some() && Some(s.version.as_str()) != active)
+            .map(|s| s.version.clone())
+            .collect()
+    }
+
     fn base_mismatch(&self, version: &str, base_version: &str) -> Rejection {
         let active = self.activations.last().map_or("none", String::as_str);
         Rejection::new(
@@ -367,6 +389,12 @@ mod tests {
         assert!(v.fill(Arc::new(bundle("v1", None, &["a"]))));
         assert!(!v.fill(Arc::new(bundle("v1", None, &["a"]))), "filled once");
         assert_eq!(active(&v), "v1");
+        // Released from memory, it is held on the topic again; the active one stays.
+        v.add(bundle("v5", None, &["a"]), "5", false).unwrap();
+        assert_eq!(v.loaded_inactive(), ["v5"]);
+        assert!(v.release("v5") && v.on_topic("v5"));
+        assert!(!v.release("v1"), "the active version stays in memory");
+        assert!(v.loaded_inactive().is_empty());
         // Evicted like any other: a third version pushes out the oldest unprotected one.
         v.add_on_topic("v3", None, "3", false).unwrap();
         v.add_on_topic("v4", None, "4", false).unwrap();
