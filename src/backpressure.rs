@@ -13,7 +13,6 @@
 //! until that output is delivered (see [`crate::kafka::producer`]).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::TopicPartitionList;
@@ -58,9 +57,9 @@ pub struct Backpressure {
     max_in_flight: usize,
     /// Parked work per Kafka partition, in read order.
     parked: HashMap<i32, VecDeque<Work>>,
-    /// Paused Kafka partitions, with the assignment (its state's address) they were paused
+    /// Paused Kafka partitions, with the assignment (its generation) they were paused
     /// in: a revoke and a new assignment unpause a Kafka partition at the consumer.
-    paused: HashMap<i32, usize>,
+    paused: HashMap<i32, u64>,
     /// Every Kafka partition is held because too much is in flight.
     holding_all: bool,
 }
@@ -178,7 +177,7 @@ impl Backpressure {
         let mut now_paused = HashMap::with_capacity(owned.len());
         for offsets in &owned {
             let p = offsets.partition();
-            let id = Arc::as_ptr(offsets) as usize;
+            let id = offsets.generation();
             // A Kafka partition with nothing read yet in this assignment is never paused:
             // librdkafka resumes such a partition from where it had fetched to, not from
             // where the application read to, which would skip records.

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use rdkafka::mocking::MockCluster;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::codec::framing::Framing;
 use crate::codec::{avro_twin, Format, SALES_EVENT_AVSC};
 use crate::config::InputConfig;
@@ -24,7 +25,6 @@ use crate::control::publish::{publish_bytes, PublishOptions, DEFAULT_CHUNK_BYTES
 use crate::control::reader::ControlOptions;
 use crate::control::ActiveBundle;
 use crate::error::{Error, Result};
-use crate::kafka::producer::now_ms;
 use crate::local;
 use crate::memory;
 use crate::metrics::PipelineStats;

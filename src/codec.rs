@@ -38,7 +38,7 @@ use crate::config::{InputConfig, OutputConfig};
 use crate::error::{Error, RecordError, RecordErrorKind};
 use crate::event::Event;
 use crate::features::FeatureEncoder;
-use crate::model::bundle::ModelSource;
+use crate::scoring::ModelSource;
 use crate::spec::{FeatureKind, TrainSpec};
 use avro::{Plan, ReaderSchema, Reads};
 use framing::{Framing, WriterRef};

@@ -15,7 +15,10 @@
 //!
 //! With a chunks topic beside the control topic, chunks live there and each manifest says at
 //! which offsets; a restart reads the control topic's manifests and commands, asks
-//! [`replay::ReplayPlan`] which publishes it can still hold, and fetches only their chunks.
+//! [`replay::ReplayPlan`] which publishes it can still hold, and fetches only the active
+//! version's chunks; the others are held on the topic (manifest only) and fetched when a
+//! command needs them, and while the daemon runs only the active bundle stays in memory.
+//! [`local::LocalBundle`] is the `[model] bundle` file, served until the topic can be read.
 //!
 //! The consumer loop decodes each record with the bundle active when it read it, and the
 //! record's job carries that bundle to its partition actor, which scores with it and stamps
@@ -24,6 +27,7 @@
 
 pub mod admission;
 pub mod assembly;
+pub mod local;
 pub mod message;
 pub mod publish;
 pub mod reader;

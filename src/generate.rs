@@ -301,7 +301,7 @@ pub fn stream(opts: &StreamOptions) -> Result<u64> {
             std::thread::sleep(wait);
         }
         let s = &stores[rng.random_range(0..stores.len())];
-        let ts = crate::kafka::producer::now_ms();
+        let ts = crate::clock::now_ms();
         let event = s
             .event(format!("gen-{}-{sent}", opts.seed), ts, &mut rng)
             .to_string();

@@ -11,7 +11,7 @@ use std::sync::Mutex;
 
 use serde_json::json;
 
-use crate::kafka::producer::now_ms;
+use crate::clock::now_ms;
 
 /// The consumer loop counts as stuck when it has not beaten for this long.
 const LOOP_STALE_MS: i64 = 30_000;

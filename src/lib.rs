@@ -30,7 +30,7 @@
 //! | [`import`] | `import`: bundles from XGBoost and linear-JSON models trained elsewhere |
 //! | [`codec`] | input and output formats: JSON, Avro (Confluent, single-object, raw framing, a schema registry client, container files), resolution planned once per writer schema |
 //! | [`event`] | the decoded fields of a record → an event ready to score (one place for every format) |
-//! | [`scoring`] | which model scores an event; unknown partitions |
+//! | [`scoring`] | which model scores an event (and [`scoring::ModelSource`]: its own or the fallback); unknown partitions |
 //! | [`prediction`] | the prediction record |
 //! | [`predict`] | `predict`: offline scoring of a JSONL file |
 //! | [`inspect`] | `inspect`: a bundle for people |
@@ -50,6 +50,7 @@
 //! | [`bench_train`] | `bench --train`: rows and stores per second of `train`, and its peak RSS |
 //! | [`local`] | Kafka helpers for the demo, the benchmark and the tests |
 //! | [`memory`] | the process's resident and peak memory, for the benchmarks |
+//! | [`clock`] | wall-clock milliseconds |
 //! | [`error`] | the error types |
 
 pub mod awaiting;
@@ -57,6 +58,7 @@ pub mod backpressure;
 pub mod bench;
 pub mod bench_train;
 pub mod bench_trees;
+pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod control;

@@ -13,9 +13,9 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode as Code;
 
+use crate::clock::now_ms;
 use crate::config::{KafkaConfig, MetricsConfig, ModelConfig, PipelineConfig, ServeConfig};
 use crate::error::{Error, Result};
-use crate::kafka::producer::now_ms;
 
 /// Creates topics with the given Kafka partition counts; existing topics are left as they are.
 pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> {

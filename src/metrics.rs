@@ -15,7 +15,7 @@ use metrics::{
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::error::RecordErrorKind;
-use crate::model::bundle::ModelSource;
+use crate::scoring::ModelSource;
 
 /// Input records read from Kafka.
 pub const EVENTS_CONSUMED: &str = "manymodel_events_consumed_total";
@@ -322,7 +322,7 @@ pub fn bundle_activated(version: &str, partitions: usize, previous: Option<&str>
         gauge!(BUNDLE_INFO, "version" => old.to_owned()).set(0.0);
     }
     gauge!(BUNDLE_INFO, "version" => version.to_owned()).set(1.0);
-    gauge!(BUNDLE_ACTIVATED).set(crate::kafka::producer::now_ms() as f64 / 1000.0);
+    gauge!(BUNDLE_ACTIVATED).set(crate::clock::now_ms() as f64 / 1000.0);
     gauge!(BUNDLE_PARTITIONS).set(partitions as f64);
     counter!(BUNDLE_LOADS).increment(1);
 }

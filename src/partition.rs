@@ -20,8 +20,9 @@ use crate::event::Event;
 use crate::kafka::offsets::Ack;
 use crate::kafka::producer::{Delivery, Output, OutputProducer};
 use crate::metrics::PipelineStats;
-use crate::model::bundle::{Bundle, ModelSource};
+use crate::model::bundle::Bundle;
 use crate::prediction::VERSION_HEADER;
+use crate::scoring::ModelSource;
 
 /// Events the actor takes from its queue per wake-up.
 const BATCH: usize = 64;

@@ -18,8 +18,9 @@ use crate::codec::json::decode_json;
 use crate::codec::{Format, PredictionEncoder, PREDICTION_AVSC};
 use crate::error::{Error, RecordError, Result};
 use crate::event::Event;
-use crate::model::bundle::{Bundle, ModelSource};
+use crate::model::bundle::Bundle;
 use crate::prediction::write_json;
+use crate::scoring::ModelSource;
 use crate::scoring::{score, UnknownPartition};
 
 /// What `predict` was asked to do.

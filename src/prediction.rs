@@ -19,7 +19,7 @@ use serde_json::Value;
 
 use crate::codec::avro::{write_bytes, write_long};
 use crate::event::Event;
-use crate::model::bundle::ModelSource;
+use crate::scoring::ModelSource;
 
 /// The Kafka header that carries the model version.
 pub const VERSION_HEADER: &str = "model-version";

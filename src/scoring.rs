@@ -6,7 +6,34 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{RecordError, RecordErrorKind};
 use crate::event::Event;
-use crate::model::bundle::{Bundle, ModelSource};
+use crate::model::bundle::{Bundle, PartitionModel};
+
+/// Which model scored an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelSource {
+    /// The partition's own model.
+    Partition,
+    /// The global fallback.
+    Fallback,
+}
+
+impl ModelSource {
+    /// `partition` or `fallback`, as prediction records spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelSource::Partition => "partition",
+            ModelSource::Fallback => "fallback",
+        }
+    }
+}
+
+/// The model that scores partition `id`: its own, or the fallback.
+pub fn model_for<'a>(bundle: &'a Bundle, id: &str) -> (&'a PartitionModel, ModelSource) {
+    match bundle.partition(id) {
+        Some(m) => (m, ModelSource::Partition),
+        None => (&bundle.fallback, ModelSource::Fallback),
+    }
+}
 
 /// What to do with an event whose partition has no model of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -25,7 +52,7 @@ pub fn score(
     event: &Event,
     policy: UnknownPartition,
 ) -> Result<(f64, ModelSource), RecordError> {
-    let (model, source) = bundle.model_for(&event.partition);
+    let (model, source) = model_for(bundle, &event.partition);
     if source == ModelSource::Fallback {
         if !bundle.has_fallback() {
             return Err(no_fallback(&event.partition));

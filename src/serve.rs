@@ -45,7 +45,8 @@ use crate::awaiting::{AwaitingSchema, Waiting};
 use crate::backpressure::{Backpressure, Work};
 use crate::codec::{Decoded, Decoder, PredictionEncoder};
 use crate::config::{Processing, ServeConfig};
-use crate::control::reader::{ControlOptions, LocalBundle};
+use crate::control::local::LocalBundle;
+use crate::control::reader::ControlOptions;
 use crate::control::signing::TrustedKeys;
 use crate::control::ActiveBundle;
 use crate::error::{Error, RecordError, RecordErrorKind, Result};
@@ -826,7 +827,7 @@ pub async fn serve(config_path: &std::path::Path) -> Result<()> {
     let config = ServeConfig::load(config_path)?;
     let local = match &config.model.bundle {
         None => None,
-        Some(path) => Some(local_bundle(config_path, path)?),
+        Some(path) => Some(LocalBundle::read(config_path, path)?),
     };
     let metrics = crate::metrics::install()
         .map_err(|e| Error::Internal(format!("cannot install the metrics recorder: {e}")))?;
@@ -882,25 +883,6 @@ pub async fn serve(config_path: &std::path::Path) -> Result<()> {
     }
     http_stop.cancel();
     result
-}
-
-/// Reads `[model] bundle`: a full bundle, with its file's SHA-256.
-fn local_bundle(config_path: &std::path::Path, path: &std::path::Path) -> Result<LocalBundle> {
-    let usage = |e: String| Error::Usage(format!("{}: [model] bundle: {e}", config_path.display()));
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let bundle =
-        Bundle::from_avro(&bytes).map_err(|e| usage(format!("{}: {e}", path.display())))?;
-    if crate::model::delta::is_delta(&bundle) {
-        return Err(usage(format!(
-            "{} is a delta of {}; serve a full bundle, or publish the delta on the control topic",
-            path.display(),
-            bundle.base_version.as_deref().unwrap_or("?")
-        )));
-    }
-    Ok(LocalBundle {
-        sha256: crate::control::assembly::sha256_hex(&bytes),
-        bundle,
-    })
 }
 
 /// Cancels `token` on the first SIGINT or SIGTERM.

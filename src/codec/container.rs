@@ -143,7 +143,7 @@ impl ContainerWriter {
         super::avro::write_bytes(&mut out, b"avro.codec");
         super::avro::write_bytes(&mut out, b"null");
         super::avro::write_long(&mut out, 0);
-        let seed = crate::kafka::producer::now_ms() as u64;
+        let seed = crate::clock::now_ms() as u64;
         let mut sync = [0u8; 16];
         for (i, s) in sync.iter_mut().enumerate() {
             *s = (seed.rotate_left(i as u32 * 5) ^ (0x9e37_79b9_7f4a_7c15u64 >> i)) as u8;

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::Admission;
+use super::local::LocalBundle;
 use super::message::{ChunkLocation, ControlMessage, Manifest, KIND_HEADER, PUBLISH_HEADER};
 use super::rejection::{Reason, Rejection};
 use super::replay::ReplayPlan;
@@ -55,14 +56,6 @@ pub struct ControlOptions {
     pub max_bundle_bytes: usize,
     /// What a bundle must fit to be served with the configured input and output formats.
     pub formats: crate::codec::FormatCheck,
-}
-
-/// The local bundle file, if the config names one, with its SHA-256.
-pub struct LocalBundle {
-    /// The bundle.
-    pub bundle: Bundle,
-    /// The file's SHA-256, hex.
-    pub sha256: String,
 }
 
 /// Starts the reader; the receiver holds the active bundle (`None` until there is one).

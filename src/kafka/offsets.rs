@@ -37,6 +37,8 @@ struct Totals {
 #[derive(Debug)]
 pub struct PartitionOffsets {
     partition: i32,
+    /// Which assignment this is: numbered from 1 by the tracker, never reused.
+    generation: u64,
     state: Mutex<State>,
     /// Set when the Kafka partition was revoked from this instance: its remaining work is
     /// dropped, and nothing of it is committed any more.
@@ -64,9 +66,10 @@ struct State {
 }
 
 impl PartitionOffsets {
-    fn new(partition: i32, totals: Arc<Totals>) -> Self {
+    fn new(partition: i32, generation: u64, totals: Arc<Totals>) -> Self {
         PartitionOffsets {
             partition,
+            generation,
             state: Mutex::new(State::default()),
             revoked: AtomicBool::new(false),
             in_producer: AtomicUsize::new(0),
@@ -84,6 +87,12 @@ impl PartitionOffsets {
     /// The Kafka partition.
     pub fn partition(&self) -> i32 {
         self.partition
+    }
+
+    /// Which assignment of the Kafka partition this is (a revoke and a new assignment give a
+    /// new one; unlike an address, never reused).
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// Marks `offset` finished and advances the committable position.
@@ -224,6 +233,8 @@ pub enum Admission {
 pub struct OffsetTracker {
     partitions: Mutex<HashMap<i32, Arc<PartitionOffsets>>>,
     totals: Arc<Totals>,
+    /// The last assignment's generation.
+    generations: AtomicU64,
     /// Held while computing and sending a commit, and while retiring a revoked partition.
     commit_lock: Mutex<()>,
 }
@@ -234,7 +245,12 @@ impl OffsetTracker {
     }
 
     fn fresh(&self, partition: i32) -> Arc<PartitionOffsets> {
-        Arc::new(PartitionOffsets::new(partition, self.totals.clone()))
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        Arc::new(PartitionOffsets::new(
+            partition,
+            generation,
+            self.totals.clone(),
+        ))
     }
 
     /// Starts tracking a newly assigned Kafka partition, with fresh state; `start` is the
@@ -394,7 +410,7 @@ impl OffsetTracker {
         let mut map = self.lock();
         for (p, old) in map.iter_mut() {
             old.revoked.store(true, Ordering::Release);
-            *old = Arc::new(PartitionOffsets::new(*p, self.totals.clone()));
+            *old = self.fresh(*p);
         }
     }
 }

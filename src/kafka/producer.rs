@@ -15,7 +15,7 @@
 //! partition instead.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -23,10 +23,11 @@ use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
+use crate::clock::now_ms;
 use crate::error::{Error, RecordError, RecordErrorKind, Result};
 use crate::kafka::offsets::Ack;
 use crate::metrics::PipelineStats;
-use crate::model::bundle::ModelSource;
+use crate::scoring::ModelSource;
 
 /// What an output record is.
 #[derive(Debug, Clone, Copy)]
@@ -217,14 +218,6 @@ impl ProducerContext for DeliveryContext {
             }
         }
     }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 /// A cloneable handle on the output producer.

@@ -82,25 +82,6 @@ pub struct Bundle {
     encoder: FeatureEncoder,
 }
 
-/// Which model scored an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModelSource {
-    /// The partition's own model.
-    Partition,
-    /// The global fallback.
-    Fallback,
-}
-
-impl ModelSource {
-    /// `partition` or `fallback`, as prediction records spell it.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ModelSource::Partition => "partition",
-            ModelSource::Fallback => "fallback",
-        }
-    }
-}
-
 impl Bundle {
     /// Assembles and validates a bundle from its parts.
     #[allow(clippy::too_many_arguments)]
@@ -238,14 +219,6 @@ impl Bundle {
         self.partitions.capacity() * std::mem::size_of::<PartitionModel>()
             + models
             + self.index.memory_bytes()
-    }
-
-    /// The model that scores `id`: its own, or the fallback.
-    pub fn model_for(&self, id: &str) -> (&PartitionModel, ModelSource) {
-        match self.partition(id) {
-            Some(m) => (m, ModelSource::Partition),
-            None => (&self.fallback, ModelSource::Fallback),
-        }
     }
 
     /// Writes the bundle as an Avro object container file.
@@ -652,7 +625,7 @@ pub(crate) mod tests {
         assert_eq!(back.fallback, b.fallback);
         assert_eq!(back.created_at_ms, b.created_at_ms);
         assert_eq!(back.partition("A").unwrap().model.predict(&[0.0; 3]), 60.0);
-        assert_eq!(back.model_for("Z").1, ModelSource::Fallback);
+        assert!(back.partition("Z").is_none());
     }
 
     #[test]
