@@ -1,7 +1,9 @@
-//! Kafka plumbing: the consumer and its rebalances, the producer and its acknowledgements, and
-//! the offset tracker that connects the two, and the transactions of exactly-once mode.
+//! Kafka plumbing: the consumer and its rebalances, the producer and its acknowledgements,
+//! the offset tracker that connects the two, the commits of at-least-once mode and the
+//! transactions of exactly-once mode.
 
 pub mod client_log;
+pub mod commit;
 pub mod connection;
 pub mod consumer;
 pub mod offsets;

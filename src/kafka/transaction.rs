@@ -180,3 +180,16 @@ pub fn rewind(
     }
     Ok(sought)
 }
+
+/// The `transactional.id` of exactly-once mode: configured, or `GROUP_ID-HOSTNAME`.
+pub fn transactional_id(config: &crate::config::ServeConfig) -> String {
+    config.kafka.transactional_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .unwrap_or_else(|| "manymodel".into());
+        format!("{}-{host}", config.kafka.group_id)
+    })
+}
