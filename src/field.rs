@@ -324,6 +324,28 @@ mod tests {
     }
 
     #[test]
+    fn typed_values_read_as_their_json_twins() {
+        for (typed, json) in [
+            (Field::Int(3), json!(3)),
+            (Field::Int(-1_709_641_800_000), json!(-1_709_641_800_000i64)),
+            (Field::UInt(u64::MAX), json!(u64::MAX)),
+            (Field::Bool(true), json!(true)),
+            (Field::Int(1), json!(1)),
+        ] {
+            let twin = Field::Json(&json);
+            assert_eq!(typed.number("x"), twin.number("x"), "{json}");
+            assert_eq!(typed.boolean("x"), twin.boolean("x"), "{json}");
+            assert_eq!(
+                typed.timestamp_ms("x").map_err(|e| e.kind),
+                twin.timestamp_ms("x").map_err(|e| e.kind),
+                "{json}"
+            );
+            assert_eq!(typed.category("x"), twin.category("x"), "{json}");
+            assert!(!typed.is_missing());
+        }
+    }
+
+    #[test]
     fn categories_and_partition_ids_read_integers_as_text() {
         let v = json!(3);
         assert_eq!(Field::Json(&v).category("c").unwrap(), "3");

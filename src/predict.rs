@@ -135,7 +135,7 @@ enum Sink {
         out: ContainerWriter,
         encoder: PredictionEncoder,
     },
-    Parquet(ParquetPredictions),
+    Parquet(Box<ParquetPredictions>),
 }
 
 impl Sink {
@@ -143,11 +143,11 @@ impl Sink {
     fn open(bundle: &Bundle, opts: &PredictOptions) -> Result<Sink> {
         let column = &bundle.spec.partition_column;
         if is_parquet(&opts.output) {
-            return Ok(Sink::Parquet(ParquetPredictions::create(
+            return Ok(Sink::Parquet(Box::new(ParquetPredictions::create(
                 &opts.output,
                 column,
                 &bundle.version,
-            )?));
+            )?)));
         }
         Ok(match opts.format {
             Format::Json => {
