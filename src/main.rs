@@ -207,7 +207,7 @@ enum Command {
         /// The training spec, with --train.
         #[arg(long, requires = "train")]
         spec: Option<PathBuf>,
-        /// The history CSV, with --train.
+        /// The history (CSV, or Parquet when named *.parquet), with --train.
         #[arg(long, requires = "train")]
         input: Option<PathBuf>,
         /// Depth of every tree, with --trees.
