@@ -92,6 +92,8 @@ pub fn run(opts: &PredictOptions, errors: &mut dyn Write) -> Result<PredictRepor
         errors,
         input: &opts.input,
     };
+    // A missing input is reported before the output is created, as it always was.
+    std::fs::metadata(&opts.input).map_err(|e| Error::io(&opts.input, e))?;
     let mut sink = Sink::open(&bundle, opts)?;
     match (parquet_input, opts.format) {
         (true, _) => predict_parquet(&bundle, opts, &mut tally, &mut sink)?,
