@@ -20,7 +20,7 @@
 //! | `date32` | midnight UTC of the day |
 //!
 //! Which types a use accepts is checked once per column, before any row is read
-//! ([`Use::check`]): a `binary` price or a `double` partition id is refused with the file, the
+//! ([`ParquetFile::columns`]): a `binary` price or a `double` partition id is refused with the file, the
 //! column, its type and what to do, rather than rejecting every row. Binary without a string
 //! annotation, decimals, times of day, float16, lists, structs and maps are not read.
 //!

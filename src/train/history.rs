@@ -1,7 +1,7 @@
 //! Reading a sales history into compact typed columns, grouped by partition.
 //!
 //! A `.parquet` file is read by [`super::parquet`]; any other file is CSV, read here. Both hand
-//! their rows, one [`HistoryRow`] at a time, to the same [`RowParser`], so a Parquet history
+//! their rows, one `HistoryRow` at a time, to the same `RowParser`, so a Parquet history
 //! and its CSV twin give the same columns, the same rejections and the same bundle.
 //!
 //! A CSV file is read once. One thread splits it into records while the caller's thread parses

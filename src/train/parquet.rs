@@ -2,7 +2,7 @@
 //!
 //! The spec's columns are found by name and their types checked before any row is read
 //! ([`crate::codec::parquet::Use`]); then the file is streamed, [`BATCH`] rows of each column at
-//! a time, and every row goes to the [`RowParser`] the CSV path uses, each value as its CSV
+//! a time, and every row goes to the `RowParser` the CSV path uses, each value as its CSV
 //! twin's cell ([`crate::codec::parquet::Value::field`]). So the same history in Parquet and in
 //! CSV gives the same columns, rejections and bundle; only a rejected row is named by its row
 //! (from 1) instead of its line. The columns are sized once from the footer's row count, and
