@@ -23,6 +23,7 @@ pub mod container;
 pub mod framing;
 pub mod json;
 pub mod lookups;
+pub mod parquet;
 pub mod registry;
 pub mod schema_cache;
 

@@ -51,6 +51,10 @@ pub enum Error {
         error: RecordError,
     },
 
+    /// A Parquet input cannot be read as asked. Exit code 2.
+    #[error(transparent)]
+    Parquet(#[from] ParquetFileError),
+
     /// Kafka could not be set up or reached.
     #[error("kafka: {0}")]
     Kafka(String),
@@ -65,6 +69,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) | Error::Config { .. } | Error::Strict { .. } => 2,
+            Error::Parquet(_) => 2,
             Error::Bundle { .. } => 2,
             Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => 2,
             _ => 1,
@@ -84,6 +89,56 @@ impl From<rdkafka::error::KafkaError> for Error {
     fn from(e: rdkafka::error::KafkaError) -> Self {
         Error::Kafka(e.to_string())
     }
+}
+
+/// Why a Parquet file (a history or events) cannot be read as asked. Each names the file and,
+/// where there is one, the column and the row.
+#[derive(Debug, thiserror::Error)]
+pub enum ParquetFileError {
+    /// The footer cannot be read: not Parquet, or cut short.
+    #[error("{}: not a Parquet file that can be read ({reason}); check that it was written completely (pyarrow.parquet.read_metadata reads the footer)", path.display())]
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// What the Parquet reader said.
+        reason: String,
+    },
+    /// Columns the command needs are not in the file.
+    #[error("{}: there is no column {missing} (it has: {available}); name the columns as the spec does", path.display())]
+    MissingColumns {
+        /// The file.
+        path: PathBuf,
+        /// The columns missing, comma-separated.
+        missing: String,
+        /// The file's top-level columns, comma-separated.
+        available: String,
+    },
+    /// A column's type cannot hold what the command reads from it.
+    #[error("{}: column {column} has type {found}; expected {expected}: {fix}", path.display())]
+    WrongType {
+        /// The file.
+        path: PathBuf,
+        /// The column.
+        column: String,
+        /// Its type, as pyarrow names it.
+        found: String,
+        /// What its use accepts.
+        expected: &'static str,
+        /// What the user can do.
+        fix: String,
+    },
+    /// A column's data cannot be decoded.
+    #[error("{}: column {column}, from row {row}: {reason}; the file is damaged: write it again", path.display())]
+    Damaged {
+        /// The file.
+        path: PathBuf,
+        /// The column being decoded.
+        column: String,
+        /// The first row (from 1) of the batch being decoded.
+        row: u64,
+        /// What the Parquet reader said.
+        reason: String,
+    },
 }
 
 /// Why bytes or parts are not a bundle that can serve.

@@ -1,11 +1,12 @@
 //! One field of a record, as text (a CSV cell), as JSON (an event's value) or as a value of a
-//! binary record (Avro), and the parsers that turn it into numbers, bools, timestamps and
-//! categories.
+//! binary record (Avro, Parquet), and the parsers that turn it into numbers, bools, timestamps
+//! and categories.
 //!
-//! Training reads CSV and serving reads JSON or Avro; all go through these functions, so a
-//! value that trains also scores, and the accepted spellings are the same everywhere: a bool is
-//! `true`/`false` or `1`/`0`, a timestamp is RFC 3339 text or integer epoch milliseconds, and
-//! time features are taken in UTC.
+//! Training reads CSV or Parquet and serving reads JSON or Avro; all go through these
+//! functions, so a value that trains also scores, and the accepted spellings are the same
+//! everywhere: a bool is `true`/`false` or `1`/`0`, a timestamp is RFC 3339 text or integer
+//! epoch milliseconds, and time features are taken in UTC. A typed value (a Parquet integer or
+//! bool) reads as its JSON twin does.
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde_json::Value;
@@ -27,6 +28,13 @@ pub enum Field<'a> {
     Json(&'a Value),
     /// An Avro `float` or `double`, which unlike JSON can be NaN or infinite.
     Float(f64),
+    /// A typed integer (a Parquet column of integers; a timestamp or date column as epoch
+    /// milliseconds): read as the JSON integer of the same value.
+    Int(i64),
+    /// A typed unsigned integer too large for [`Field::Int`].
+    UInt(u64),
+    /// A typed bool: read as the JSON bool.
+    Bool(bool),
     /// A value of a kind no feature reads (an Avro record, array, map, bytes or fixed), named.
     Other(&'static str),
 }
@@ -45,6 +53,9 @@ impl Field<'_> {
             Field::Text(s) => format!("{s:?}"),
             Field::Json(v) => v.to_string(),
             Field::Float(x) => x.to_string(),
+            Field::Int(i) => i.to_string(),
+            Field::UInt(u) => u.to_string(),
+            Field::Bool(b) => b.to_string(),
             Field::Other(kind) => (*kind).to_owned(),
         };
         if text.chars().count() > 40 {
@@ -60,7 +71,9 @@ impl Field<'_> {
         match self {
             Field::Text(s) => s.trim().is_empty(),
             Field::Json(v) => v.is_null(),
-            Field::Float(_) | Field::Other(_) => false,
+            Field::Float(_) | Field::Int(_) | Field::UInt(_) | Field::Bool(_) | Field::Other(_) => {
+                false
+            }
         }
     }
 
@@ -75,7 +88,12 @@ impl Field<'_> {
                 .as_f64()
                 .ok_or_else(|| wrong_type(column, "a number", self))?,
             Field::Float(x) => *x,
-            Field::Json(_) | Field::Other(_) => return Err(wrong_type(column, "a number", self)),
+            // As serde_json's `as_f64` of the same integer: the nearest double.
+            Field::Int(i) => *i as f64,
+            Field::UInt(u) => *u as f64,
+            Field::Json(_) | Field::Bool(_) | Field::Other(_) => {
+                return Err(wrong_type(column, "a number", self))
+            }
         };
         if x.is_finite() {
             Ok(x)
@@ -98,9 +116,12 @@ impl Field<'_> {
             },
             Field::Float(x) if *x == 1.0 => return Ok(true),
             Field::Float(x) if *x == 0.0 => return Ok(false),
+            Field::Bool(b) => return Ok(*b),
+            Field::Int(1) | Field::UInt(1) => return Ok(true),
+            Field::Int(0) | Field::UInt(0) => return Ok(false),
             Field::Json(Value::String(s)) => s.as_str(),
             Field::Text(s) => s,
-            Field::Json(_) | Field::Float(_) | Field::Other(_) => {
+            Field::Json(_) | Field::Float(_) | Field::Int(_) | Field::UInt(_) | Field::Other(_) => {
                 return Err(wrong_type(column, "a bool (true/false or 1/0)", self))
             }
         };
@@ -135,7 +156,9 @@ impl Field<'_> {
             // A whole double is epoch milliseconds; `as` saturates, so huge ones fail the range.
             Field::Float(x) if x.fract() == 0.0 && x.is_finite() => *x as i64,
             Field::Float(_) => return Err(bad()),
-            Field::Json(_) | Field::Other(_) => {
+            Field::Int(ms) => *ms,
+            Field::UInt(_) => return Err(out_of_range(column, self)),
+            Field::Json(_) | Field::Bool(_) | Field::Other(_) => {
                 return Err(wrong_type(column, "a timestamp", self))
             }
         };
@@ -156,6 +179,13 @@ impl Field<'_> {
                 Ok(std::borrow::Cow::Owned(n.to_string()))
             }
             Field::Json(Value::Bool(b)) => Ok(std::borrow::Cow::Owned(b.to_string())),
+            Field::Int(i) => Ok(std::borrow::Cow::Owned(i.to_string())),
+            Field::UInt(u) => Ok(std::borrow::Cow::Owned(u.to_string())),
+            Field::Bool(b) => Ok(std::borrow::Cow::Borrowed(if *b {
+                "true"
+            } else {
+                "false"
+            })),
             Field::Json(_) | Field::Float(_) | Field::Other(_) => {
                 Err(wrong_type(column, "a category label", self))
             }
@@ -291,6 +321,28 @@ mod tests {
             Field::Text("inf").number("price").unwrap_err().kind,
             RecordErrorKind::NotFinite
         );
+    }
+
+    #[test]
+    fn typed_values_read_as_their_json_twins() {
+        for (typed, json) in [
+            (Field::Int(3), json!(3)),
+            (Field::Int(-1_709_641_800_000), json!(-1_709_641_800_000i64)),
+            (Field::UInt(u64::MAX), json!(u64::MAX)),
+            (Field::Bool(true), json!(true)),
+            (Field::Int(1), json!(1)),
+        ] {
+            let twin = Field::Json(&json);
+            assert_eq!(typed.number("x"), twin.number("x"), "{json}");
+            assert_eq!(typed.boolean("x"), twin.boolean("x"), "{json}");
+            assert_eq!(
+                typed.timestamp_ms("x").map_err(|e| e.kind),
+                twin.timestamp_ms("x").map_err(|e| e.kind),
+                "{json}"
+            );
+            assert_eq!(typed.category("x"), twin.category("x"), "{json}");
+            assert!(!typed.is_missing());
+        }
     }
 
     #[test]

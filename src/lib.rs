@@ -25,14 +25,14 @@
 //! | [`spec`] | the training spec (`train.toml`) and its validation |
 //! | [`field`] | parsing one value: numbers, bools, timestamps, categories |
 //! | [`features`] | the feature encoder shared by training and serving |
-//! | [`train`] | `train`: history reading, per-partition fitting, the summary |
+//! | [`train`] | `train`: history reading (CSV, or Parquet in [`train::parquet`]), per-partition fitting, the summary |
 //! | [`model`] | fitted linear models, tree ensembles and the Avro bundle format |
 //! | [`import`] | `import`: bundles from XGBoost and linear-JSON models trained elsewhere |
-//! | [`codec`] | input and output formats: JSON, Avro (Confluent, single-object, raw framing, a schema registry client, container files), resolution planned once per writer schema |
+//! | [`codec`] | input and output formats: JSON, Avro (Confluent, single-object, raw framing, a schema registry client, container files), resolution planned once per writer schema; Parquet files read by column name in batches ([`codec::parquet`]) |
 //! | [`event`] | the decoded fields of a record → an event ready to score (one place for every format) |
 //! | [`scoring`] | which model scores an event (and [`scoring::ModelSource`]: its own or the fallback); unknown partitions |
-//! | [`prediction`] | the prediction record |
-//! | [`predict`] | `predict`: offline scoring of a JSONL file |
+//! | [`prediction`] | the prediction record, in JSON, Avro and Parquet ([`prediction::parquet`]) |
+//! | [`predict`] | `predict`: offline scoring of a JSONL, Avro or Parquet file |
 //! | [`inspect`] | `inspect`: a bundle for people |
 //! | [`config`] | the serve configuration |
 //! | [`control`] | hot reload: publishing bundles, the control topic, validation, the active version |

@@ -34,7 +34,7 @@ enum Command {
         /// The training spec (TOML).
         #[arg(long)]
         spec: PathBuf,
-        /// The sales history (CSV with a header).
+        /// The sales history: CSV with a header, or Parquet when named *.parquet.
         #[arg(long)]
         input: PathBuf,
         /// The bundle file to write.
@@ -105,23 +105,25 @@ enum Command {
         #[arg(long)]
         partition: Option<String>,
     },
-    /// Score a file of events offline (JSONL, or an Avro container file), through the serving
-    /// code.
+    /// Score a file of events offline (JSONL, an Avro container file, or Parquet), through the
+    /// serving code.
     Predict {
         /// The bundle file.
         #[arg(long)]
         bundle: PathBuf,
-        /// One JSON event per line, or with --format avro an Avro object container file.
+        /// One JSON event per line, or with --format avro an Avro object container file; a file
+        /// named *.parquet is read as Parquet (columns by name).
         #[arg(long)]
         input: PathBuf,
         /// Where to write the predictions: one JSON record per line, or with --format avro an
-        /// Avro container file of schemas/prediction.avsc records.
+        /// Avro container file of schemas/prediction.avsc records; a file named *.parquet gets
+        /// Parquet with the same columns.
         #[arg(long)]
         output: PathBuf,
         /// What to do with partitions that have no model: score with the fallback or reject.
         #[arg(long, value_parser = ["fallback", "dlq"], default_value = "fallback")]
         unknown_partition: String,
-        /// The format of input and output.
+        /// The format of input and output (a *.parquet side is Parquet whatever this says).
         #[arg(long, value_parser = ["json", "avro"], default_value = "json")]
         format: String,
         /// With --format avro: the reader schema the file's writer schema is resolved against
@@ -205,7 +207,7 @@ enum Command {
         /// The training spec, with --train.
         #[arg(long, requires = "train")]
         spec: Option<PathBuf>,
-        /// The history CSV, with --train.
+        /// The history (CSV, or Parquet when named *.parquet), with --train.
         #[arg(long, requires = "train")]
         input: Option<PathBuf>,
         /// Depth of every tree, with --trees.
@@ -420,7 +422,7 @@ fn run(command: Command) -> manymodel::Result<()> {
                 report.fallback,
                 output.display(),
                 report.rejected,
-                if format == "avro" { "records" } else { "lines" }
+                report.unit
             );
         }
         Command::Publish {

@@ -10,7 +10,10 @@
 //!
 //! In Avro ([`OutPlan`], `schemas/prediction.avsc`) the record has the same fields; the
 //! partition column's value is written as text (the partition id) and `event_id` as text or
-//! null, since an Avro field has one type whatever the events carried.
+//! null, since an Avro field has one type whatever the events carried. A Parquet file of
+//! predictions ([`parquet`]) has the same columns, typed as in Avro.
+
+pub mod parquet;
 
 use std::io::Write;
 

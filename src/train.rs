@@ -1,6 +1,6 @@
 //! `manymodel train`: fit one model per partition and a global fallback, write a bundle.
 //!
-//! The history is read and encoded by [`history`], the fits run on every core with rayon
+//! The history (CSV, or Parquet through [`parquet`]) is read and encoded by [`history`], the fits run on every core with rayon
 //! (a progress bar on a terminal), and [`fit`] solves each one. Partitions below `min_rows` get
 //! no model of their own; their rows still train the fallback.
 //!
@@ -11,6 +11,7 @@
 pub mod fit;
 pub mod history;
 mod linalg;
+pub mod parquet;
 pub mod pooled;
 
 use std::fmt;
@@ -34,7 +35,7 @@ use pooled::Pooled;
 pub struct TrainOptions {
     /// The spec file.
     pub spec: PathBuf,
-    /// The history CSV.
+    /// The history: CSV, or Parquet when named `*.parquet`.
     pub input: PathBuf,
     /// Where to write the bundle.
     pub output: PathBuf,
@@ -363,8 +364,8 @@ impl fmt::Display for TrainReport {
             kinds.sort();
             let kinds: Vec<String> = kinds.iter().map(|(k, n)| format!("{k}: {n}")).collect();
             writeln!(f, "  rejected rows by reason: {}", kinds.join(", "))?;
-            for (line, e) in &self.rejected.examples {
-                writeln!(f, "    line {line}: {e}")?;
+            for (at, e) in &self.rejected.examples {
+                writeln!(f, "    {} {at}: {e}", self.rejected.unit)?;
             }
         }
         Ok(())

@@ -1,6 +1,10 @@
-//! Reading a sales history CSV into compact typed columns, grouped by partition.
+//! Reading a sales history into compact typed columns, grouped by partition.
 //!
-//! The file is read once. One thread splits it into records while the caller's thread parses
+//! A `.parquet` file is read by [`super::parquet`]; any other file is CSV, read here. Both hand
+//! their rows, one `HistoryRow` at a time, to the same `RowParser`, so a Parquet history
+//! and its CSV twin give the same columns, the same rejections and the same bundle.
+//!
+//! A CSV file is read once. One thread splits it into records while the caller's thread parses
 //! each row's fields into typed columns: a number is an `f64`, a bool a byte, a category its
 //! code, a timestamp its epoch milliseconds, and the partition an integer; no row keeps a
 //! `String`. That is about 40 bytes a row for the spec `generate` writes, so the history of a
@@ -35,7 +39,10 @@ const UNSEEN: u32 = u32::MAX;
 pub struct Rejections {
     /// How many.
     pub count: u64,
-    /// The first few, by file line.
+    /// What the numbers of `examples` count: `line` (of a CSV file) or `row` (of a Parquet
+    /// file, from 1).
+    pub unit: &'static str,
+    /// The first few, by file line or row.
     pub examples: Vec<(u64, RecordError)>,
     /// How many of each kind.
     pub by_kind: HashMap<&'static str, u64>,
@@ -217,8 +224,21 @@ enum Cell {
     Shared,
 }
 
-/// Reads `path` under `spec`; `on_rows` hears how many rows have been read so far.
+/// Reads `path` under `spec`; `on_rows` hears how many rows have been read so far. A file
+/// named `*.parquet` is read as Parquet, anything else as CSV.
 pub fn read(
+    path: &Path,
+    spec: &TrainSpec,
+    strict: bool,
+    on_rows: &(dyn Fn(u64) + Sync),
+) -> Result<History> {
+    if crate::codec::parquet::is_parquet(path) {
+        return super::parquet::read(path, spec, strict, on_rows);
+    }
+    read_csv(path, spec, strict, on_rows)
+}
+
+fn read_csv(
     path: &Path,
     spec: &TrainSpec,
     strict: bool,
@@ -258,80 +278,7 @@ pub fn read(
             headers.iter().collect::<Vec<_>>().join(", ")
         )));
     }
-
-    let mut plans = Vec::with_capacity(spec.features.len());
-    let mut stored = Vec::new();
-    let mut time_columns: HashMap<&str, usize> = HashMap::new();
-    for f in &spec.features {
-        let cell = column_index[f.column.as_str()];
-        let column = f.column.clone();
-        let plan = match f.kind {
-            FeatureKind::Numeric => {
-                stored.push(Column::Number(Vec::new()));
-                Plan::Number { cell, column }
-            }
-            FeatureKind::Bool => {
-                stored.push(Column::Flag(Vec::new()));
-                Plan::Flag { cell, column }
-            }
-            FeatureKind::OneHot => {
-                stored.push(Column::Category(Vec::new()));
-                let codes = match &f.categories {
-                    Some(list) => Categories {
-                        fixed: true,
-                        codes: (0u32..)
-                            .zip(list)
-                            .map(|(i, c)| (c.as_str().into(), i))
-                            .collect(),
-                    },
-                    None => Categories {
-                        fixed: false,
-                        codes: HashMap::new(),
-                    },
-                };
-                Plan::Category {
-                    cell,
-                    column,
-                    codes,
-                }
-            }
-            FeatureKind::HourOfDay | FeatureKind::DayOfWeek | FeatureKind::Month => {
-                if time_columns.contains_key(f.column.as_str()) {
-                    plans.push(Plan::Time {
-                        cell,
-                        column,
-                        first: false,
-                    });
-                    continue;
-                }
-                time_columns.insert(&f.column, stored.len());
-                stored.push(Column::Time(Vec::new()));
-                Plan::Time {
-                    cell,
-                    column,
-                    first: true,
-                }
-            }
-        };
-        plans.push(plan);
-    }
-
-    let pcell = column_index[spec.partition_column.as_str()];
-    let tcell = column_index[spec.target.as_str()];
-    let mut parser = RowParser {
-        plans,
-        stored,
-        target: Vec::new(),
-        partition: Vec::new(),
-        ids: HashMap::new(),
-        cells: Vec::new(),
-        last_time: HashMap::new(),
-        spec,
-        pcell,
-        tcell,
-        rejected: Rejections::default(),
-    };
-
+    let mut parser = RowParser::new(spec, |name| column_index[name], "line");
     // One thread splits records, this one parses them; batches go back to be refilled.
     let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<ByteRecord>, usize, Option<csv::Error>)>(2);
     let (empty_tx, empty_rx) = mpsc::channel::<Vec<ByteRecord>>();
@@ -379,7 +326,8 @@ pub fn read(
                 }
             }
             for record in &batch[..n] {
-                parser.row(record, strict, path)?;
+                let line = record.position().map(|p| p.line()).unwrap_or(0);
+                parser.row(record, line, strict, path)?;
             }
             read += n as u64;
             on_rows(read);
@@ -396,7 +344,7 @@ pub fn read(
                         error: err,
                     });
                 }
-                parser.rejected.add(line, err);
+                parser.unreadable(line, err);
             }
             // After the last batch the splitting thread is gone and nobody takes it back;
             // batches it sent before are still queued, so keep receiving.
@@ -406,11 +354,25 @@ pub fn read(
         Ok(())
     });
     parsed?;
-    parser.finish(path)
+    parser.finish(path, "has a header but no rows")
+}
+
+/// One row of a history as [`RowParser`] reads it, whatever the file's format.
+pub(crate) trait HistoryRow {
+    /// The field in cell `i` (a position [`RowParser::new`]'s `cell_of` gave): `Ok(None)` when
+    /// the row is too short to have it; an empty text cell for a value that is absent (a null);
+    /// an error when the cell cannot be read at all (text that is not UTF-8).
+    fn cell(&self, i: usize) -> std::result::Result<Option<Field<'_>>, RecordError>;
+}
+
+impl HistoryRow for ByteRecord {
+    fn cell(&self, i: usize) -> std::result::Result<Option<Field<'_>>, RecordError> {
+        self.get(i).map(|b| text(b).map(Field::Text)).transpose()
+    }
 }
 
 /// The parsing side of [`read`]: typed columns growing one good row at a time.
-struct RowParser<'s> {
+pub(crate) struct RowParser<'s> {
     plans: Vec<Plan>,
     stored: Vec<Column>,
     target: Vec<f64>,
@@ -428,7 +390,7 @@ struct RowParser<'s> {
 }
 
 /// A cell as text, or the row's `unreadable row` error when it is not UTF-8.
-fn text(bytes: &[u8]) -> std::result::Result<&str, RecordError> {
+pub(crate) fn text(bytes: &[u8]) -> std::result::Result<&str, RecordError> {
     std::str::from_utf8(bytes).map_err(|e| {
         RecordError::new(
             RecordErrorKind::WrongType,
@@ -437,8 +399,120 @@ fn text(bytes: &[u8]) -> std::result::Result<&str, RecordError> {
     })
 }
 
-impl RowParser<'_> {
-    fn reserve(&mut self, rows: usize) {
+/// The partition id a field names: text trimmed, an integer in decimal (written into
+/// `digits`, so that no row allocates), anything else a wrong type.
+fn partition_text<'a>(
+    field: &Field<'a>,
+    digits: &'a mut [u8; 24],
+    column: &str,
+) -> std::result::Result<&'a str, RecordError> {
+    use std::io::Write as _;
+    let mut cursor = std::io::Cursor::new(&mut digits[..]);
+    let written = match field {
+        Field::Text(s) => return Ok(s.trim()),
+        Field::Int(i) => write!(cursor, "{i}"),
+        Field::UInt(u) => write!(cursor, "{u}"),
+        other => {
+            return Err(RecordError::new(
+                RecordErrorKind::WrongType,
+                format!(
+                    "{column}: a partition id must be text or an integer, got {}",
+                    other.describe()
+                ),
+            ))
+        }
+    };
+    let len = cursor.position() as usize;
+    match written {
+        Ok(()) => text(&digits[..len]),
+        Err(e) => Err(RecordError::new(RecordErrorKind::WrongType, e.to_string())),
+    }
+}
+
+impl<'s> RowParser<'s> {
+    /// A parser for rows whose cells `cell_of` numbers by column name (every column of
+    /// `spec.columns()` has one); `unit` names what a rejected row's number counts.
+    pub(crate) fn new(
+        spec: &'s TrainSpec,
+        cell_of: impl Fn(&str) -> usize,
+        unit: &'static str,
+    ) -> Self {
+        let mut plans = Vec::with_capacity(spec.features.len());
+        let mut stored = Vec::new();
+        let mut time_columns: HashMap<&str, usize> = HashMap::new();
+        for f in &spec.features {
+            let cell = cell_of(f.column.as_str());
+            let column = f.column.clone();
+            let plan = match f.kind {
+                FeatureKind::Numeric => {
+                    stored.push(Column::Number(Vec::new()));
+                    Plan::Number { cell, column }
+                }
+                FeatureKind::Bool => {
+                    stored.push(Column::Flag(Vec::new()));
+                    Plan::Flag { cell, column }
+                }
+                FeatureKind::OneHot => {
+                    stored.push(Column::Category(Vec::new()));
+                    let codes = match &f.categories {
+                        Some(list) => Categories {
+                            fixed: true,
+                            codes: (0u32..)
+                                .zip(list)
+                                .map(|(i, c)| (c.as_str().into(), i))
+                                .collect(),
+                        },
+                        None => Categories {
+                            fixed: false,
+                            codes: HashMap::new(),
+                        },
+                    };
+                    Plan::Category {
+                        cell,
+                        column,
+                        codes,
+                    }
+                }
+                FeatureKind::HourOfDay | FeatureKind::DayOfWeek | FeatureKind::Month => {
+                    if time_columns.contains_key(f.column.as_str()) {
+                        plans.push(Plan::Time {
+                            cell,
+                            column,
+                            first: false,
+                        });
+                        continue;
+                    }
+                    time_columns.insert(&f.column, stored.len());
+                    stored.push(Column::Time(Vec::new()));
+                    Plan::Time {
+                        cell,
+                        column,
+                        first: true,
+                    }
+                }
+            };
+            plans.push(plan);
+        }
+        RowParser {
+            plans,
+            stored,
+            target: Vec::new(),
+            partition: Vec::new(),
+            ids: HashMap::new(),
+            cells: Vec::new(),
+            last_time: HashMap::new(),
+            spec,
+            pcell: cell_of(spec.partition_column.as_str()),
+            tcell: cell_of(spec.target.as_str()),
+            rejected: Rejections {
+                unit,
+                ..Rejections::default()
+            },
+        }
+    }
+
+    /// Makes room for `rows` rows, so that the columns never grow by doubling.
+    pub(crate) fn reserve(&mut self, rows: usize) {
         self.target.reserve_exact(rows);
         self.partition.reserve_exact(rows);
         for c in &mut self.stored {
@@ -446,23 +520,39 @@ impl RowParser<'_> {
         }
     }
 
-    fn row(&mut self, record: &ByteRecord, strict: bool, path: &Path) -> Result<()> {
+    /// Reads one row, number `at` in the file (its line, or its row from 1): stores it, or
+    /// rejects it (fatally under `strict`).
+    pub(crate) fn row(
+        &mut self,
+        row: &impl HistoryRow,
+        at: u64,
+        strict: bool,
+        path: &Path,
+    ) -> Result<()> {
         // Categories are learned from every row, as a reader of the whole file would list
         // them, even from rows rejected for another cell.
         for plan in &mut self.plans {
-            if let Plan::Category { cell, codes, .. } = plan {
+            if let Plan::Category {
+                cell,
+                codes,
+                column,
+            } = plan
+            {
                 if !codes.fixed {
-                    if let Some(Ok(s)) = record.get(*cell).map(std::str::from_utf8) {
-                        let s = s.trim();
-                        if !s.is_empty() && !codes.codes.contains_key(s) {
-                            let next = codes.codes.len() as u32;
-                            codes.codes.insert(s.into(), next);
+                    if let Ok(Some(field)) = row.cell(*cell) {
+                        if !field.is_missing() {
+                            if let Ok(label) = field.category(column) {
+                                if !codes.codes.contains_key(label.as_ref()) {
+                                    let next = codes.codes.len() as u32;
+                                    codes.codes.insert(label.as_ref().into(), next);
+                                }
+                            }
                         }
                     }
                 }
             }
         }
-        match self.parse(record) {
+        match self.parse(row) {
             Ok((partition, target)) => {
                 self.partition.push(partition);
                 self.target.push(target);
@@ -478,32 +568,38 @@ impl RowParser<'_> {
                 Ok(())
             }
             Err(err) => {
-                let line = record.position().map(|p| p.line()).unwrap_or(0);
                 if strict {
                     return Err(Error::Strict {
-                        location: format!("{} line {line}", path.display()),
+                        location: format!("{} {} {at}", path.display(), self.rejected.unit),
                         error: err,
                     });
                 }
-                self.rejected.add(line, err);
+                self.rejected.add(at, err);
                 Ok(())
             }
         }
     }
 
+    /// Records a row that could not even be split into cells (a CSV record the CSV reader
+    /// refused).
+    fn unreadable(&mut self, at: u64, err: RecordError) {
+        self.rejected.add(at, err);
+    }
+
     /// Parses one row into `self.cells` (one per stored column), returning its partition and
     /// target; checks cells in the order [`FeatureEncoder::encode`] does, so the first
     /// problem reported is the same.
-    fn parse(&mut self, record: &ByteRecord) -> std::result::Result<(u32, f64), RecordError> {
+    fn parse(&mut self, row: &impl HistoryRow) -> std::result::Result<(u32, f64), RecordError> {
         let spec = self.spec;
-        let id = match record.get(self.pcell) {
+        let mut digits = [0u8; 24];
+        let id = match row.cell(self.pcell)? {
             None => {
                 return Err(RecordError::new(
                     RecordErrorKind::MissingKey,
                     format!("{} is missing (short row)", spec.partition_column),
                 ))
             }
-            Some(s) => text(s)?.trim(),
+            Some(field) => partition_text(&field, &mut digits, &spec.partition_column)?,
         };
         if id.is_empty() {
             return Err(RecordError::new(
@@ -511,8 +607,8 @@ impl RowParser<'_> {
                 format!("{} is empty", spec.partition_column),
             ));
         }
-        let target = match record.get(self.tcell).map(text).transpose()? {
-            Some(s) if !s.trim().is_empty() => Field::Text(s).number(&spec.target)?,
+        let target = match row.cell(self.tcell)? {
+            Some(field) if !field.is_missing() => field.number(&spec.target)?,
             _ => {
                 return Err(RecordError::new(
                     RecordErrorKind::MissingFeature,
@@ -528,8 +624,7 @@ impl RowParser<'_> {
                 | Plan::Category { cell, column, .. }
                 | Plan::Time { cell, column, .. } => (*cell, column),
             };
-            let raw = record.get(cell).unwrap_or(b"");
-            let field = Field::Text(text(raw)?);
+            let field = row.cell(cell)?.unwrap_or(Field::Text(""));
             if field.is_missing() {
                 return Err(missing_feature(column));
             }
@@ -541,16 +636,20 @@ impl RowParser<'_> {
                     Cell::Category(codes.codes.get(label.as_ref()).copied().unwrap_or(UNSEEN))
                 }
                 Plan::Time { first, .. } => {
-                    let ms = match self.last_time.get(&cell) {
-                        Some((bytes, ms)) if bytes.as_slice() == raw => *ms,
-                        _ => {
-                            let ms = field.timestamp_ms(column)?;
-                            let slot = self.last_time.entry(cell).or_default();
-                            slot.0.clear();
-                            slot.0.extend_from_slice(raw);
-                            slot.1 = ms;
-                            ms
-                        }
+                    let ms = match field {
+                        // Text is parsed once per run of equal cells.
+                        Field::Text(raw) => match self.last_time.get(&cell) {
+                            Some((bytes, ms)) if bytes.as_slice() == raw.as_bytes() => *ms,
+                            _ => {
+                                let ms = field.timestamp_ms(column)?;
+                                let slot = self.last_time.entry(cell).or_default();
+                                slot.0.clear();
+                                slot.0.extend_from_slice(raw.as_bytes());
+                                slot.1 = ms;
+                                ms
+                            }
+                        },
+                        _ => field.timestamp_ms(column)?,
                     };
                     if *first {
                         Cell::Time(ms)
@@ -575,8 +674,9 @@ impl RowParser<'_> {
         Ok((partition, target))
     }
 
-    /// Resolves the categories, puts the rows in partition order and builds the encoder.
-    fn finish(self, path: &Path) -> Result<History> {
+    /// Resolves the categories, puts the rows in partition order and builds the encoder;
+    /// `no_rows` says what the file is when it has no row at all.
+    pub(crate) fn finish(self, path: &Path, no_rows: &str) -> Result<History> {
         let RowParser {
             plans,
             mut stored,
@@ -590,15 +690,12 @@ impl RowParser<'_> {
         let rows_used = target.len() as u64;
         if rows_used == 0 {
             if rejected.count == 0 {
-                return Err(Error::Usage(format!(
-                    "{} has a header but no rows",
-                    path.display()
-                )));
+                return Err(Error::Usage(format!("{} {no_rows}", path.display())));
             }
             let first = rejected
                 .examples
                 .first()
-                .map(|(l, e)| format!("; line {l}: {e}"))
+                .map(|(l, e)| format!("; {} {l}: {e}", rejected.unit))
                 .unwrap_or_default();
             return Err(Error::Usage(format!(
                 "{}: none of its {} rows is usable{first}",
