@@ -869,6 +869,100 @@ async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
     assert!(daemon.terminate().success());
 }
 
+/// Waits until the daemon has counted `n` bundle rejections.
+fn wait_rejections(daemon: &Daemon, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metric_sum(
+        &http_get(&daemon.metrics_addr(), "/metrics").1,
+        "manymodel_bundle_rejections_total",
+    ) < n
+    {
+        assert!(Instant::now() < deadline, "{}", daemon.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_version_whose_chunks_are_gone_is_refused_and_the_active_one_keeps_serving() {
+    use rdkafka::admin::{AdminClient, AdminOptions};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::TopicPartitionList;
+    let broker = Broker::start();
+    let brokers = broker.brokers();
+    for t in ["in", "out", "dlq", "control", "control-chunks"] {
+        broker.create_topic(t, 1);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    generate(d, 5, 20);
+    for i in 1..=3 {
+        publish(
+            &brokers,
+            &train(d, 1_500 + 300 * i, &format!("v{i}"), None),
+            None,
+        );
+    }
+    let config = ServeConfigFile::new(&brokers, "gone")
+        .topics("in", "out", "dlq")
+        .kafka(r#"control_topic = "control""#)
+        .write(d, "gone");
+    let daemon = Daemon::start(&config);
+    wait_active(&daemon, "v3");
+    assert_eq!(replay_field(&daemon, "publishes_held_on_topic"), Some(2));
+
+    // The chunks of v1 and v2 are deleted (as `kafka-delete-records` would, to reclaim space).
+    let manifests = local::read(&brokers, "control", 3, Duration::from_secs(30))
+        .await
+        .expect("manifests");
+    let v3: Manifest = match serde_json::from_slice(&manifests[2].value).expect("manifest") {
+        ControlMessage::Manifest(m) => m,
+        other => panic!("{other:?}"),
+    };
+    let first_of_v3 = v3.chunks_at.expect("chunks_at").first_offset;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .expect("admin");
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset("control-chunks", 0, rdkafka::Offset::Offset(first_of_v3))
+        .expect("offset");
+    admin
+        .delete_records(&list, &AdminOptions::new())
+        .await
+        .expect("records deleted");
+
+    let control = |args: &[&str]| {
+        let mut all = vec!["control"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--brokers", &brokers, "--control-topic", "control"]);
+        run_ok(&all);
+    };
+    // Activating v2 or rolling back to it: refused with their reason; v3 keeps serving.
+    control(&["activate", "--version", "v2"]);
+    wait_rejections(&daemon, 1.0);
+    control(&["rollback"]);
+    wait_rejections(&daemon, 2.0);
+    wait_active(&daemon, "v3");
+    let log = daemon.log_text();
+    assert!(log.contains("incomplete"), "{log}");
+    daemon.wait_assigned();
+    local::produce_events(&brokers, "in", std::sync::Arc::new(events(d)), None)
+        .await
+        .expect("events");
+    let records = local::read(&brokers, "out", 20, Duration::from_secs(60))
+        .await
+        .expect("predictions");
+    assert!(records
+        .iter()
+        .all(|r| r.headers.get("model-version").map(String::as_str) == Some("v3")));
+    assert!(daemon.terminate().success());
+
+    // A restart forgets them too, and comes up on v3.
+    let daemon = Daemon::start(&config);
+    wait_active(&daemon, "v3");
+    assert!(daemon.terminate().success());
+}
+
 /// Seconds from start until the daemon reports `version` ready.
 fn time_to_ready(config: &Path, version: &str) -> f64 {
     let started = Instant::now();

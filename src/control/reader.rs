@@ -333,13 +333,16 @@ impl ControlReader {
     ) {
         self.live = true;
         self.skipped.clear();
-        // The plan fetches the active version; should it still be held on the topic only,
-        // fetch it now rather than serve nothing.
-        if let Some(v) = self.state.versions().active_version().map(str::to_owned) {
-            if self.state.versions().on_topic(&v) {
-                if let Err(r) = self.materialise(&v, cancel, 0) {
-                    self.reject("bootstrap", Some(&v), r);
-                }
+        // The plan fetches the active version; but when that one was refused, the version
+        // active before it may still be held on the topic only: fetch it now. One that does
+        // not load is forgotten, and the one before it is tried, as a full replay would have
+        // found.
+        while let Some(v) = self.state.versions().active_version().map(str::to_owned) {
+            if !self.state.versions().on_topic(&v) {
+                break;
+            }
+            if let Err(r) = self.materialise(&v, cancel, 0) {
+                self.reject("bootstrap", Some(&v), r);
             }
         }
         if let Some(l) = local {
@@ -426,8 +429,23 @@ impl ControlReader {
     }
 
     /// Fetches, checks and validates a version held on the topic (a delta's bases first) and
-    /// puts it in place, as if it had been read at its publish.
+    /// puts it in place, as if it had been read at its publish. One that does not load is
+    /// forgotten: no longer held, never active, as when it was refused at its publish.
     fn materialise(
+        &mut self,
+        version: &str,
+        cancel: &CancellationToken,
+        depth: usize,
+    ) -> Result<Arc<Bundle>, Rejection> {
+        let loaded = self.load_held(version, cancel, depth);
+        if loaded.is_err() {
+            self.state.versions_mut().forget(version);
+            self.manifests.remove(version);
+        }
+        loaded
+    }
+
+    fn load_held(
         &mut self,
         version: &str,
         cancel: &CancellationToken,

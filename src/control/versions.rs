@@ -155,6 +155,17 @@ impl Versions {
         }
     }
 
+    /// Forgets a version held on the topic that turned out not to load (its chunks are gone,
+    /// or it fails validation): it is no longer held and leaves the activation history, as if
+    /// it had been refused at its publish, which is what a daemon reading it then did.
+    pub fn forget(&mut self, version: &str) {
+        self.stored
+            .retain(|s| s.version != version || s.bundle.is_some());
+        if !self.stored.iter().any(|s| s.version == version) {
+            self.activations.retain(|v| v != version);
+        }
+    }
+
     /// The held versions whose bundles are in memory, other than the active one.
     pub fn loaded_inactive(&self) -> Vec<String> {
         let active = self.active_version();
@@ -389,6 +400,11 @@ mod tests {
         assert!(v.fill(Arc::new(bundle("v1", None, &["a"]))));
         assert!(!v.fill(Arc::new(bundle("v1", None, &["a"]))), "filled once");
         assert_eq!(active(&v), "v1");
+        // One that does not load is forgotten, activations included.
+        v.add_on_topic("bad", None, "b", true).unwrap();
+        v.forget("bad");
+        assert_eq!(v.active_version(), Some("v1"));
+        assert!(!v.held().contains(&"bad"));
         // Released from memory, it is held on the topic again; the active one stays.
         v.add(bundle("v5", None, &["a"]), "5", false).unwrap();
         assert_eq!(v.loaded_inactive(), ["v5"]);
