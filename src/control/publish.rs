@@ -61,7 +61,7 @@ impl std::fmt::Display for Published {
             m.version,
             m.base_version
                 .as_ref()
-                .map(|b| format!(" (delta of {b})"))
+                .map(|b| format!(", a delta of {b},"))
                 .unwrap_or_default(),
             self.partitions,
             m.size,
@@ -78,7 +78,14 @@ impl std::fmt::Display for Published {
             } else {
                 "; held, not activated"
             }
-        )
+        )?;
+        if m.chunks_at.is_none() {
+            writeln!(
+                f,
+                "note: the chunks went into the control topic itself, because it has no chunks topic beside it; every daemon replays them at each restart. Create the chunks topic (`<control topic>-chunks`, 1 Kafka partition) so that restarts fetch only the active version (README, Hot reload)"
+            )?;
+        }
+        Ok(())
     }
 }
 
