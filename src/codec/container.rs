@@ -60,6 +60,11 @@ pub fn check_header(file: &[u8]) -> Result<(), String> {
 
 /// Reads a container file.
 pub fn read(file: &[u8]) -> Result<Container, String> {
+    read_limited(file, MAX_BLOCK)
+}
+
+/// Reads a container file whose blocks may decompress to at most `max_block` bytes each.
+pub fn read_limited(file: &[u8], max_block: usize) -> Result<Container, String> {
     let (schema, codec, sync, pos) = read_header(file)?;
     let mut b = Bytes { b: file, pos };
     let mut blocks = Vec::new();
@@ -76,7 +81,7 @@ pub fn read(file: &[u8]) -> Result<Container, String> {
         }
         let data = match codec.as_str() {
             "null" => data.to_vec(),
-            "deflate" => miniz_oxide::inflate::decompress_to_vec_with_limit(data, MAX_BLOCK)
+            "deflate" => miniz_oxide::inflate::decompress_to_vec_with_limit(data, max_block)
                 .map_err(|e| format!("a deflate block does not inflate: {e:?}"))?,
             other => {
                 return Err(format!(
