@@ -110,7 +110,9 @@ impl Setup<'_> {
             &format!("bench-dlq-{}", self.run_id),
         );
         config.input = self.input.clone();
-        let stats = Arc::new(PipelineStats::default());
+        // The one lock per event serve does not take: the in-process latency histogram
+        // the bench prints quantiles from.
+        let stats = Arc::new(PipelineStats::printing_latency());
         let shutdown = CancellationToken::new();
         let handle = {
             let bundles = bundles.unwrap_or_else(|| crate::control::fixed(self.bundle.clone()));
@@ -565,12 +567,18 @@ async fn steady_latency(
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
     watch(stats, n, Duration::from_secs(120), one_per_batch).await?;
-    let h = stats.latency(false);
+    let h = stats
+        .latency(false)
+        .ok_or_else(|| Error::Internal("the bench's stats keep no latency histogram".into()))?;
     Ok((
         h.value_at_quantile(0.5) as f64 / 1000.0,
         h.value_at_quantile(0.99) as f64 / 1000.0,
     ))
 }
+
+/// The largest bundle `--reload` publishes on the MockCluster, which keeps about 5 MB per
+/// Kafka partition.
+const MOCK_BUNDLE_BYTES: usize = 4 << 20;
 
 /// The steady-rate latency of the scoring pipeline while a new version of the bundle is
 /// published on a control topic and swapped in every second: (p50 ms, p99 ms, swaps).
@@ -581,9 +589,13 @@ async fn reload_latency(
     opts: &BenchOptions,
 ) -> Result<(f64, f64, usize)> {
     let seconds = (live.len() as u64 / opts.latency_rate.max(1)) as usize + 10;
-    let versions: Vec<Vec<u8>> = (0..=seconds)
-        .map(|i| local::reversioned(&setup.bundle, &format!("bench-reload-{i:03}")))
-        .collect::<Result<_>>()?;
+    let first = local::reversioned(&setup.bundle, "bench-reload-000")?;
+    if opts.brokers.is_none() && first.len() > MOCK_BUNDLE_BYTES {
+        return Err(Error::Usage(format!(
+            "--reload publishes a {} MB bundle a second, and the MockCluster keeps at most about 5 MB per Kafka partition (older chunks would be gone before the manifest arrives); run it against a real broker with --brokers, or with fewer --stores",
+            first.len() >> 20
+        )));
+    }
     let publish = PublishOptions {
         bundle: Default::default(),
         connection: crate::kafka::connection::Connection::plain(setup.brokers),
@@ -592,7 +604,6 @@ async fn reload_latency(
         chunk_bytes: DEFAULT_CHUNK_BYTES,
         activate: true,
     };
-    let first = versions[0].clone();
     let p = publish.clone();
     tokio::task::spawn_blocking(move || publish_bytes(&first, &p, None))
         .await
@@ -621,17 +632,23 @@ async fn reload_latency(
         .await;
     let reloading = {
         let stop = stop.clone();
+        let bundle = setup.bundle.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             tick.tick().await;
             let mut swaps = 0;
-            for bytes in versions.into_iter().skip(1) {
+            for i in 1..=seconds {
                 tokio::select! {
                     _ = stop.cancelled() => break,
                     _ = tick.tick() => {}
                 }
-                let p = publish.clone();
-                match tokio::task::spawn_blocking(move || publish_bytes(&bytes, &p, None)).await {
+                // One version's bytes at a time: a million stores make 200 MB each.
+                let (p, b) = (publish.clone(), bundle.clone());
+                let version = format!("bench-reload-{i:03}");
+                let publishing = tokio::task::spawn_blocking(move || {
+                    publish_bytes(&local::reversioned(&b, &version)?, &p, None)
+                });
+                match publishing.await {
                     Ok(Ok(_)) => swaps += 1,
                     Ok(Err(e)) => tracing::warn!(error = %e, "bench: publishing a bundle failed"),
                     Err(e) => tracing::warn!(error = %e, "bench: publisher task failed"),

@@ -76,7 +76,7 @@ pub async fn run(stores: usize, events: usize, out: &mut dyn Write) -> Result<()
         "predictions",
         "sales-dlq",
     );
-    let stats = Arc::new(PipelineStats::default());
+    let stats = Arc::new(PipelineStats::printing_latency());
     let shutdown = CancellationToken::new();
 
     // Bundles reach the pipeline the way they do in production: published on the control
@@ -160,7 +160,9 @@ pub async fn run(stores: usize, events: usize, out: &mut dyn Write) -> Result<()
     .unwrap_or(false);
     let reload_ms = swap_started.elapsed().as_secs_f64() * 1e3;
     elapsed += stream(&brokers, second_half, &stats, events).await?;
-    let latency = stats.latency(false);
+    let latency = stats
+        .latency(false)
+        .ok_or_else(|| Error::Internal("the demo's stats keep no latency histogram".into()))?;
 
     let records = local::read(&brokers, "predictions", events, Duration::from_secs(30)).await?;
     let (mut n, mut abs, mut sq, mut fallback) = (0usize, 0.0, 0.0, 0usize);

@@ -399,8 +399,10 @@ pub struct PipelineStats {
     pub delivery_failures: AtomicU64,
     /// Kafka partitions of the input topic currently assigned to this instance.
     pub assigned: AtomicU64,
-    /// Event timestamp to acknowledgement, in microseconds.
-    latency_us: Mutex<Histogram<u64>>,
+    /// Event timestamp to acknowledgement, in microseconds, for the demo and the benchmark
+    /// to print ([`PipelineStats::printing_latency`]); `serve` exports the Prometheus
+    /// histogram only and takes no lock per event for this one.
+    latency_us: Option<Mutex<Histogram<u64>>>,
     handles: Handles,
     /// What the health endpoints report.
     pub health: crate::health::Health,
@@ -430,11 +432,7 @@ impl Default for PipelineStats {
             dead_lettered: AtomicU64::new(0),
             delivery_failures: AtomicU64::new(0),
             assigned: AtomicU64::new(0),
-            // Three significant figures from 1 µs to an hour.
-            latency_us: Mutex::new(
-                Histogram::new_with_bounds(1, 3_600_000_000, 3)
-                    .expect("constant histogram bounds are valid"),
-            ),
+            latency_us: None,
             handles: Handles {
                 consumed: counter!(EVENTS_CONSUMED),
                 scored_partition: counter!(EVENTS_SCORED, "model" => "partition"),
@@ -457,6 +455,17 @@ impl Default for PipelineStats {
 }
 
 impl PipelineStats {
+    /// Stats that also keep an in-process latency histogram, for [`PipelineStats::latency`].
+    pub fn printing_latency() -> Self {
+        PipelineStats {
+            // Three significant figures from 1 µs to an hour.
+            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+                .ok()
+                .map(Mutex::new),
+            ..PipelineStats::default()
+        }
+    }
+
     /// A record was read.
     pub fn consumed(&self) {
         self.consumed.fetch_add(1, Ordering::Relaxed);
@@ -481,7 +490,7 @@ impl PipelineStats {
         self.handles.produced.increment(1);
         if let Some(us) = latency_us {
             self.handles.latency.record(us as f64 / 1e6);
-            if let Ok(mut h) = self.latency_us.lock() {
+            if let Some(Ok(mut h)) = self.latency_us.as_ref().map(Mutex::lock) {
                 h.saturating_record(us.max(1));
             }
         }
@@ -518,17 +527,17 @@ impl PipelineStats {
         }
     }
 
-    /// A copy of the latency histogram (microseconds), cleared with `reset`.
-    pub fn latency(&self, reset: bool) -> Histogram<u64> {
-        match self.latency_us.lock() {
-            Ok(mut h) => {
-                let copy = h.clone();
-                if reset {
-                    h.reset();
-                }
-                copy
-            }
-            Err(e) => e.into_inner().clone(),
+    /// A copy of the latency histogram (microseconds), cleared with `reset`; `None` unless
+    /// made with [`PipelineStats::printing_latency`].
+    pub fn latency(&self, reset: bool) -> Option<Histogram<u64>> {
+        let mut h = match self.latency_us.as_ref()?.lock() {
+            Ok(h) => h,
+            Err(e) => e.into_inner(),
+        };
+        let copy = h.clone();
+        if reset {
+            h.reset();
         }
+        Some(copy)
     }
 }
