@@ -460,7 +460,7 @@ fn run(command: Command) -> manymodel::Result<()> {
             };
             manymodel::control::publish::command(&kafka.connection()?, &topic, &message)?;
             say!(
-                "sent {} to {topic}",
+                "sent {} to {topic}; each daemon applies it, or refuses it and keeps its active version (see its /readyz bundle_version, its log and manymodel_bundle_rejections_total)",
                 serde_json::to_string(&message).unwrap_or_default()
             );
         }
