@@ -2,6 +2,10 @@
 //!
 //! A partition's model is one of the kinds in [`Model`]; scoring only ever calls
 //! [`Model::predict`], so the kinds can be mixed freely within one bundle.
+//!
+//! [`bundle`] is the versioned set of models and its Avro file (decoded directly when written
+//! with our own schema, `bundle/decode.rs`); [`index`] finds a partition's model by id without
+//! a second copy of the ids; [`delta`] applies a delta bundle to its base.
 
 pub mod bundle;
 pub mod delta;
