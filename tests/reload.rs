@@ -171,6 +171,14 @@ fn send_raw(brokers: &str, payload: &[u8]) {
     producer.flush(Duration::from_secs(30)).expect("flushed");
 }
 
+/// Sends `manymodel control ARGS` to the control topic `control`.
+fn control(brokers: &str, args: &[&str]) {
+    let mut all = vec!["control"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--brokers", brokers, "--control-topic", "control"]);
+    run_ok(&all);
+}
+
 /// Waits until the daemon's /readyz names `version` as the active bundle.
 fn wait_active(daemon: &Daemon, version: &str) {
     let addr = daemon.metrics_addr();
@@ -297,14 +305,7 @@ async fn bundles_swap_in_while_events_stream_and_bad_ones_are_rejected() {
         send_raw(&b, b"\x00\x01 not a control record");
         publish(&b, &v07, Some(&key));
         pace();
-        run_ok(&[
-            "control",
-            "rollback",
-            "--brokers",
-            &b,
-            "--control-topic",
-            "control",
-        ]);
+        control(&b, &["rollback"]);
         pace();
         publish(&b, &v08, Some(&key));
         pace();
@@ -451,41 +452,16 @@ async fn a_daemon_without_a_local_bundle_comes_up_on_the_control_topics_version(
     // v2, then a rollback to v1; an instance started later converges on v1 as well.
     publish(&brokers, &v2, None);
     wait_active(&daemon, "v2");
-    run_ok(&[
-        "control",
-        "rollback",
-        "--brokers",
-        &brokers,
-        "--control-topic",
-        "control",
-    ]);
+    control(&brokers, &["rollback"]);
     wait_active(&daemon, "v1");
-    run_ok(&[
-        "control",
-        "activate",
-        "--version",
-        "v2",
-        "--brokers",
-        &brokers,
-        "--control-topic",
-        "control",
-    ]);
+    control(&brokers, &["activate", "--version", "v2"]);
     wait_active(&daemon, "v2");
     let late_config = control_config(d, "late", &brokers, "out-late", Some(&v1), None);
     let late = Daemon::start(&late_config);
     wait_active(&late, "v2");
 
     // Commands the daemons cannot honour are rejected, and they keep serving.
-    run_ok(&[
-        "control",
-        "activate",
-        "--version",
-        "v9",
-        "--brokers",
-        &brokers,
-        "--control-topic",
-        "control",
-    ]);
+    control(&brokers, &["activate", "--version", "v9"]);
     std::thread::sleep(Duration::from_secs(1));
     wait_active(&daemon, "v2");
     let metrics = http_get(&late.metrics_addr(), "/metrics").1;
@@ -677,14 +653,7 @@ async fn a_rollback_made_while_an_instance_was_down_wins_over_its_newer_local_bu
     publish(&brokers, &v1, None);
     publish(&brokers, &v2, None);
     // The operator rolls back while this instance is down; its local file is the newer v2.
-    run_ok(&[
-        "control",
-        "rollback",
-        "--brokers",
-        &brokers,
-        "--control-topic",
-        "control",
-    ]);
+    control(&brokers, &["rollback"]);
     let config = control_config(d, "down", &brokers, "out", Some(&v2), None);
     let daemon = Daemon::start(&config);
     wait_active(&daemon, "v1");
@@ -775,14 +744,7 @@ async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
     assert!(records
         .iter()
         .all(|r| r.headers.get("model-version").map(String::as_str) == Some("v5")));
-    run_ok(&[
-        "control",
-        "rollback",
-        "--brokers",
-        &brokers,
-        "--control-topic",
-        "control",
-    ]);
+    control(&brokers, &["rollback"]);
     wait_active(&daemon, "v4");
     assert!(daemon.terminate().success());
 
@@ -811,28 +773,22 @@ async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
     wait_active(&daemon, "v4");
     assert_eq!(replay_field(&daemon, "publishes_fetched"), Some(1));
     assert_eq!(replay_field(&daemon, "publishes_held_on_topic"), Some(3));
-    let control = |args: &[&str]| {
-        let mut all = vec!["control"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--brokers", &brokers, "--control-topic", "control"]);
-        run_ok(&all);
-    };
-    control(&["rollback"]);
+    control(&brokers, &["rollback"]);
     wait_active(&daemon, "v3");
-    control(&["activate", "--version", "v5"]);
+    control(&brokers, &["activate", "--version", "v5"]);
     wait_active(&daemon, "v5");
-    control(&["rollback"]);
+    control(&brokers, &["rollback"]);
     wait_active(&daemon, "v3");
-    control(&["activate", "--version", "v2"]);
+    control(&brokers, &["activate", "--version", "v2"]);
     wait_active(&daemon, "v2");
     // Published while it runs: v6 becomes active and v2 leaves memory (only the active bundle
     // stays there); a rollback fetches v2 again, and an activate v6.
     let v6 = train(d, 3_100, "v6", None);
     publish(&brokers, &v6, None);
     wait_active(&daemon, "v6");
-    control(&["rollback"]);
+    control(&brokers, &["rollback"]);
     wait_active(&daemon, "v2");
-    control(&["activate", "--version", "v6"]);
+    control(&brokers, &["activate", "--version", "v6"]);
     wait_active(&daemon, "v6");
     let metrics = http_get(&daemon.metrics_addr(), "/metrics").1;
     assert_eq!(
@@ -841,16 +797,8 @@ async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
         "{metrics}"
     );
     // v1 was never held by this daemon: refused, and v6 stays.
-    control(&["activate", "--version", "v1"]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while metric_sum(
-        &http_get(&daemon.metrics_addr(), "/metrics").1,
-        "manymodel_bundle_rejections_total",
-    ) < 1.0
-    {
-        assert!(Instant::now() < deadline, "{}", daemon.log_text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    control(&brokers, &["activate", "--version", "v1"]);
+    wait_rejections(&daemon, 1.0);
     wait_active(&daemon, "v6");
     daemon.wait_assigned();
     local::produce_events(&brokers, "in", std::sync::Arc::new(events(d)), None)
@@ -931,16 +879,10 @@ async fn a_held_version_whose_chunks_are_gone_is_refused_and_the_active_one_keep
         .await
         .expect("records deleted");
 
-    let control = |args: &[&str]| {
-        let mut all = vec!["control"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--brokers", &brokers, "--control-topic", "control"]);
-        run_ok(&all);
-    };
     // Activating v2 or rolling back to it: refused with their reason; v3 keeps serving.
-    control(&["activate", "--version", "v2"]);
+    control(&brokers, &["activate", "--version", "v2"]);
     wait_rejections(&daemon, 1.0);
-    control(&["rollback"]);
+    control(&brokers, &["rollback"]);
     wait_rejections(&daemon, 2.0);
     wait_active(&daemon, "v3");
     let log = daemon.log_text();
