@@ -55,7 +55,12 @@ impl<'a> Bytes<'a> {
 /// Checks that a container file's header holds a schema apache-avro can parse without
 /// panicking (see [`super::avro::parse_schema`]), before apache-avro's own reader sees it.
 pub fn check_header(file: &[u8]) -> Result<(), String> {
-    read_header(file).map(|_| ())
+    writer_schema(file).map(|_| ())
+}
+
+/// The writer schema in a container file's header, checked as [`check_header`] does.
+pub fn writer_schema(file: &[u8]) -> Result<Schema, String> {
+    read_header(file).map(|(schema, ..)| schema)
 }
 
 /// Reads a container file.

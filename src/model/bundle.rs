@@ -265,15 +265,16 @@ impl Bundle {
 
     /// Decodes and validates bundle bytes; the error says what is wrong.
     pub fn from_avro(bytes: &[u8]) -> std::result::Result<Self, BundleError> {
-        let schema_error =
-            |what: &str, e: &dyn std::fmt::Display| BundleError::Schema(format!("{what}: {e}"));
         let reader_schema = schema().map_err(|e| BundleError::Schema(e.to_string()))?;
         // Decode with the file's own (writer) schema, then resolve to ours: older layouts
         // gain the new fields' defaults. (Handing our schema to the reader would let it parse
         // the writer schema with our definitions of the named types.)
         // apache-avro panics on some malformed header schemas; check the header first.
-        const NOT_AVRO: &str = "not an Avro object container with a bundle schema";
-        crate::codec::container::check_header(bytes).map_err(|e| schema_error(NOT_AVRO, &e))?;
+        let writer_schema = crate::codec::container::writer_schema(bytes)
+            .map_err(|e| schema_error(NOT_AVRO, &e))?;
+        if writer_schema != *reader_schema {
+            return Self::from_avro_generic(bytes);
+        }
         // Written with our own schema (every bundle this version writes): decoded directly.
         let limit = bytes
             .len()
@@ -281,28 +282,21 @@ impl Bundle {
             .clamp(MIN_DATUM_LIMIT, MAX_DATUM_LIMIT);
         let container = crate::codec::container::read_limited(bytes, limit)
             .map_err(|e| schema_error(NOT_AVRO, &e))?;
-        if &container.schema == reader_schema {
-            return match container.blocks.as_slice() {
-                [(1, datum)] => decode::bundle_record(datum)
-                    .map_err(|e| schema_error("corrupt Avro data", &e))?
-                    .into_bundle(),
-                _ => Err(BundleError::Schema(format!(
-                    "holds {} datums; a bundle file holds exactly one Bundle datum",
-                    container.blocks.iter().map(|(n, _)| n).sum::<u64>()
-                ))),
-            };
+        match container.blocks.as_slice() {
+            [(1, datum)] => decode::bundle_record(datum)
+                .map_err(|e| schema_error("corrupt Avro data", &e))?
+                .into_bundle(),
+            _ => Err(BundleError::Schema(format!(
+                "holds {} datums; a bundle file holds exactly one Bundle datum",
+                container.blocks.iter().map(|(n, _)| n).sum::<u64>()
+            ))),
         }
-        drop(container);
-        Self::from_avro_generic(bytes)
     }
 
     /// Decodes bundle bytes through apache-avro's `Value`s, resolving an older writer schema
     /// to ours.
     fn from_avro_generic(bytes: &[u8]) -> std::result::Result<Self, BundleError> {
-        let schema_error =
-            |what: &str, e: &dyn std::fmt::Display| BundleError::Schema(format!("{what}: {e}"));
         let reader_schema = schema().map_err(|e| BundleError::Schema(e.to_string()))?;
-        const NOT_AVRO: &str = "not an Avro object container with a bundle schema";
         let reader = Reader::new(bytes).map_err(|e| schema_error(NOT_AVRO, &e))?;
         // Files written by this version need no resolution (it copies the whole datum).
         let same_schema = reader.writer_schema() == reader_schema;
@@ -329,6 +323,14 @@ impl Bundle {
 }
 
 mod decode;
+
+/// What a file that is no bundle container is told.
+const NOT_AVRO: &str = "not an Avro object container with a bundle schema";
+
+/// A schema-level error: what went wrong, and the detail.
+fn schema_error(what: &str, e: &dyn std::fmt::Display) -> BundleError {
+    BundleError::Schema(format!("{what}: {e}"))
+}
 
 /// The least a bundle's datum may decompress to before it is refused, bytes.
 const MIN_DATUM_LIMIT: usize = 256 << 20;
