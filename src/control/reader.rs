@@ -524,6 +524,8 @@ impl ControlReader {
 
     /// Keeps only the active bundle in memory: every other held version whose chunks can be
     /// fetched again is released (a full swap holds two bundles while it runs, never more).
+    /// Manifests of versions no longer held (nor a base of one held) are dropped, so they do
+    /// not pile up over a long-running daemon's publishes.
     fn release_inactive(&mut self) {
         for version in self.state.versions().loaded_inactive() {
             if self.manifests.contains_key(&version) && self.state.versions_mut().release(&version)
@@ -531,6 +533,22 @@ impl ControlReader {
                 tracing::debug!(%version, "released from memory; held on the control topic");
             }
         }
+        let mut needed: Vec<&str> = self.state.versions().held();
+        let mut i = 0;
+        while let Some(v) = needed.get(i).copied() {
+            if let Some(base) = self
+                .manifests
+                .get(v)
+                .and_then(|m| m.base_version.as_deref())
+            {
+                if !needed.contains(&base) {
+                    needed.push(base);
+                }
+            }
+            i += 1;
+        }
+        let needed: HashSet<String> = needed.into_iter().map(str::to_owned).collect();
+        self.manifests.retain(|v, _| needed.contains(v));
     }
 
     /// Reads the chunks of `publish_id` in `location` and applies them; stops early at the
