@@ -442,6 +442,23 @@ fn history(dir: &Path, name: &str, price_type: &str, target: Vec<Option<f64>>) -
     path
 }
 
+/// A bundle trained under [`SPEC`] on a good Parquet history, in `dir`.
+fn good_bundle(dir: &Path) -> PathBuf {
+    std::fs::write(dir.join("spec.toml"), SPEC).unwrap();
+    let good = history(dir, "good.parquet", "double", sales(12));
+    let bundle = dir.join("b.avro");
+    run_ok(&[
+        "train",
+        "--spec",
+        s(&dir.join("spec.toml")),
+        "--input",
+        s(&good),
+        "--output",
+        s(&bundle),
+    ]);
+    bundle
+}
+
 fn train_fails(dir: &Path, input: &Path) -> String {
     std::fs::write(dir.join("spec.toml"), SPEC).unwrap();
     let out = run(&[
@@ -477,18 +494,7 @@ fn a_column_of_the_wrong_type_is_refused_naming_the_file_the_column_and_the_fix(
         );
     }
     // The same file scored by a bundle: the events' price is refused alike.
-    let good = history(d, "good.parquet", "double", sales(12));
-    std::fs::write(d.join("spec.toml"), SPEC).unwrap();
-    let bundle = d.join("b.avro");
-    run_ok(&[
-        "train",
-        "--spec",
-        s(&d.join("spec.toml")),
-        "--input",
-        s(&good),
-        "--output",
-        s(&bundle),
-    ]);
+    let bundle = good_bundle(d);
     let out = run(&[
         "predict",
         "--bundle",
@@ -528,17 +534,7 @@ fn a_missing_column_is_refused_naming_it_and_the_file() {
         "{err}"
     );
     // Events without a feature column, for a linear bundle.
-    let good = history(d, "good.parquet", "double", sales(12));
-    let bundle = d.join("b.avro");
-    run_ok(&[
-        "train",
-        "--spec",
-        s(&d.join("spec.toml")),
-        "--input",
-        s(&good),
-        "--output",
-        s(&bundle),
-    ]);
+    let bundle = good_bundle(d);
     let out = run(&[
         "predict",
         "--bundle",
