@@ -13,6 +13,10 @@ use crate::codec::Format;
 use crate::error::{Error, Result};
 use crate::scoring::UnknownPartition;
 
+pub mod actuals;
+
+pub use actuals::ActualsConfig;
+
 /// The whole serve configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +37,9 @@ pub struct ServeConfig {
     /// The format of prediction records: JSON (the default) or Avro.
     #[serde(default)]
     pub output: OutputConfig,
+    /// Live accuracy: actuals to score against, per-store error and drift. Off without it.
+    #[serde(default)]
+    pub actuals: Option<ActualsConfig>,
 }
 
 /// How input records are encoded.
@@ -290,8 +297,10 @@ impl ServeConfig {
             };
             let input = &mut config.input;
             let paths = input.schema.iter_mut().chain(input.schemas.values_mut());
+            let actuals_schema = config.actuals.iter_mut().flat_map(|a| a.schema.iter_mut());
             paths
                 .chain(config.output.schema.iter_mut())
+                .chain(actuals_schema)
                 .for_each(relative);
             for key in &mut config.model.trusted_keys {
                 let is_hex = key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit());
@@ -353,6 +362,15 @@ impl ServeConfig {
         }
         if config.pipeline.stall_timeout_secs == 0 {
             return Err("pipeline.stall_timeout_secs must be at least 1".into());
+        }
+        if let Some(a) = &config.actuals {
+            let mut topics = vec![
+                k.input_topic.as_str(),
+                k.output_topic.as_str(),
+                k.dlq_topic.as_str(),
+            ];
+            topics.extend(k.control_topic.as_deref());
+            a.check(&topics)?;
         }
         Ok(config)
     }

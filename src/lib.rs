@@ -43,6 +43,7 @@
 //! | [`watchdog`] | the stall watchdog: work waiting, nothing acknowledged |
 //! | [`serve`] | the daemon: wiring, commits, shutdown |
 //! | [`metrics`] | every metric name, described once, and the in-process tally |
+//! | [`accuracy`] | live accuracy: actuals, per-store error and drift, `/partitions` |
 //! | [`health`], [`http`] | `/healthz`, `/readyz` and the listener that serves them with `/metrics` |
 //! | [`generate`] | synthetic data |
 //! | [`demo`], [`bench`] | the self-contained demo and the end-to-end benchmark |
@@ -53,6 +54,7 @@
 //! | [`clock`] | wall-clock milliseconds |
 //! | [`error`] | the error types |
 
+pub mod accuracy;
 pub mod awaiting;
 pub mod backpressure;
 pub mod bench;

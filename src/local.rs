@@ -246,6 +246,7 @@ pub fn serve_config(
         metrics: MetricsConfig::default(),
         input: Default::default(),
         output: Default::default(),
+        actuals: None,
     }
 }
 

@@ -237,6 +237,88 @@ const LATENCY_BUCKETS: [f64; 16] = [
 /// How often histogram samples are folded into their buckets when nobody scrapes.
 const UPKEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Actuals scored against the active model, by kind of model.
+pub const ACTUALS: &str = "manymodel_actuals_total";
+/// |actual − predicted| of every actual scored, over all stores.
+pub const ACTUAL_ABSOLUTE_ERROR: &str = "manymodel_actual_absolute_error";
+/// Per-store ratio of recent to training RMSE, one sample per actual once judged.
+pub const ERROR_RATIO: &str = "manymodel_partition_error_ratio";
+/// Stores drifting now.
+pub const PARTITIONS_DRIFTING: &str = "manymodel_partitions_drifting";
+/// Stores with accuracy statistics.
+pub const PARTITIONS_TRACKED: &str = "manymodel_accuracy_partitions_tracked";
+/// Bytes of the accuracy table.
+pub const ACCURACY_TABLE_BYTES: &str = "manymodel_accuracy_table_bytes";
+/// Drift records produced, by change.
+pub const DRIFT_RECORDS: &str = "manymodel_drift_records_total";
+/// Recent RMSE of the stores listed in per_partition_metrics.
+pub const PARTITION_RECENT_RMSE: &str = "manymodel_partition_recent_rmse";
+/// Ratio of recent to training RMSE of the stores listed in per_partition_metrics.
+pub const PARTITION_DRIFT_RATIO: &str = "manymodel_partition_drift_ratio";
+
+/// Histogram buckets for absolute errors, in the target's units: wide, since the scale is
+/// the user's.
+const ERROR_BUCKETS: [f64; 20] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0,
+    1000.0, 2500.0, 5000.0, 10000.0, 100000.0,
+];
+
+/// Histogram buckets for the ratio of recent to training RMSE.
+const RATIO_BUCKETS: [f64; 13] = [
+    0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 100.0, 1000.0,
+];
+
+/// Counts a drift record acknowledged by the broker.
+pub fn drift_record(started: bool) {
+    let change = if started { "started" } else { "stopped" };
+    counter!(DRIFT_RECORDS, "change" => change).increment(1);
+}
+
+/// Describes the accuracy metrics.
+fn describe_accuracy() {
+    describe_counter!(
+        ACTUALS,
+        Unit::Count,
+        "Actuals scored against the active model, by kind of model (partition or fallback)."
+    );
+    describe_histogram!(
+        ACTUAL_ABSOLUTE_ERROR,
+        "Absolute error |actual - predicted| of every actual, over all stores, in the target's units."
+    );
+    describe_histogram!(
+        ERROR_RATIO,
+        "Per-store ratio of recent RMSE to training RMSE, one sample per actual once the store has min_actuals."
+    );
+    describe_gauge!(
+        PARTITIONS_DRIFTING,
+        Unit::Count,
+        "Stores whose recent RMSE is over drift_ratio times their training RMSE."
+    );
+    describe_gauge!(
+        PARTITIONS_TRACKED,
+        Unit::Count,
+        "Stores with accuracy statistics."
+    );
+    describe_gauge!(
+        ACCURACY_TABLE_BYTES,
+        Unit::Bytes,
+        "Memory of the per-store accuracy table."
+    );
+    describe_counter!(
+        DRIFT_RECORDS,
+        Unit::Count,
+        "Records produced to the drift topic, by change (started or stopped)."
+    );
+    describe_gauge!(
+        PARTITION_RECENT_RMSE,
+        "Recent RMSE of the stores listed in per_partition_metrics, by partition."
+    );
+    describe_gauge!(
+        PARTITION_DRIFT_RATIO,
+        "Ratio of recent to training RMSE of the stores listed in per_partition_metrics, by partition."
+    );
+}
+
 /// Installs the Prometheus recorder, describes every metric and sets the build info. Call
 /// once per process, before the pipeline starts.
 pub fn install() -> Result<PrometheusHandle, String> {
@@ -252,6 +334,10 @@ pub fn install_with_upkeep(every: std::time::Duration) -> Result<PrometheusHandl
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
         .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(Matcher::Full(ACTUAL_ABSOLUTE_ERROR.into()), &ERROR_BUCKETS)
+        .map_err(|e| e.to_string())?
+        .set_buckets_for_metric(Matcher::Full(ERROR_RATIO.into()), &RATIO_BUCKETS)
+        .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| e.to_string())?;
     let upkeep = handle.clone();
@@ -263,6 +349,7 @@ pub fn install_with_upkeep(every: std::time::Duration) -> Result<PrometheusHandl
         })
         .map_err(|e| format!("cannot start the metrics upkeep thread: {e}"))?;
     describe();
+    describe_accuracy();
     gauge!(
         BUILD_INFO,
         "version" => env!("CARGO_PKG_VERSION"),
@@ -406,6 +493,8 @@ pub struct PipelineStats {
     handles: Handles,
     /// What the health endpoints report.
     pub health: crate::health::Health,
+    /// Asks the actuals actor, while `[actuals]` is on, for `/partitions`.
+    pub accuracy: Mutex<Option<crate::accuracy::AccuracyHandle>>,
 }
 
 #[derive(Debug)]
@@ -450,6 +539,7 @@ impl Default for PipelineStats {
                 scoring_latency: histogram!(SCORING_LATENCY),
             },
             health: crate::health::Health::default(),
+            accuracy: Mutex::new(None),
         }
     }
 }
@@ -463,6 +553,18 @@ impl PipelineStats {
                 .ok()
                 .map(Mutex::new),
             ..PipelineStats::default()
+        }
+    }
+
+    /// The actuals actor's handle, for `/partitions`; `None` while actuals are off.
+    pub fn accuracy(&self) -> Option<crate::accuracy::AccuracyHandle> {
+        self.accuracy.lock().ok().and_then(|a| a.clone())
+    }
+
+    /// Sets (or clears) the actuals actor's handle.
+    pub fn set_accuracy(&self, handle: Option<crate::accuracy::AccuracyHandle>) {
+        if let Ok(mut a) = self.accuracy.lock() {
+            *a = handle;
         }
     }
 

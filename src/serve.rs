@@ -149,6 +149,22 @@ pub async fn run(
         "serving"
     );
 
+    let actuals = match &config.actuals {
+        Some(a) => {
+            let (handle, task) = crate::accuracy::actuals::start(
+                config,
+                a,
+                bundles.clone(),
+                bundle.clone(),
+                stats.clone(),
+                shutdown.clone(),
+            )?;
+            stats.set_accuracy(Some(handle));
+            Some(task)
+        }
+        None => None,
+    };
+
     let committer = (!exactly_once).then(|| {
         tokio::spawn(commit_periodically(
             consumer.clone(),
@@ -178,6 +194,11 @@ pub async fn run(
         read_since_commit: false,
     };
     let (router, mut flow, transactions) = reader.read_until(&consumer, &shutdown).await?;
+    if let Some(task) = actuals {
+        stats.set_accuracy(None);
+        task.join(Duration::from_secs(config.pipeline.shutdown_timeout_secs))
+            .await;
+    }
 
     // Drain: parked work and actors first (they enqueue the last predictions), then the
     // producer.

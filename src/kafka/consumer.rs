@@ -34,6 +34,9 @@ pub struct RebalanceContext {
     pub revoke_timeout: std::time::Duration,
     /// Offsets go into transactions, never into plain commits.
     pub exactly_once: bool,
+    /// The input consumer reports the daemon's health, lag and assignment; a side consumer
+    /// (the actuals') only its own per-topic lag and commits.
+    pub primary: bool,
 }
 
 /// Each broker and librdkafka's state for it, e.g. `127.0.0.1:9092/1: CONNECT`.
@@ -54,9 +57,11 @@ fn broker_states(statistics: &rdkafka::Statistics) -> String {
 impl ClientContext for RebalanceContext {
     fn stats(&self, statistics: rdkafka::Statistics) {
         let up = statistics.brokers.values().any(|b| b.state == "UP");
-        self.stats
-            .health
-            .broker_states((!up).then(|| broker_states(&statistics)));
+        if self.primary {
+            self.stats
+                .health
+                .broker_states((!up).then(|| broker_states(&statistics)));
+        }
         let mut lag = 0;
         for (topic, t) in &statistics.topics {
             for (p, part) in &t.partitions {
@@ -69,11 +74,15 @@ impl ClientContext for RebalanceContext {
                 }
             }
         }
-        self.stats.health.set_lag(lag);
+        if self.primary {
+            self.stats.health.set_lag(lag);
+        }
     }
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
+        if self.primary
+            && error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown)
+        {
             self.stats.health.brokers_down(reason);
         }
         self.log.error("consumer", &error, reason);
@@ -115,7 +124,9 @@ impl ConsumerContext for RebalanceContext {
                 let _ = commit.add_partition_offset(&self.topic, p, Offset::Offset(pos));
             }
         }
-        self.stats.assignment_changed(0, revoked.len() as u64);
+        if self.primary {
+            self.stats.assignment_changed(0, revoked.len() as u64);
+        }
         tracing::info!(
             topic = %self.topic,
             kafka_partitions = ?revoked,
@@ -154,7 +165,9 @@ impl ConsumerContext for RebalanceContext {
                 if let Err(e) = consumer.resume(tpl) {
                     tracing::warn!(error = %e, "cannot resume newly assigned Kafka partitions");
                 }
-                self.stats.assignment_changed(assigned.len() as u64, 0);
+                if self.primary {
+                    self.stats.assignment_changed(assigned.len() as u64, 0);
+                }
                 tracing::info!(topic = %self.topic, kafka_partitions = ?assigned, "Kafka partitions assigned");
             }
             Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
@@ -233,6 +246,18 @@ pub fn is_undecodable(error: &rdkafka::error::KafkaError) -> bool {
 /// The input consumer.
 pub type InputConsumer = StreamConsumer<RebalanceContext>;
 
+/// What a consumer reads, and for whom.
+pub struct Subscription<'a> {
+    /// The topic.
+    pub topic: &'a str,
+    /// The consumer group.
+    pub group_id: &'a str,
+    /// Offsets go into transactions, never into plain commits (the input in `exactly_once`).
+    pub transactional_offsets: bool,
+    /// It reports the daemon's health, lag and assignment (the input consumer).
+    pub primary: bool,
+}
+
 /// Creates the consumer of `[kafka] input_topic` and subscribes it.
 pub fn create(
     config: &ServeConfig,
@@ -240,12 +265,29 @@ pub fn create(
     stats: Arc<PipelineStats>,
 ) -> Result<InputConsumer> {
     let k = &config.kafka;
-    let (brokers, topic) = (k.brokers.as_str(), k.input_topic.as_str());
-    let exactly_once = k.processing == Processing::ExactlyOnce;
+    let subscription = Subscription {
+        topic: &k.input_topic,
+        group_id: &k.group_id,
+        transactional_offsets: k.processing == Processing::ExactlyOnce,
+        primary: true,
+    };
+    create_for(config, &subscription, tracker, stats)
+}
+
+/// Creates a consumer of `subscription` with the daemon's client settings, and subscribes it.
+/// In `exactly_once` mode every consumer reads committed records only.
+pub fn create_for(
+    config: &ServeConfig,
+    subscription: &Subscription<'_>,
+    tracker: Arc<OffsetTracker>,
+    stats: Arc<PipelineStats>,
+) -> Result<InputConsumer> {
+    let k = &config.kafka;
+    let (brokers, topic) = (k.brokers.as_str(), subscription.topic);
     let mut client = ClientConfig::new();
     client
         .set("bootstrap.servers", brokers)
-        .set("group.id", &k.group_id)
+        .set("group.id", subscription.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
@@ -260,8 +302,8 @@ pub fn create(
         .set("fetch.queue.backoff.ms", "10")
         // Statistics feed the lag gauges and broker reachability.
         .set("statistics.interval.ms", "5000");
-    if exactly_once {
-        // Never read an input event from an aborted upstream transaction.
+    if k.processing == Processing::ExactlyOnce {
+        // Never read a record from an aborted upstream transaction.
         client.set("isolation.level", "read_committed");
     }
     for (key, v) in &k.librdkafka_options {
@@ -275,7 +317,8 @@ pub fn create(
         stats,
         log: ClientLog::default(),
         revoke_timeout: std::time::Duration::from_millis(config.pipeline.revoke_timeout_ms),
-        exactly_once,
+        exactly_once: subscription.transactional_offsets,
+        primary: subscription.primary,
     };
     let consumer: InputConsumer = client
         .create_with_context(context)
@@ -283,7 +326,9 @@ pub fn create(
     consumer
         .subscribe(&[topic])
         .map_err(|e| Error::Kafka(format!("cannot subscribe to {topic}: {e}")))?;
-    consumer.context().stats.health.subscribed();
+    if subscription.primary {
+        consumer.context().stats.health.subscribed();
+    }
     Ok(consumer)
 }
 

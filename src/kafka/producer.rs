@@ -38,6 +38,8 @@ pub enum Output {
     DeadLetter(RecordErrorKind),
     /// A copied record (the benchmark's passthrough pipeline).
     Copy,
+    /// A record on the drift topic: a store started (`true`) or stopped drifting.
+    Drift(bool),
 }
 
 /// What travels with an output record to its delivery callback.
@@ -166,6 +168,7 @@ impl ProducerContext for DeliveryContext {
                 match output {
                     Output::Prediction(source) => self.stats.produced(source, latency_us),
                     Output::Copy => self.stats.produced(ModelSource::Partition, latency_us),
+                    Output::Drift(started) => crate::metrics::drift_record(started),
                     Output::DeadLetter(kind) => {
                         self.stats.dead_lettered(kind);
                         self.log_dead_letter(kind);

@@ -1,0 +1,70 @@
+//! What the daemon says about one store's accuracy: an entry of `GET /partitions`, the body
+//! of `GET /partitions/{id}`, and the value of a record on the drift topic.
+
+use serde::{Deserialize, Serialize};
+
+/// One store's accuracy, as JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StoreReport {
+    /// The store (partition id).
+    pub partition: String,
+    /// `partition` (its own model) or `fallback`.
+    pub kind: String,
+    /// The bundle version whose model scored its latest actual.
+    pub model_version: String,
+    /// Actuals scored by its current model.
+    pub actuals: u64,
+    /// Recent mean absolute error.
+    pub mae: f64,
+    /// Recent root mean squared error.
+    pub rmse: f64,
+    /// Recent mean of `actual − predicted` (positive: forecasts too low).
+    pub bias: f64,
+    /// The model's RMSE on its training rows, from the bundle.
+    pub training_rmse: f64,
+    /// `rmse / training_rmse`; null without a training RMSE.
+    pub ratio: Option<f64>,
+    /// `pending`, `stable` or `drifting`.
+    pub verdict: String,
+    /// When the verdict was reached: the timestamp (ms) of the actual that decided it.
+    pub verdict_at_ms: Option<i64>,
+    /// The timestamp (ms) of its latest actual.
+    pub last_actual_ms: Option<i64>,
+}
+
+/// The body of `GET /partitions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PartitionsPage {
+    /// Stores with statistics.
+    pub tracked: usize,
+    /// Of which drifting.
+    pub drifting: usize,
+    /// The stores asked for, in the order asked for.
+    pub partitions: Vec<StoreReport>,
+}
+
+/// The order of `GET /partitions?sort=...`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sort {
+    /// Highest ratio of recent to training RMSE first (the default).
+    Drift,
+    /// Highest recent RMSE first.
+    Rmse,
+    /// Most actuals first.
+    Actuals,
+    /// By store id.
+    Partition,
+}
+
+impl Sort {
+    /// Parses `drift`, `rmse`, `actuals` or `partition`.
+    pub fn parse(s: &str) -> Option<Sort> {
+        match s {
+            "drift" => Some(Sort::Drift),
+            "rmse" => Some(Sort::Rmse),
+            "actuals" => Some(Sort::Actuals),
+            "partition" => Some(Sort::Partition),
+            _ => None,
+        }
+    }
+}
