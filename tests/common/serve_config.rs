@@ -16,6 +16,7 @@ pub struct ServeConfigFile {
     model: Vec<String>,
     pipeline: Vec<String>,
     metrics: Vec<String>,
+    actuals: Vec<String>,
 }
 
 impl ServeConfigFile {
@@ -32,6 +33,7 @@ impl ServeConfigFile {
             model: Vec::new(),
             pipeline: Vec::new(),
             metrics: vec![r#"listen = "127.0.0.1:0""#.into()],
+            actuals: Vec::new(),
         }
     }
 
@@ -87,6 +89,12 @@ impl ServeConfigFile {
         self
     }
 
+    /// A line of `[actuals]` (the table is written once it has a line).
+    pub fn actuals(mut self, line: &str) -> Self {
+        self.actuals.push(line.to_owned());
+        self
+    }
+
     /// The TOML text.
     pub fn text(&self) -> String {
         let (input, output, dlq) = &self.topics;
@@ -122,6 +130,12 @@ impl ServeConfigFile {
         t.push_str("[metrics]\n");
         for line in &self.metrics {
             t.push_str(&format!("{line}\n"));
+        }
+        if !self.actuals.is_empty() {
+            t.push_str("[actuals]\n");
+            for line in &self.actuals {
+                t.push_str(&format!("{line}\n"));
+            }
         }
         t
     }
