@@ -265,10 +265,8 @@ impl ActualsActor {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                query = self.queries.recv() => match query {
-                    Some(q) => self.answer(q),
-                    None => {} // every handle is gone; actuals go on
-                },
+                // Once every handle is gone this branch is off; actuals go on.
+                Some(query) = self.queries.recv() => self.answer(query),
                 changed = self.bundles.changed(), if follow => match changed {
                     Ok(()) => self.swap(),
                     Err(_) => follow = false,
@@ -437,8 +435,7 @@ impl ActualsActor {
             model,
             source,
             &self.encoder.version,
-            predicted,
-            actual,
+            actual - predicted,
             at_ms,
         );
         let Some(Observed { ratio, change }) = observed else {

@@ -57,8 +57,8 @@ impl AccuracyTable {
         }
     }
 
-    /// Records that `model` (of kind `source`, in bundle `version`) forecast `predicted` for
-    /// store `id` where `actual` came true, at `at_ms`. `None`: the store is scored by the
+    /// Records that `model` (of kind `source`, in bundle `version`) forecast store `id` with
+    /// `error` (actual − predicted) for an actual at `at_ms`. `None`: the store is scored by the
     /// fallback and the table holds `max_fallback_stores` of those already.
     pub fn observe(
         &mut self,
@@ -66,8 +66,7 @@ impl AccuracyTable {
         model: &PartitionModel,
         source: ModelSource,
         version: &str,
-        predicted: f64,
-        actual: f64,
+        error: f64,
         at_ms: i64,
     ) -> Option<Observed> {
         let version = self.intern(version);
@@ -99,7 +98,7 @@ impl AccuracyTable {
         }
         row.version = version;
         row.last_actual_ms = at_ms;
-        row.stats.add(actual - predicted, self.thresholds.alpha);
+        row.stats.add(error, self.thresholds.alpha);
         let change = row.stats.judge(model.rmse, &self.thresholds, at_ms);
         match change {
             Some(Change::Started) => self.drifting += 1,
@@ -273,13 +272,13 @@ mod tests {
         let m = model(1.0);
         for i in 0..5 {
             let id = format!("unknown-{i}");
-            let got = t.observe(&id, &m, ModelSource::Fallback, "v1", 0.0, 1.0, 1);
+            let got = t.observe(&id, &m, ModelSource::Fallback, "v1", 1.0, 1);
             assert_eq!(got.is_some(), i < 2, "{id}");
         }
         for i in 0..5 {
             let id = format!("known-{i}");
             assert!(t
-                .observe(&id, &m, ModelSource::Partition, "v1", 0.0, 1.0, 1)
+                .observe(&id, &m, ModelSource::Partition, "v1", 1.0, 1)
                 .is_some());
         }
         assert_eq!(t.tracked(), 7);
@@ -291,7 +290,7 @@ mod tests {
         let m = model(1.0);
         for i in 0..20 {
             for (id, err) in [("calm", 1.0), ("wild", 5.0), ("mild", 1.2)] {
-                t.observe(id, &m, ModelSource::Partition, "v1", 0.0, err, i);
+                t.observe(id, &m, ModelSource::Partition, "v1", err, i);
             }
         }
         assert_eq!(t.drifting(), 1);
@@ -321,7 +320,6 @@ mod tests {
                 &m,
                 ModelSource::Partition,
                 "v1",
-                0.0,
                 1.0,
                 1,
             );
