@@ -1,5 +1,6 @@
 //! The dashboard's queries against a real Prometheus scraping a running daemon: every PromQL
-//! expression of `deploy/grafana/manymodel.json` must parse and return data.
+//! expression of `deploy/grafana/manymodel.json` must parse and return data. The daemon
+//! reads actuals too (one store's shifted, so it drifts), for the accuracy panels.
 
 mod common;
 
@@ -7,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{http_get, port, url_encode, Stack};
+use common::{generate_and_train, http_get, port, url_encode, Broker, Daemon, ServeConfigFile};
 use manymodel::local;
 
 struct Prometheus(Child);
@@ -32,13 +33,31 @@ fn dashboard_queries() -> Vec<String> {
     out
 }
 
+/// The actual of a generated event: its expected sales, 40 more for store S002 (drifting).
+fn actual(event: &[u8]) -> Vec<u8> {
+    let mut v: serde_json::Value = serde_json::from_slice(event).unwrap();
+    let shift = if v["store_id"] == "S002" { 40.0 } else { 0.0 };
+    v["sales"] = (v["expected_sales"].as_f64().unwrap() + shift).into();
+    v.to_string().into_bytes()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_dashboard_query_parses_and_returns_data() {
-    let Stack {
-        daemon,
-        broker,
-        dir,
-    } = Stack::start("prom", 2, 8, 3000, "v-prom");
+    let broker = Broker::start();
+    for t in ["in", "out", "dlq", "actuals", "drift"] {
+        broker.create_topic(t, 2);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bundle = generate_and_train(dir.path(), 8, 3000, "v-prom");
+    let config = ServeConfigFile::new(&broker.brokers(), "prom")
+        .bundle(&bundle)
+        .metrics(r#"per_partition_metrics = ["S001"]"#)
+        .actuals(r#"topic = "actuals""#)
+        .actuals(r#"drift_topic = "drift""#)
+        .actuals("min_actuals = 10")
+        .write(dir.path(), "prom");
+    let daemon = Daemon::start(&config);
+    daemon.wait_assigned();
     let metrics_addr = daemon.metrics_addr();
 
     let web = format!("127.0.0.1:{}", port());
@@ -71,9 +90,11 @@ async fn every_dashboard_query_parses_and_returns_data() {
     for wave in lines.chunks(1500) {
         let mut payloads = wave.to_vec();
         payloads.push(b"not json".to_vec());
+        let actuals: Vec<Vec<u8>> = wave.iter().map(|l| actual(l)).collect();
         let brokers = broker.brokers();
         tokio::task::spawn_blocking(move || {
-            local::produce(&brokers, "in", &payloads, |_| None, Some(500))
+            local::produce(&brokers, "in", &payloads, |_| None, Some(500))?;
+            local::produce(&brokers, "actuals", &actuals, |_| None, None)
         })
         .await
         .unwrap()
