@@ -31,6 +31,30 @@ use crate::metrics::PipelineStats;
 use crate::model::bundle::Bundle;
 use crate::serve::{self, Mode};
 
+/// The rate the latency runs stream events at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatencyRate {
+    /// This many events per second.
+    PerSecond(u64),
+    /// Half the scoring pipeline's throughput, as measured by the throughput runs.
+    HalfMax,
+}
+
+impl LatencyRate {
+    /// Parses `half` or a number of events per second.
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "half" => Ok(LatencyRate::HalfMax),
+            n => match n.parse::<u64>() {
+                Ok(r) if r > 0 => Ok(LatencyRate::PerSecond(r)),
+                _ => Err(format!(
+                    "{n:?}: give events per second (at least 1), or `half` for half the scoring throughput"
+                )),
+            },
+        }
+    }
+}
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -42,8 +66,8 @@ pub struct BenchOptions {
     pub stores: usize,
     /// Kafka partitions of the input topics.
     pub kafka_partitions: i32,
-    /// Events per second for the latency run (5 seconds of it).
-    pub latency_rate: u64,
+    /// The rate of the latency run (5 seconds of it).
+    pub latency_rate: LatencyRate,
     /// Also measure latency while a new bundle is published and swapped in every second.
     pub reload: bool,
     /// The input format: JSON, or Avro with Confluent framing (schema id 1 =
@@ -246,41 +270,24 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         (None, Some(b)) => b.clone(),
         (None, None) => unreachable!("one of the two is set above"),
     };
-    let live_events = (opts.latency_rate * 5) as usize;
-    // librdkafka's MockCluster keeps at most 5 MB per Kafka partition and drops older records
-    // beyond that, which would strand a large backlog; spread it over enough partitions.
-    let kafka_partitions = if mock.is_some() {
-        let needed = (opts.events.max(live_events) * 200 / (4 << 20) + 1) as i32;
-        opts.kafka_partitions.max(needed)
-    } else {
-        opts.kafka_partitions
+    // With a fixed rate the live events are known now; at half the measured maximum they are
+    // the backlog's events again, as many as five seconds need.
+    let fixed_live = match opts.latency_rate {
+        LatencyRate::PerSecond(r) => (r * 5) as usize,
+        LatencyRate::HalfMax => 0,
     };
     let t = |s: &str| format!("bench-{s}-{run_id}");
+    let kafka_partitions = partitions_for(mock.is_some(), opts, opts.events.max(fixed_live));
     let topics = [
         (t("in"), kafka_partitions),
         (t("out-score"), kafka_partitions),
         (t("out-pass"), kafka_partitions),
-        (t("live-score"), kafka_partitions),
-        (t("live-pass"), kafka_partitions),
         (t("dlq"), 1),
-        (t("live-reload"), kafka_partitions),
-        (t("out-reload"), kafka_partitions),
         (t("control"), 1),
     ];
-    match &mock {
-        Some(m) => {
-            for (name, n) in &topics {
-                m.create_topic(name, *n, 1)
-                    .map_err(|e| Error::Kafka(format!("creating {name}: {e}")))?;
-            }
-        }
-        None => {
-            let list: Vec<(&str, i32)> = topics.iter().map(|(n, p)| (n.as_str(), *p)).collect();
-            local::create_topics(&brokers, &list).await?;
-        }
-    }
+    create_topics(mock.as_ref(), &brokers, &topics).await?;
 
-    let work = local::workload(opts.stores, 14, opts.events.max(live_events), 11, "bench")?;
+    let work = local::workload(opts.stores, 14, opts.events.max(fixed_live), 11, "bench")?;
     if work.fitted_stores < opts.stores {
         let _ = writeln!(
             out,
@@ -316,7 +323,6 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         }
     };
     let backlog = Arc::new(lines[..opts.events].to_vec());
-    let live = Arc::new(lines[..live_events].to_vec());
 
     let _ = writeln!(
         out,
@@ -372,6 +378,22 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             cpu.push(us);
         }
     }
+    // Latency: events streamed at a steady rate through each pipeline.
+    let latency_rate = match opts.latency_rate {
+        LatencyRate::PerSecond(r) => r,
+        LatencyRate::HalfMax => ((median(&rates[1]) / 2.0) as u64).max(1),
+    };
+    let live_events = (latency_rate * 5) as usize;
+    let live: Arc<Vec<Vec<u8>>> =
+        Arc::new(lines.iter().cycle().take(live_events).cloned().collect());
+    let live_partitions = partitions_for(mock.is_some(), opts, live_events);
+    let live_topics = [
+        (t("live-score"), live_partitions),
+        (t("live-pass"), live_partitions),
+        (t("live-reload"), live_partitions),
+        (t("out-reload"), live_partitions),
+    ];
+    create_topics(mock.as_ref(), &brokers, &live_topics).await?;
     let mut figures = Vec::new();
     for ((mode, output, live_in), (rates, cpu)) in modes.iter().zip(rates.iter().zip(&cpu)) {
         let mut f = Figures {
@@ -380,7 +402,8 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             ..Figures::default()
         };
         let (stats, stop, handle) = setup.start(*mode, live_in, output, None).await;
-        (f.p50_ms, f.p99_ms) = steady_latency(&stats, &brokers, live_in, &live, opts).await?;
+        (f.p50_ms, f.p99_ms) =
+            steady_latency(&stats, &brokers, live_in, &live, latency_rate, opts).await?;
         f.steady_rss = memory::rss();
         stop.cancel();
         handle.await.map_err(|e| Error::Internal(e.to_string()))??;
@@ -388,7 +411,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     }
 
     let reload = if opts.reload {
-        Some(reload_latency(&setup, &t, &live, opts).await?)
+        Some(reload_latency(&setup, &t, &live, latency_rate, opts).await?)
     } else {
         None
     };
@@ -448,8 +471,13 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     );
     let _ = writeln!(
         out,
-        "latency measured at {} events/s over the last {} of {} events (the first fifth warms up), from produce timestamp to acknowledgement",
-        opts.latency_rate,
+        "latency measured at {} events/s{} over the last {} of {} events (the first fifth warms up), from produce timestamp to acknowledgement",
+        latency_rate,
+        if opts.latency_rate == LatencyRate::HalfMax {
+            " (half the scoring throughput)"
+        } else {
+            ""
+        },
         live_events - live_events / 5,
         live_events
     );
@@ -543,6 +571,38 @@ fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// Kafka partitions for a topic of `events`: on the MockCluster, enough that none holds more
+/// than its 5 MB (it drops older records beyond that, which would strand a backlog).
+fn partitions_for(mock: bool, opts: &BenchOptions, events: usize) -> i32 {
+    match mock {
+        true => opts
+            .kafka_partitions
+            .max((events * 200 / (4 << 20) + 1) as i32),
+        false => opts.kafka_partitions,
+    }
+}
+
+/// Creates `topics` (name, Kafka partitions) on the MockCluster or the broker.
+async fn create_topics(
+    mock: Option<&MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
+    brokers: &str,
+    topics: &[(String, i32)],
+) -> Result<()> {
+    match mock {
+        Some(m) => {
+            for (name, n) in topics {
+                m.create_topic(name, *n, 1)
+                    .map_err(|e| Error::Kafka(format!("creating {name}: {e}")))?;
+            }
+            Ok(())
+        }
+        None => {
+            let list: Vec<(&str, i32)> = topics.iter().map(|(n, p)| (n.as_str(), *p)).collect();
+            local::create_topics(brokers, &list).await
+        }
+    }
+}
+
 /// Produces the live events at the steady rate and returns the p50 and p99 latency in ms; the
 /// first fifth warms up (fetch positions, connections) and is not measured.
 async fn steady_latency(
@@ -550,13 +610,14 @@ async fn steady_latency(
     brokers: &str,
     input: &str,
     live: &Arc<Vec<Vec<u8>>>,
+    rate: u64,
     opts: &BenchOptions,
 ) -> Result<(f64, f64)> {
     let producing = tokio::spawn(produce(
         brokers.to_owned(),
         input.to_owned(),
         live.clone(),
-        Some(opts.latency_rate),
+        Some(rate),
         opts.records_per_batch,
     ));
     let n = live.len() as u64;
@@ -586,9 +647,10 @@ async fn reload_latency(
     setup: &Setup<'_>,
     t: &dyn Fn(&str) -> String,
     live: &Arc<Vec<Vec<u8>>>,
+    rate: u64,
     opts: &BenchOptions,
 ) -> Result<(f64, f64, usize)> {
-    let seconds = (live.len() as u64 / opts.latency_rate.max(1)) as usize + 10;
+    let seconds = (live.len() as u64 / rate.max(1)) as usize + 10;
     let first = local::reversioned(&setup.bundle, "bench-reload-000")?;
     if opts.brokers.is_none() && first.len() > MOCK_BUNDLE_BYTES {
         return Err(Error::Usage(format!(
@@ -657,7 +719,8 @@ async fn reload_latency(
             swaps
         })
     };
-    let (p50, p99) = steady_latency(&stats, setup.brokers, &t("live-reload"), live, opts).await?;
+    let (p50, p99) =
+        steady_latency(&stats, setup.brokers, &t("live-reload"), live, rate, opts).await?;
     stop.cancel();
     cancel.cancel();
     let swaps = reloading

@@ -192,9 +192,10 @@ enum Command {
         /// partition holds more than the mock's 5 MB (10 for 200,000 events).
         #[arg(long, default_value_t = 6)]
         kafka_partitions: i32,
-        /// Events per second for the latency run.
-        #[arg(long, default_value_t = 5000)]
-        latency_rate: u64,
+        /// Events per second for the latency runs (5 s each), or `half`: half the scoring
+        /// pipeline's throughput as the throughput runs measured it.
+        #[arg(long, default_value = "5000", value_parser = manymodel::bench::LatencyRate::parse)]
+        latency_rate: manymodel::bench::LatencyRate,
         /// Instead of the Kafka benchmark: score a synthetic ensemble of this many trees on
         /// one core and print predictions per second.
         #[arg(long)]
