@@ -461,6 +461,16 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         "bundle in memory: {:.0} bytes per store, by count of what it holds (ids, models, index)",
         setup.bundle.memory_bytes() as f64 / setup.bundle.partitions.len().max(1) as f64
     );
+    let accuracy = accuracy_bytes(&setup.bundle);
+    let scoring_rss = figures[1].1.steady_rss.map_or(f64::NAN, memory::mib);
+    let _ = writeln!(
+        out,
+        "accuracy state ([actuals]): {:.0} bytes per store with a row for each of the {} stores ({:.1} MiB); scoring's steady RSS with it: {:.1} MiB",
+        accuracy as f64 / setup.bundle.partitions.len().max(1) as f64,
+        setup.bundle.partitions.len(),
+        memory::mib(accuracy as u64),
+        scoring_rss + memory::mib(accuracy as u64)
+    );
     let _ = std::fs::remove_file(&schema_file);
     let ratio = figures[1].1.events_per_sec / figures[0].1.events_per_sec;
     let _ = writeln!(
@@ -569,6 +579,25 @@ fn median(values: &[f64]) -> f64 {
         n if n % 2 == 1 => sorted[n / 2],
         n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
+}
+
+/// Bytes of the `[actuals]` statistics with one row for every store of `bundle` (each
+/// store's id and a row, as the actuals actor keeps them).
+fn accuracy_bytes(bundle: &Bundle) -> usize {
+    use crate::accuracy::stats::Thresholds;
+    use crate::accuracy::table::AccuracyTable;
+    let thresholds = Thresholds {
+        alpha: 2.0 / 51.0,
+        min_actuals: 30,
+        drift_ratio: 1.5,
+        recover_ratio: 1.35,
+    };
+    let mut table = AccuracyTable::new(thresholds, 0);
+    for m in &bundle.partitions {
+        let source = crate::scoring::ModelSource::Partition;
+        table.observe(&m.partition, m, source, &bundle.version, 0.0, 0);
+    }
+    table.memory_bytes()
 }
 
 /// Kafka partitions for a topic of `events`: on the MockCluster, enough that none holds more
