@@ -13,7 +13,7 @@
 //! the events' inputs come from one RNG in one order, and the drift and the actuals' noise from
 //! RNGs of their own.
 
-mod drift;
+pub mod drift;
 
 pub use drift::{drift_plan, Drift, DriftPlan};
 
