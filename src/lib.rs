@@ -45,7 +45,7 @@
 //! | [`metrics`] | every metric name, described once, and the in-process tally |
 //! | [`accuracy`] | live accuracy: actuals, per-store error and drift, `/partitions` |
 //! | [`health`], [`http`] | `/healthz`, `/readyz` and the listener that serves them with `/metrics` |
-//! | [`generate`] | synthetic data |
+//! | [`generate`] | synthetic data: stores, history, events and their actuals; stores that change behaviour part-way ([`generate::drift`]) |
 //! | [`demo`], [`bench`] | the self-contained demo and the end-to-end benchmark |
 //! | [`bench_trees`] | `bench --trees`: tree-ensemble predictions per second on one core |
 //! | [`bench_train`] | `bench --train`: rows and stores per second of `train`, and its peak RSS |

@@ -353,6 +353,7 @@ pub fn workload(
             events,
             out: dir.clone(),
             seed,
+            drift: generate::Drift::NONE,
         })?;
         let report = train::run(&TrainOptions {
             spec: dir.join("train.toml"),
@@ -374,6 +375,7 @@ pub fn workload(
                 events,
                 out: wide.clone(),
                 seed,
+                drift: generate::Drift::NONE,
             })?;
             std::fs::rename(wide.join("events.jsonl"), dir.join("events.jsonl"))
                 .map_err(|e| Error::io(&wide, e))?;

@@ -137,7 +137,7 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
-    /// Write synthetic history.csv, events.jsonl and train.toml.
+    /// Write synthetic history.csv, events.jsonl, actuals.jsonl, drift.json and train.toml.
     Generate {
         /// Number of stores.
         #[arg(long, default_value_t = 50)]
@@ -148,7 +148,9 @@ enum Command {
         /// Events after the history (files: default 10,000; streaming: default no limit).
         #[arg(long)]
         events: Option<usize>,
-        /// Output folder for history.csv, events.jsonl and train.toml.
+        /// Output folder for history.csv, events.jsonl, actuals.jsonl (each event with its
+        /// realised `sales`), drift.json (which stores drift, every store's noise sd) and
+        /// train.toml.
         #[arg(long, required_unless_present = "brokers")]
         out: Option<PathBuf>,
         /// Random seed; the same seed gives the same stores, in files and in a stream.
@@ -163,6 +165,22 @@ enum Command {
         /// Events per second when streaming.
         #[arg(long, default_value_t = 100, requires = "brokers")]
         rate: u64,
+        /// The share of stores (0..=1, chosen by the seed; round(FRACTION × stores) of them)
+        /// whose behaviour shifts from event --drift-after on: a new base level, 4-8 noise sd
+        /// away, and a price elasticity scaled the same way. Default 0: no store drifts.
+        #[arg(long, value_name = "FRACTION", requires = "drift_after")]
+        drift: Option<f64>,
+        /// With --drift: the number (from 0, counted across all stores) of the first event
+        /// under the new behaviour; the history and earlier events keep the old one.
+        #[arg(long, value_name = "N", requires = "drift")]
+        drift_after: Option<usize>,
+        /// When streaming: also produce each event's actual (the event plus its realised
+        /// `sales`) to this topic, keyed by store, right after the event.
+        #[arg(long, value_name = "TOPIC", requires = "brokers")]
+        actuals_topic: Option<String>,
+        /// When streaming: write the drift report (drift.json's shape) to this file.
+        #[arg(long, value_name = "PATH", requires = "brokers")]
+        drift_report: Option<PathBuf>,
         #[command(flatten)]
         kafka: KafkaOptionArgs,
     },
@@ -483,8 +501,16 @@ fn run(command: Command) -> manymodel::Result<()> {
             brokers,
             topic,
             rate,
+            drift,
+            drift_after,
+            actuals_topic,
+            drift_report,
             kafka,
         } => {
+            let drift = manymodel::generate::Drift {
+                fraction: drift.unwrap_or(0.0),
+                after: drift_after.unwrap_or(0),
+            };
             if let (Some(brokers), Some(topic)) = (brokers, topic) {
                 let sent = manymodel::generate::stream(&manymodel::generate::StreamOptions {
                     stores,
@@ -493,6 +519,9 @@ fn run(command: Command) -> manymodel::Result<()> {
                     topic,
                     rate,
                     events,
+                    drift,
+                    actuals_topic,
+                    drift_report,
                 })?;
                 say!("streamed {sent} events");
                 return Ok(());
@@ -504,13 +533,28 @@ fn run(command: Command) -> manymodel::Result<()> {
                 events: events.unwrap_or(10_000),
                 out: out.clone(),
                 seed,
+                drift,
             })?;
             say!(
-                "wrote {} history rows, {} events and train.toml to {}",
+                "wrote {} history rows, {} events with their actuals, drift.json and train.toml to {}",
                 r.history_rows,
                 r.events,
                 out.display()
             );
+            if !r.drifted.is_empty() {
+                let shown = &r.drifted[..r.drifted.len().min(10)];
+                say!(
+                    "{} stores drift from event {}: {}{}",
+                    r.drifted.len(),
+                    drift.after,
+                    shown.join(", "),
+                    if shown.len() < r.drifted.len() {
+                        ", ... (all in drift.json)"
+                    } else {
+                        ""
+                    }
+                );
+            }
         }
         Command::Demo { stores, events } => {
             runtime()?.block_on(manymodel::demo::run(stores, events, &mut std::io::stdout()))?
