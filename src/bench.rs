@@ -287,7 +287,14 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     ];
     create_topics(mock.as_ref(), &brokers, &topics).await?;
 
-    let work = local::workload(opts.stores, 14, opts.events.max(fixed_live), 11, "bench")?;
+    let work = local::workload(
+        opts.stores,
+        14,
+        opts.events.max(fixed_live),
+        11,
+        "bench",
+        Default::default(),
+    )?;
     if work.fitted_stores < opts.stores {
         let _ = writeln!(
             out,

@@ -32,7 +32,7 @@ pub async fn run(stores: usize, events: usize, out: &mut dyn Write) -> Result<()
         let _ = writeln!(out, "{s}");
         let _ = out.flush();
     };
-    let work = local::workload(stores, 28, events, 7, "demo-v1")?;
+    let work = local::workload(stores, 28, events, 7, "demo-v1", Default::default())?;
     say(
         out,
         format!(

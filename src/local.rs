@@ -265,6 +265,10 @@ pub struct Workload {
     pub bundle: crate::model::bundle::Bundle,
     /// The events, one JSON object per line.
     pub events: String,
+    /// Their actuals (each event with its realised `sales`), one JSON object per line.
+    pub actuals: String,
+    /// The stores whose behaviour shifts (`drift`), sorted.
+    pub drifted: Vec<String>,
     /// History rows the bundle was trained on.
     pub history_rows: usize,
     /// Training time, seconds.
@@ -341,6 +345,7 @@ pub fn workload(
     events: usize,
     seed: u64,
     version: &str,
+    drift: crate::generate::Drift,
 ) -> Result<Workload> {
     use crate::generate::{self, GenerateOptions};
     use crate::train::{self, TrainOptions};
@@ -353,7 +358,7 @@ pub fn workload(
             events,
             out: dir.clone(),
             seed,
-            drift: generate::Drift::NONE,
+            drift,
         })?;
         let report = train::run(&TrainOptions {
             spec: dir.join("train.toml"),
@@ -377,15 +382,21 @@ pub fn workload(
                 seed,
                 drift: generate::Drift::NONE,
             })?;
-            std::fs::rename(wide.join("events.jsonl"), dir.join("events.jsonl"))
-                .map_err(|e| Error::io(&wide, e))?;
+            for name in ["events.jsonl", "actuals.jsonl"] {
+                std::fs::rename(wide.join(name), dir.join(name))
+                    .map_err(|e| Error::io(&wide, e))?;
+            }
             bundle = widen(&bundle, stores)?;
         }
-        let path = dir.join("events.jsonl");
-        let events = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))
+        };
         Ok(Workload {
             bundle,
-            events,
+            events: read("events.jsonl")?,
+            actuals: read("actuals.jsonl")?,
+            drifted: gen.drifted,
             history_rows: gen.history_rows,
             train_seconds: report.seconds,
             fitted_stores: fitted,

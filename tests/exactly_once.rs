@@ -50,7 +50,7 @@ fn setup(version: &str) -> Setup {
     for (topic, n) in [("in", 3), ("out", 3), ("dlq", 1)] {
         cluster.create_topic(topic, n, 1).expect("topic created");
     }
-    let work = local::workload(12, 60, EVENTS, 11, version).expect("workload");
+    let work = local::workload(12, 60, EVENTS, 11, version, Default::default()).expect("workload");
     let mut payloads: Vec<Vec<u8>> = work.events.lines().map(|l| l.as_bytes().to_vec()).collect();
     let ids = work
         .events
