@@ -44,6 +44,7 @@
 //! | [`serve`] | the daemon: wiring, commits, shutdown |
 //! | [`metrics`] | every metric name, described once, and the in-process tally |
 //! | [`health`], [`http`] | `/healthz`, `/readyz` and the listener that serves them with `/metrics` |
+//! | [`retrain`] | `retrain`: drifting stores refitted on their recent actuals, champion against challenger, the kept refits published as a delta; `--watch` |
 //! | [`generate`] | synthetic data |
 //! | [`demo`], [`bench`] | the self-contained demo and the end-to-end benchmark |
 //! | [`bench_trees`] | `bench --trees`: tree-ensemble predictions per second on one core |
@@ -80,6 +81,7 @@ pub mod model;
 pub mod partition;
 pub mod predict;
 pub mod prediction;
+pub mod retrain;
 pub mod router;
 pub mod scoring;
 pub mod serve;
