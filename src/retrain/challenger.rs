@@ -182,7 +182,9 @@ pub fn evaluate(
     if let Some(c) = champion_rmse.filter(|c| c.is_finite()) {
         let needed = (1.0 - rules.margin) * c;
         // A challenger that cannot score (NaN) is never kept.
-        let better = challenger_rmse.partial_cmp(&needed).is_some_and(|o| o.is_le());
+        let better = challenger_rmse
+            .partial_cmp(&needed)
+            .is_some_and(|o| o.is_le());
         if !better {
             let why = Rejected::NotBetter { needed };
             return rejected(why, champion_rmse, Some(challenger_rmse), held_out);
