@@ -572,3 +572,113 @@ fn the_shipped_config_loads_and_names_every_table() {
     assert!(tables.values().all(|&b| b), "{tables:?}");
     assert_eq!(c.challenger.margin, 0.05);
 }
+
+/// The in-process path `manymodel demo` takes: librdkafka's MockCluster, the library's `run`,
+/// a drift topic, and history rows joined to a store's actuals.
+#[test]
+fn run_works_in_process_on_the_mock_cluster_with_history_rows() {
+    use manymodel::control::publish::{publish_bytes, PublishOptions};
+    use rdkafka::mocking::MockCluster;
+
+    let cluster = MockCluster::new(1).expect("mock cluster");
+    let brokers = cluster.bootstrap_servers();
+    for (topic, partitions) in [("control", 1), ("actuals", 2), ("drift", 1)] {
+        cluster
+            .create_topic(topic, partitions, 1)
+            .expect("topic created");
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    manymodel::generate::run(&manymodel::generate::GenerateOptions {
+        stores: 10,
+        days: 20,
+        events: 3000,
+        out: d.to_owned(),
+        seed: 7,
+    })
+    .expect("generated");
+    let v1 = manymodel::train::run(&manymodel::train::TrainOptions {
+        spec: d.join("train.toml"),
+        input: d.join("history.csv"),
+        output: d.join("v1.avro"),
+        version: Some("v1".into()),
+        strict: false,
+        progress: false,
+        base: None,
+        partitions: Vec::new(),
+    })
+    .expect("trained")
+    .bundle;
+    publish_bytes(
+        &v1.to_avro().expect("bytes"),
+        &PublishOptions {
+            bundle: Default::default(),
+            connection: manymodel::kafka::connection::Connection::plain(&brokers),
+            control_topic: "control".into(),
+            signing_key: None,
+            chunk_bytes: 64 * 1024,
+            activate: true,
+        },
+        None,
+    )
+    .expect("v1 published");
+
+    // S004's events, with their sales 60 above the truth, as actuals.
+    let now = chrono::Utc::now().timestamp_millis();
+    let events = std::fs::read_to_string(d.join("events.jsonl")).expect("events");
+    let mut actuals = Vec::new();
+    for (i, line) in events
+        .lines()
+        .filter(|l| l.contains("\"S004\""))
+        .take(120)
+        .enumerate()
+    {
+        let mut v: Value = serde_json::from_str(line).expect("json");
+        let noise = ((i * 7919) % 11) as f64 - 5.0;
+        v["sales"] = json!(v["expected_sales"].as_f64().unwrap() + SHIFT + noise);
+        actuals.push((
+            "S004".to_owned(),
+            v.to_string(),
+            now - 200_000 + i as i64 * 1000,
+        ));
+    }
+    assert_eq!(actuals.len(), 120);
+    let verdict_at = actuals[0].2;
+    produce(&brokers, "actuals", &actuals);
+    produce(
+        &brokers,
+        "drift",
+        &[("S004".into(), drift("S004", "drifting", verdict_at), now)],
+    );
+
+    let config = RetrainConfig::parse(&format!(
+        "[kafka]\nbrokers = \"{brokers}\"\ncontrol_topic = \"control\"\nactuals_topic = \"actuals\"\n\
+         [source]\ndrift_topic = \"drift\"\n\
+         [actuals]\nmin_actuals = 60\nhistory = \"{}\"\nhistory_rows = 50\n",
+        d.join("history.csv").display()
+    ))
+    .expect("config");
+    let report = manymodel::retrain::run(&config, &RetrainOptions::default()).expect("runs");
+    println!("{report}");
+    assert_eq!(report.base_version, "v1");
+    assert_eq!(report.decisions.len(), 1);
+    let s004 = &report.decisions[0];
+    assert_eq!((s004.actuals, s004.history_rows), (120, 50));
+    assert!(
+        matches!(s004.outcome, Outcome::Kept { rows: 170, .. }),
+        "history rows join the final fit: {s004:?}"
+    );
+    let published = report.published.as_ref().expect("published");
+    assert_eq!(published.manifest.base_version.as_deref(), Some("v1"));
+    assert!(published.manifest.signature.is_none(), "no signing key");
+
+    // The control topic's active version is now the delta, as a restarting daemon finds it.
+    let (active, _) = manymodel::retrain::active::active_bundle(
+        &config,
+        None,
+        &tokio_util::sync::CancellationToken::new(),
+    )
+    .expect("replayed");
+    assert_eq!(active.version, published.manifest.version);
+    assert_eq!(active.partition("S004").expect("S004").rows, 170);
+}

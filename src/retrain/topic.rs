@@ -139,8 +139,16 @@ pub fn stretches(
             .map_err(|e| Error::Kafka(format!("the end offsets of {topic}/{p}: {e}")))?;
         let start = match starts.as_ref().and_then(|s| s.get(&p)) {
             None => low,
-            // No record at or after the time: nothing to read.
-            Some(Offset::End) => high,
+            // No record at or after the time: nothing to read, unless the newest record
+            // says otherwise (librdkafka's MockCluster answers End to every timestamp lookup):
+            // then the partition is read whole, the time filter still applying.
+            Some(Offset::End) => match since_ms {
+                Some(ms) if high > low && newest_timestamp(consumer, topic, p, high)? >= ms => {
+                    tracing::debug!(topic, partition = p, "the timestamp lookup answered End before a newer record: reading from the beginning");
+                    low
+                }
+                _ => high,
+            },
             Some(Offset::Offset(o)) => (*o).max(low),
             Some(other) => {
                 return Err(Error::Kafka(format!(
@@ -155,6 +163,37 @@ pub fn stretches(
         });
     }
     Ok(out)
+}
+
+/// The timestamp of the record before offset `high` of `topic`/`partition` (-1 when it has
+/// none, or none comes within [`LOOKUP`]).
+fn newest_timestamp(
+    consumer: &TopicConsumer,
+    topic: &str,
+    partition: i32,
+    high: i64,
+) -> Result<i64> {
+    let mut list = TopicPartitionList::new();
+    list.add_partition_offset(topic, partition, Offset::Offset(high - 1))
+        .map_err(|e| Error::Kafka(format!("{topic}/{partition}: {e}")))?;
+    consumer
+        .assign(&list)
+        .map_err(|e| Error::Kafka(format!("reading {topic}/{partition}: {e}")))?;
+    let started = Instant::now();
+    let mut ts = -1;
+    while started.elapsed() < LOOKUP {
+        match consumer.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                use rdkafka::Message;
+                ts = m.timestamp().to_millis().unwrap_or(-1);
+                break;
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => break,
+            _ => {}
+        }
+    }
+    let _ = consumer.unassign();
+    Ok(ts)
 }
 
 /// Reads `stretches` of `topic`, handing every record in them to `each`. Gives up when no
