@@ -9,7 +9,7 @@
 //!  kept refits ──▶ delta bundle (base = active version) ──▶ publish (chunks, manifest, signed)
 //! ```
 //!
-//! [`source`](drift) finds the drifting stores, [`active`] the bundle they are scored with,
+//! [`drift`] finds the drifting stores (drift records from a topic or a daemon's `/partitions`), [`active`] the bundle they are scored with,
 //! [`actuals`] reads and encodes their actuals through the one feature encoder, and
 //! [`challenger`] decides, with the fitting code of `train`. This module ties one run
 //! together and reports it; [`watch`] runs rounds as drift records arrive.
@@ -512,9 +512,13 @@ impl fmt::Display for Decision {
             } => format!("kept: refitted on all {rows} rows, training RMSE {training_rmse:.4}"),
             Outcome::Rejected(why) => format!("rejected: {why}"),
         };
+        let unusable = match self.unusable {
+            0 => String::new(),
+            n => format!(" ({n} records not usable as actuals: see the log)"),
+        };
         write!(
             f,
-            "{:<16} {:>7} {:<8} {:>14} {:>15}  {decision}",
+            "{:<16} {:>7} {:<8} {:>14} {:>15}  {decision}{unusable}",
             self.partition,
             self.actuals,
             self.champion.as_str(),

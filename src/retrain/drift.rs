@@ -289,7 +289,7 @@ impl PartitionsUrl {
         let path = format!("{}/partitions?sort=drift&limit={limit}", self.prefix);
         let (status, body) = self.get(&path)?;
         if status != 200 {
-            return Err(Error::Kafka(format!(
+            return Err(Error::Http(format!(
                 "GET {}{path} answered {status}: {}",
                 self.url,
                 String::from_utf8_lossy(&body[..body.len().min(200)])
@@ -320,7 +320,12 @@ impl PartitionsUrl {
 
     /// One GET, one connection; status and body.
     fn get(&self, path: &str) -> Result<(u16, Vec<u8>)> {
-        let failed = |e: String| Error::Kafka(format!("GET {}{path}: {e}", self.url));
+        let failed = |e: String| {
+            Error::Http(format!(
+                "GET {}{path}: {e} (is source.partitions_url a running daemon's listener?)",
+                self.url
+            ))
+        };
         let addr = std::net::ToSocketAddrs::to_socket_addrs(&self.authority)
             .map_err(|e| failed(e.to_string()))?
             .next()
