@@ -85,7 +85,11 @@ pub struct Stretch {
 pub fn partitions(consumer: &TopicConsumer, topic: &str) -> Result<Vec<i32>> {
     let metadata = consumer
         .fetch_metadata(Some(topic), LOOKUP)
-        .map_err(|e| Error::Kafka(format!("metadata of topic {topic}: {e}")))?;
+        .map_err(|e| {
+            Error::Kafka(format!(
+                "metadata of topic {topic}: {e} (can [kafka] brokers be reached with its librdkafka_options?)"
+            ))
+        })?;
     let t = metadata
         .topics()
         .iter()
