@@ -59,6 +59,10 @@ pub enum Error {
     #[error("kafka: {0}")]
     Kafka(String),
 
+    /// An HTTP endpoint (a daemon's `/partitions`) could not be asked or answered badly.
+    #[error("http: {0}")]
+    Http(String),
+
     /// Something that should not happen did; the message says where.
     #[error("internal error: {0}")]
     Internal(String),

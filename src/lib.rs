@@ -45,6 +45,7 @@
 //! | [`metrics`] | every metric name, described once, and the in-process tally |
 //! | [`accuracy`] | live accuracy: actuals, per-store error and drift, `/partitions` |
 //! | [`health`], [`http`] | `/healthz`, `/readyz` and the listener that serves them with `/metrics` |
+//! | [`retrain`] | `retrain`: drifting stores refitted on their recent actuals, champion against challenger, the kept refits published as a delta; `--watch` |
 //! | [`generate`] | synthetic data: stores, history, events and their actuals; stores that change behaviour part-way ([`generate::drift`]) |
 //! | [`demo`], [`bench`] | the self-contained demo and the end-to-end benchmark |
 //! | [`bench_trees`] | `bench --trees`: tree-ensemble predictions per second on one core |
@@ -82,6 +83,7 @@ pub mod model;
 pub mod partition;
 pub mod predict;
 pub mod prediction;
+pub mod retrain;
 pub mod router;
 pub mod scoring;
 pub mod serve;

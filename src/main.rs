@@ -131,6 +131,33 @@ enum Command {
         #[arg(long)]
         schema: Option<PathBuf>,
     },
+    /// Refit drifting stores on their recent actuals and publish the refits that beat the
+    /// active models, as a delta of the active version.
+    Retrain {
+        /// The retrain configuration (TOML; config/retrain.toml shows every field).
+        #[arg(long)]
+        config: PathBuf,
+        /// Keep running: retrain stores as drift records arrive, each at most once per
+        /// [watch] cooldown_secs, until SIGINT or SIGTERM.
+        #[arg(long)]
+        watch: bool,
+        /// Refit these stores (their actuals of the last [actuals] window_secs) instead of
+        /// the drifting ones.
+        #[arg(long, value_delimiter = ',', conflicts_with = "watch")]
+        partitions: Vec<String>,
+        /// Build on this full bundle instead of the control topic's active version.
+        #[arg(long)]
+        bundle: Option<PathBuf>,
+        /// Also write the delta bundle to this file.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Decide (and write --output) but publish nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The delta's version (default: the base's, plus .r and the UTC time).
+        #[arg(long, conflicts_with = "watch")]
+        version: Option<String>,
+    },
     /// Run the daemon: score a Kafka topic until SIGINT or SIGTERM.
     Serve {
         /// The serve configuration (TOML).
@@ -490,6 +517,32 @@ fn run(command: Command) -> manymodel::Result<()> {
                 secret.display(),
                 public.display()
             );
+        }
+        Command::Retrain {
+            config,
+            watch,
+            partitions,
+            bundle,
+            output,
+            dry_run,
+            version,
+        } => {
+            let config = manymodel::retrain::RetrainConfig::load(&config)?;
+            let opts = manymodel::retrain::RetrainOptions {
+                partitions,
+                bundle,
+                output,
+                dry_run,
+                version,
+            };
+            if watch {
+                let runtime = runtime()?;
+                let stop = tokio_util::sync::CancellationToken::new();
+                runtime.spawn(manymodel::serve::cancel_on_signal(stop.clone()));
+                manymodel::retrain::watch::watch(&config, &opts, &stop, &mut std::io::stdout())?;
+            } else {
+                print!("{}", manymodel::retrain::run(&config, &opts)?);
+            }
         }
         Command::Serve { config } => runtime()?.block_on(manymodel::serve::serve(&config))?,
         Command::Generate {

@@ -4,6 +4,7 @@ use std::path::Path;
 
 use manymodel::config::ServeConfig;
 use manymodel::import::manifest::Manifest;
+use manymodel::retrain::RetrainConfig;
 use manymodel::spec::TrainSpec;
 
 #[test]
@@ -17,7 +18,9 @@ fn every_file_in_config_loads() {
             continue;
         }
         let text = std::fs::read_to_string(&path).expect("readable");
-        if text.contains("[kafka]") {
+        if text.contains("[challenger]") {
+            RetrainConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        } else if text.contains("[kafka]") {
             ServeConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         } else if text.contains("[partitions]") {
             Manifest::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

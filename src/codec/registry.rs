@@ -160,8 +160,9 @@ impl Registry {
     }
 }
 
-/// Status and body of an HTTP/1.1 response (plain or chunked).
-fn parse_response(bytes: &[u8]) -> Option<(u16, Vec<u8>)> {
+/// Status and body of an HTTP/1.1 response (plain or chunked); `retrain` reads `/partitions`
+/// answers with it too.
+pub(crate) fn parse_response(bytes: &[u8]) -> Option<(u16, Vec<u8>)> {
     let split = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
     let head = std::str::from_utf8(&bytes[..split]).ok()?;
     let body = &bytes[split + 4..];

@@ -681,6 +681,26 @@ impl ControlReader {
     }
 }
 
+/// The bundle a daemon starting now would serve: the control topic replayed to its end once,
+/// exactly as a restart replays it (the same plan, the same checks, a delta applied to its
+/// bases), with no reader left running afterwards. `Ok(None)` when the topic has activated no
+/// version that loads. For tools that build on the active version (`manymodel retrain`);
+/// `cancel` stops a replay that takes too long.
+pub fn replay_active(
+    options: ControlOptions,
+    cancel: &CancellationToken,
+) -> Result<Option<Arc<Bundle>>, String> {
+    let (tx, _rx) = watch::channel(None);
+    let mut reader = ControlReader::new(options, tx);
+    let consumer = reader.try_connect()?;
+    let started = Instant::now();
+    if !reader.bootstrap(&consumer, cancel) {
+        return Err("stopped before the control topic was read to its end".into());
+    }
+    reader.finish_bootstrap(None, started.elapsed(), cancel);
+    Ok(reader.state.versions().active().cloned())
+}
+
 /// Polls until every Kafka partition of the control topic is at its end, handing each record
 /// to `each` until it answers false; false if stopped first.
 fn read_to_end(
