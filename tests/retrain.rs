@@ -595,6 +595,7 @@ fn run_works_in_process_on_the_mock_cluster_with_history_rows() {
         events: 3000,
         out: d.to_owned(),
         seed: 7,
+        drift: Default::default(),
     })
     .expect("generated");
     let v1 = manymodel::train::run(&manymodel::train::TrainOptions {

@@ -68,3 +68,42 @@ impl Sort {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retrain::drift::{DriftRecord, Verdict};
+
+    /// What the daemon writes is what `retrain` reads: the drift record contract.
+    #[test]
+    fn a_report_reads_back_as_a_drift_record() {
+        let report = StoreReport {
+            partition: "S017".into(),
+            kind: "partition".into(),
+            model_version: "v1".into(),
+            actuals: 57,
+            mae: 9.8,
+            rmse: 12.3,
+            bias: 8.1,
+            training_rmse: 3.9,
+            ratio: Some(3.15),
+            verdict: "drifting".into(),
+            verdict_at_ms: Some(1_764_650_000_000),
+            last_actual_ms: Some(1_764_650_012_345),
+        };
+        let json = serde_json::to_vec(&report).unwrap();
+        let record = DriftRecord::parse(&json).unwrap();
+        assert_eq!(record.partition, "S017");
+        assert_eq!(record.verdict, Verdict::Drifting);
+        assert_eq!(record.verdict_at_ms, Some(1_764_650_000_000));
+        assert_eq!(record.ratio, Some(3.15));
+        let pending = StoreReport {
+            verdict: "pending".into(),
+            verdict_at_ms: None,
+            ratio: None,
+            ..report
+        };
+        let record = DriftRecord::parse(&serde_json::to_vec(&pending).unwrap()).unwrap();
+        assert_eq!(record.verdict, Verdict::Pending);
+    }
+}

@@ -31,6 +31,8 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
+    /// Too few actuals for a verdict yet (in `/partitions`, never on the drift topic).
+    Pending,
     /// Its model's errors on actuals are well above its training error.
     Drifting,
     /// They are not (any more).
@@ -79,8 +81,9 @@ pub struct DriftRecord {
     /// Drifting or stable.
     pub verdict: Verdict,
     /// The timestamp of the actual that changed the verdict: the store's behaviour changed
-    /// around then.
-    pub verdict_at_ms: i64,
+    /// around then. Always set on a drifting store's record; null while pending.
+    #[serde(default)]
+    pub verdict_at_ms: Option<i64>,
     /// The timestamp of the latest actual scored.
     #[serde(default)]
     pub last_actual_ms: Option<i64>,
@@ -159,7 +162,8 @@ impl DriftState {
             .filter(|(_, _, r)| r.verdict == Verdict::Drifting)
             .map(|(_, _, r)| Drifting {
                 partition: r.partition.clone(),
-                verdict_at_ms: r.verdict_at_ms,
+                // A drifting record always says since when; without it, every actual counts.
+                verdict_at_ms: r.verdict_at_ms.unwrap_or(0),
             })
             .collect();
         out.sort_by(|a, b| a.partition.cmp(&b.partition));
@@ -364,7 +368,7 @@ mod tests {
         assert_eq!(r.partition, "S017");
         assert_eq!(r.kind, Some(ScoredBy::Partition));
         assert_eq!(r.verdict, Verdict::Drifting);
-        assert_eq!(r.verdict_at_ms, 1_764_650_000_000);
+        assert_eq!(r.verdict_at_ms, Some(1_764_650_000_000));
         let minimal = r#"{"partition":"S1","verdict":"stable","verdict_at_ms":5,"ratio":null}"#;
         assert_eq!(
             DriftRecord::parse(minimal.as_bytes()).unwrap().verdict,
@@ -387,7 +391,7 @@ mod tests {
         let mut state = DriftState::default();
         let rec = |p: &str, v: Verdict, at: i64| DriftRecord {
             verdict: v,
-            verdict_at_ms: at,
+            verdict_at_ms: Some(at),
             partition: p.into(),
             ..DriftRecord::parse(RECORD.as_bytes()).unwrap()
         };
