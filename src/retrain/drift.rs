@@ -96,6 +96,9 @@ impl DriftRecord {
         if record.partition.trim().is_empty() {
             return Err("\"partition\" is empty".into());
         }
+        if record.verdict == Verdict::Drifting && record.verdict_at_ms.is_none() {
+            return Err("a drifting store's record needs \"verdict_at_ms\" (since when)".into());
+        }
         Ok(record)
     }
 }
@@ -162,7 +165,7 @@ impl DriftState {
             .filter(|(_, _, r)| r.verdict == Verdict::Drifting)
             .map(|(_, _, r)| Drifting {
                 partition: r.partition.clone(),
-                // A drifting record always says since when; without it, every actual counts.
+                // `parse` refuses a drifting record that does not say since when.
                 verdict_at_ms: r.verdict_at_ms.unwrap_or(0),
             })
             .collect();
