@@ -602,7 +602,7 @@ fn accuracy_bytes(bundle: &Bundle) -> usize {
     let mut table = AccuracyTable::new(thresholds, 0);
     for m in &bundle.partitions {
         let source = crate::scoring::ModelSource::Partition;
-        table.observe(&m.partition, m, source, &bundle.version, 0.0, 0);
+        table.observe(&m.partition, Some(m.rmse), source, &bundle.version, 0.0, 0);
     }
     table.memory_bytes()
 }

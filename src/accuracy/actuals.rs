@@ -429,10 +429,10 @@ impl ActualsActor {
             ModelSource::Fallback => self.gauges.scored_fallback.increment(1),
         }
         self.gauges.abs_error.record((actual - predicted).abs());
-        let (model, _) = scoring::model_for(&self.bundle, id);
+        let expected = super::table::expected_for(&self.bundle, id);
         let observed = self.table.observe(
             id,
-            model,
+            expected,
             source,
             &self.encoder.version,
             actual - predicted,

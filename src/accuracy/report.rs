@@ -22,7 +22,10 @@ pub struct StoreReport {
     pub bias: f64,
     /// The model's RMSE on its training rows, from the bundle.
     pub training_rmse: f64,
-    /// `rmse / training_rmse`; null without a training RMSE.
+    /// The RMSE the model is expected to have on new data: `training_rmse × sqrt((n + p) /
+    /// (n − p))` for its `n` training rows and `p` inputs; null when it cannot be told.
+    pub expected_rmse: Option<f64>,
+    /// `rmse / expected_rmse`, what `drift_ratio` is compared with; null without it.
     pub ratio: Option<f64>,
     /// `pending`, `stable` or `drifting`.
     pub verdict: String,
@@ -86,6 +89,7 @@ mod tests {
             rmse: 12.3,
             bias: 8.1,
             training_rmse: 3.9,
+            expected_rmse: Some(4.0),
             ratio: Some(3.15),
             verdict: "drifting".into(),
             verdict_at_ms: Some(1_764_650_000_000),

@@ -54,6 +54,25 @@ impl Thresholds {
     }
 }
 
+/// The RMSE a least-squares model fitted on `rows` rows with `inputs` inputs is expected to
+/// have on new data, from its training (in-sample) RMSE: residuals on the training rows are
+/// smaller than the noise by about `sqrt((n − p) / n)`, errors on new rows larger by about
+/// `sqrt((n + p) / n)`, so the expectation is `training × sqrt((n + p) / (n − p))` (1.04 for
+/// 840 rows and 37 inputs, 1.37 for 121 rows). Unknown rows (0, as imported models may
+/// record): the training RMSE as it is. No more rows than inputs, or no usable training RMSE:
+/// nothing to judge against.
+pub fn expected_rmse(training_rmse: f64, rows: u64, inputs: usize) -> Option<f64> {
+    if !(training_rmse.is_finite() && training_rmse > 0.0) {
+        return None;
+    }
+    let (n, p) = (rows as f64, inputs as f64);
+    match rows {
+        0 => Some(training_rmse),
+        _ if n > p => Some(training_rmse * ((n + p) / (n - p)).sqrt()),
+        _ => None,
+    }
+}
+
 /// One store's recent error and verdict: 48 bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ErrorStats {
@@ -102,9 +121,10 @@ impl ErrorStats {
         };
     }
 
-    /// Judges the store after an actual at `at_ms`, against its model's training RMSE.
-    pub fn judge(&mut self, training_rmse: f64, t: &Thresholds, at_ms: i64) -> Option<Change> {
-        let ratio = self.ratio(training_rmse)?;
+    /// Judges the store after an actual at `at_ms`, against the RMSE its model is expected to
+    /// have on new data ([`expected_rmse`]).
+    pub fn judge(&mut self, expected: Option<f64>, t: &Thresholds, at_ms: i64) -> Option<Change> {
+        let ratio = self.ratio(expected)?;
         if self.count < t.min_actuals {
             return None;
         }
@@ -125,10 +145,10 @@ impl ErrorStats {
         }
     }
 
-    /// Recent RMSE over training RMSE; `None` without a usable training RMSE.
-    pub fn ratio(&self, training_rmse: f64) -> Option<f64> {
-        (training_rmse.is_finite() && training_rmse > 0.0 && self.count > 0)
-            .then(|| self.rmse() / training_rmse)
+    /// Recent RMSE over the expected RMSE; `None` without one.
+    pub fn ratio(&self, expected: Option<f64>) -> Option<f64> {
+        let expected = expected.filter(|e| e.is_finite() && *e > 0.0)?;
+        (self.count > 0).then(|| self.rmse() / expected)
     }
 
     /// The current verdict.
@@ -218,17 +238,17 @@ mod tests {
         let mut s = ErrorStats::default();
         for i in 0..9 {
             s.add(if i % 2 == 0 { 1.0 } else { -1.0 }, t.alpha);
-            assert_eq!(s.judge(1.0, &t, 100 + i), None);
+            assert_eq!(s.judge(Some(1.0), &t, 100 + i), None);
             assert_eq!(s.verdict(), Verdict::Pending);
         }
         s.add(1.0, t.alpha);
-        assert_eq!(s.judge(1.0, &t, 200), None);
+        assert_eq!(s.judge(Some(1.0), &t, 200), None);
         assert_eq!(s.verdict(), Verdict::Stable);
         assert_eq!(s.verdict_at_ms(), Some(200));
         let mut started = None;
         for i in 0..100 {
             s.add(4.0, t.alpha);
-            if let Some(c) = s.judge(1.0, &t, 300 + i) {
+            if let Some(c) = s.judge(Some(1.0), &t, 300 + i) {
                 started = Some((c, i));
                 break;
             }
@@ -244,7 +264,7 @@ mod tests {
         let mut stopped = None;
         for i in 0..20 {
             s.add(if i % 2 == 0 { 1.0 } else { -1.0 }, t.alpha);
-            if let Some(c) = s.judge(1.0, &t, 500 + i) {
+            if let Some(c) = s.judge(Some(1.0), &t, 500 + i) {
                 stopped = Some((c, i));
             }
         }
@@ -259,12 +279,12 @@ mod tests {
         let mut s = ErrorStats::default();
         for _ in 0..20 {
             s.add(2.0, t.alpha);
-            s.judge(1.0, &t, 1);
+            s.judge(Some(1.0), &t, 1);
         }
         assert!(s.drifting());
         for _ in 0..200 {
             s.add(1.4, t.alpha);
-            assert_eq!(s.judge(1.0, &t, 2), None);
+            assert_eq!(s.judge(Some(1.0), &t, 2), None);
         }
         assert!(s.drifting(), "1.4 is above recover_ratio 1.35");
     }
@@ -275,10 +295,22 @@ mod tests {
         let mut s = ErrorStats::default();
         for _ in 0..50 {
             s.add(5.0, t.alpha);
-            assert_eq!(s.judge(0.0, &t, 1), None);
-            assert_eq!(s.judge(f64::NAN, &t, 1), None);
+            assert_eq!(s.judge(None, &t, 1), None);
+            assert_eq!(s.judge(Some(0.0), &t, 1), None);
+            assert_eq!(s.judge(Some(f64::NAN), &t, 1), None);
         }
         assert_eq!(s.verdict(), Verdict::Pending);
+    }
+
+    #[test]
+    fn the_expected_rmse_allows_for_the_fit() {
+        assert_eq!(expected_rmse(2.0, 0, 37), Some(2.0));
+        let e = expected_rmse(2.0, 840, 37).unwrap();
+        assert!((e / 2.0 - (877.0f64 / 803.0).sqrt()).abs() < 1e-12);
+        assert!(expected_rmse(2.0, 121, 37).unwrap() > 2.7);
+        assert_eq!(expected_rmse(2.0, 37, 37), None);
+        assert_eq!(expected_rmse(0.0, 840, 37), None);
+        assert_eq!(expected_rmse(f64::NAN, 840, 37), None);
     }
 
     #[test]

@@ -9,9 +9,16 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::report::{PartitionsPage, Sort, StoreReport};
-use super::stats::{Change, ErrorStats, Thresholds};
-use crate::model::bundle::{Bundle, PartitionModel};
+use super::stats::{expected_rmse, Change, ErrorStats, Thresholds};
+use crate::model::bundle::Bundle;
 use crate::scoring::{model_for, ModelSource};
+
+/// The RMSE store `id`'s model in `bundle` (its own, or the fallback) is expected to have on
+/// new data: its training RMSE allowing for its rows and inputs ([`expected_rmse`]).
+pub fn expected_for(bundle: &Bundle, id: &str) -> Option<f64> {
+    let (model, _) = model_for(bundle, id);
+    expected_rmse(model.rmse, model.rows, bundle.encoder().width())
+}
 
 /// One store's row.
 #[derive(Debug, Clone, Copy)]
@@ -57,13 +64,14 @@ impl AccuracyTable {
         }
     }
 
-    /// Records that `model` (of kind `source`, in bundle `version`) forecast store `id` with
-    /// `error` (actual − predicted) for an actual at `at_ms`. `None`: the store is scored by the
+    /// Records that a model (of kind `source`, in bundle `version`, expected to err by
+    /// `expected` RMSE on new data, see [`expected_for`]) forecast store `id` with `error`
+    /// (actual − predicted) for an actual at `at_ms`. `None`: the store is scored by the
     /// fallback and the table holds `max_fallback_stores` of those already.
     pub fn observe(
         &mut self,
         id: &str,
-        model: &PartitionModel,
+        expected: Option<f64>,
         source: ModelSource,
         version: &str,
         error: f64,
@@ -99,14 +107,14 @@ impl AccuracyTable {
         row.version = version;
         row.last_actual_ms = at_ms;
         row.stats.add(error, self.thresholds.alpha);
-        let change = row.stats.judge(model.rmse, &self.thresholds, at_ms);
+        let change = row.stats.judge(expected, &self.thresholds, at_ms);
         match change {
             Some(Change::Started) => self.drifting += 1,
             Some(Change::Stopped) => self.drifting = self.drifting.saturating_sub(1),
             None => {}
         }
         let ratio = (row.stats.count() >= self.thresholds.min_actuals)
-            .then(|| row.stats.ratio(model.rmse))
+            .then(|| row.stats.ratio(expected))
             .flatten();
         Some(Observed { ratio, change })
     }
@@ -147,9 +155,11 @@ impl AccuracyTable {
             .rows
             .iter()
             .map(|(id, row)| {
-                let training = model_for(bundle, id).0.rmse;
                 let key = match sort {
-                    Sort::Drift => row.stats.ratio(training).unwrap_or(f64::NEG_INFINITY),
+                    Sort::Drift => row
+                        .stats
+                        .ratio(expected_for(bundle, id))
+                        .unwrap_or(f64::NEG_INFINITY),
                     Sort::Rmse => row.stats.rmse(),
                     Sort::Actuals => f64::from(row.stats.count()),
                     Sort::Partition => 0.0,
@@ -186,6 +196,7 @@ impl AccuracyTable {
 
     fn report_row(&self, id: &str, row: &Row, bundle: &Bundle) -> StoreReport {
         let training_rmse = model_for(bundle, id).0.rmse;
+        let expected = expected_for(bundle, id);
         let s = &row.stats;
         StoreReport {
             partition: id.to_owned(),
@@ -200,7 +211,8 @@ impl AccuracyTable {
             rmse: s.rmse(),
             bias: s.bias(),
             training_rmse,
-            ratio: s.ratio(training_rmse),
+            expected_rmse: expected,
+            ratio: s.ratio(expected),
             verdict: s.verdict().as_str().to_owned(),
             verdict_at_ms: s.verdict_at_ms(),
             last_actual_ms: Some(row.last_actual_ms),
@@ -226,7 +238,7 @@ mod tests {
     fn model(rmse: f64) -> PartitionModel {
         PartitionModel {
             partition: "x".into(),
-            rows: 100,
+            rows: 0,
             rmse,
             model: Model::Linear(LinearModel {
                 intercept: 0.0,
@@ -269,16 +281,16 @@ mod tests {
     #[test]
     fn fallback_stores_are_capped_and_own_models_are_not() {
         let mut t = AccuracyTable::new(thresholds(), 2);
-        let m = model(1.0);
+        let m = Some(1.0);
         for i in 0..5 {
             let id = format!("unknown-{i}");
-            let got = t.observe(&id, &m, ModelSource::Fallback, "v1", 1.0, 1);
+            let got = t.observe(&id, m, ModelSource::Fallback, "v1", 1.0, 1);
             assert_eq!(got.is_some(), i < 2, "{id}");
         }
         for i in 0..5 {
             let id = format!("known-{i}");
             assert!(t
-                .observe(&id, &m, ModelSource::Partition, "v1", 1.0, 1)
+                .observe(&id, m, ModelSource::Partition, "v1", 1.0, 1)
                 .is_some());
         }
         assert_eq!(t.tracked(), 7);
@@ -287,10 +299,10 @@ mod tests {
     #[test]
     fn drifting_stores_come_first_and_are_counted() {
         let mut t = AccuracyTable::new(thresholds(), 10);
-        let m = model(1.0);
+        let m = Some(1.0);
         for i in 0..20 {
             for (id, err) in [("calm", 1.0), ("wild", 5.0), ("mild", 1.2)] {
-                t.observe(id, &m, ModelSource::Partition, "v1", err, i);
+                t.observe(id, m, ModelSource::Partition, "v1", err, i);
             }
         }
         assert_eq!(t.drifting(), 1);
@@ -313,16 +325,9 @@ mod tests {
     #[test]
     fn a_row_costs_well_under_200_bytes() {
         let mut t = AccuracyTable::new(thresholds(), 0);
-        let m = model(1.0);
+        let m = Some(1.0);
         for i in 0..10_000 {
-            t.observe(
-                &format!("S{i:05}"),
-                &m,
-                ModelSource::Partition,
-                "v1",
-                1.0,
-                1,
-            );
+            t.observe(&format!("S{i:05}"), m, ModelSource::Partition, "v1", 1.0, 1);
         }
         let per_store = t.memory_bytes() / t.tracked();
         assert!(per_store < 200, "{per_store} B a store");

@@ -26,12 +26,13 @@ pub struct ActualsConfig {
     /// No verdict on a store before this many actuals scored by its current model.
     #[serde(default = "default_min_actuals")]
     pub min_actuals: u32,
-    /// A store starts drifting when its recent RMSE exceeds this multiple of its training
-    /// RMSE (which the bundle records per store).
+    /// A store starts drifting when its recent RMSE exceeds this multiple of the RMSE its
+    /// model is expected to have on new data: the training RMSE the bundle records per store,
+    /// times `sqrt((n + p) / (n − p))` for its `n` training rows and `p` inputs.
     #[serde(default = "default_drift_ratio")]
     pub drift_ratio: f64,
     /// A drifting store is stable again when its recent RMSE falls to this multiple of its
-    /// training RMSE or below; by default 0.9 × `drift_ratio`, so a store near the line
+    /// expected RMSE or below; by default 0.9 × `drift_ratio`, so a store near the line
     /// does not flap.
     #[serde(default)]
     pub recover_ratio: Option<f64>,

@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! {"partition":"S017","kind":"partition","model_version":"v1","actuals":57,"mae":9.8,
-//!  "rmse":12.3,"bias":8.1,"training_rmse":3.9,"ratio":3.15,"verdict":"drifting",
+//!  "rmse":12.3,"bias":8.1,"training_rmse":3.9,"expected_rmse":4.1,"ratio":3.0,"verdict":"drifting",
 //!  "verdict_at_ms":1764650000000,"last_actual_ms":1764650012345}
 //! ```
 //!
@@ -75,7 +75,11 @@ pub struct DriftRecord {
     /// The model's in-sample RMSE from training.
     #[serde(default)]
     pub training_rmse: Option<f64>,
-    /// `rmse / training_rmse`.
+    /// The RMSE the model is expected to have on new data (its training RMSE allowing for
+    /// its rows and inputs).
+    #[serde(default)]
+    pub expected_rmse: Option<f64>,
+    /// `rmse / expected_rmse`.
     #[serde(default)]
     pub ratio: Option<f64>,
     /// Drifting or stable.
