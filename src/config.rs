@@ -302,12 +302,7 @@ impl ServeConfig {
                 .chain(config.output.schema.iter_mut())
                 .chain(actuals_schema)
                 .for_each(relative);
-            for key in &mut config.model.trusted_keys {
-                let is_hex = key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit());
-                if !is_hex && Path::new(key.as_str()).is_relative() {
-                    *key = dir.join(&*key).display().to_string();
-                }
-            }
+            relative_key_files(&mut config.model.trusted_keys, dir);
         }
         Ok(config)
     }
@@ -316,17 +311,13 @@ impl ServeConfig {
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
         let config: ServeConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         let k = &config.kafka;
-        for (name, value) in [
+        required(&[
             ("kafka.brokers", &k.brokers),
             ("kafka.group_id", &k.group_id),
             ("kafka.input_topic", &k.input_topic),
             ("kafka.output_topic", &k.output_topic),
             ("kafka.dlq_topic", &k.dlq_topic),
-        ] {
-            if value.trim().is_empty() {
-                return Err(format!("{name} is empty"));
-            }
-        }
+        ])?;
         if k.input_topic == k.output_topic || k.input_topic == k.dlq_topic {
             return Err("kafka.input_topic must differ from output_topic and dlq_topic, or predictions would be read back as events".into());
         }
@@ -373,5 +364,24 @@ impl ServeConfig {
             a.check(&topics)?;
         }
         Ok(config)
+    }
+}
+
+/// Takes the trusted keys that are file paths (not 64 hex digits) relative to `dir`, the
+/// config file's folder.
+pub fn relative_key_files(keys: &mut [String], dir: &Path) {
+    for key in keys {
+        let is_hex = key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit());
+        if !is_hex && Path::new(key.as_str()).is_relative() {
+            *key = dir.join(&*key).display().to_string();
+        }
+    }
+}
+
+/// Refuses the first of the named settings that is empty.
+pub fn required(settings: &[(&str, &String)]) -> std::result::Result<(), String> {
+    match settings.iter().find(|(_, v)| v.trim().is_empty()) {
+        Some((name, _)) => Err(format!("{name} is empty")),
+        None => Ok(()),
     }
 }

@@ -162,16 +162,9 @@ pub fn run_until(
         refits.into_iter().unzip();
     let kept: Vec<PartitionModel> = kept.into_iter().flatten().collect();
     let delivered = deliver(config, opts, &active, kept, signer.as_ref())?;
-    Ok(RetrainReport {
-        base_version: active.version.clone(),
-        base: found,
-        decisions,
-        delta: delivered.as_ref().map(|d| d.delta.clone()),
-        merged: delivered.as_ref().map(|d| d.merged.clone()),
-        published: delivered.and_then(|d| d.published),
-        dry_run: opts.dry_run,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+    Ok(RetrainReport::new(
+        &active, found, decisions, delivered, opts, started,
+    ))
 }
 
 /// The signing key, loaded before any work so that a wrong path fails at once.
@@ -408,6 +401,29 @@ struct Delivered {
     delta: Delta,
     merged: Arc<Bundle>,
     published: Option<Published>,
+}
+
+impl RetrainReport {
+    /// The report of a run on `active` that began at `started`.
+    fn new(
+        active: &Bundle,
+        base: Found,
+        decisions: Vec<Decision>,
+        delivered: Option<Delivered>,
+        opts: &RetrainOptions,
+        started: Instant,
+    ) -> Self {
+        RetrainReport {
+            base_version: active.version.clone(),
+            base,
+            decisions,
+            delta: delivered.as_ref().map(|d| d.delta.clone()),
+            merged: delivered.as_ref().map(|d| d.merged.clone()),
+            published: delivered.and_then(|d| d.published),
+            dry_run: opts.dry_run,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
 }
 
 /// Builds the delta of the kept models on `active`, checks that it applies, writes it

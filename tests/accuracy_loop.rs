@@ -134,18 +134,7 @@ fn drifted_stores_are_flagged_refitted_and_back_at_the_noise_floor() {
         "--out",
         s(d),
     ]);
-    let v1 = d.join("v1.avro");
-    run_ok(&[
-        "train",
-        "--spec",
-        s(&d.join("train.toml")),
-        "--input",
-        s(&d.join("history.csv")),
-        "--output",
-        s(&v1),
-        "--version",
-        "v1",
-    ]);
+    let v1 = common::train(d, "v1.avro", "v1");
     run_ok(&[
         "publish",
         "--bundle",

@@ -64,18 +64,7 @@ impl Setup {
             "--out",
             s(d),
         ]);
-        let v1 = d.join("v1.avro");
-        run_ok(&[
-            "train",
-            "--spec",
-            s(&d.join("train.toml")),
-            "--input",
-            s(&d.join("history.csv")),
-            "--output",
-            s(&v1),
-            "--version",
-            "v1",
-        ]);
+        let v1 = common::train(d, "v1.avro", "v1");
         let key = d.join("release.key");
         run_ok(&["keygen", "--out", s(&key)]);
         let setup = Setup {

@@ -307,12 +307,7 @@ impl RetrainConfig {
                 .chain(config.publish.signing_key.iter_mut())
                 .chain(config.actuals.history.iter_mut())
                 .for_each(relative);
-            for key in &mut config.model.trusted_keys {
-                let is_hex = key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit());
-                if !is_hex && Path::new(key.as_str()).is_relative() {
-                    *key = dir.join(&*key).display().to_string();
-                }
-            }
+            crate::config::relative_key_files(&mut config.model.trusted_keys, dir);
         }
         Ok(config)
     }
@@ -321,15 +316,11 @@ impl RetrainConfig {
     pub fn parse(text: &str) -> std::result::Result<Self, String> {
         let config: RetrainConfig = toml::from_str(text).map_err(|e| e.to_string())?;
         let k = &config.kafka;
-        for (name, value) in [
+        crate::config::required(&[
             ("kafka.brokers", &k.brokers),
             ("kafka.actuals_topic", &k.actuals_topic),
             ("kafka.control_topic", &k.control_topic),
-        ] {
-            if value.trim().is_empty() {
-                return Err(format!("{name} is empty"));
-            }
-        }
+        ])?;
         if k.actuals_topic == k.control_topic {
             return Err("kafka.actuals_topic must differ from kafka.control_topic".into());
         }

@@ -217,14 +217,7 @@ fn round(
         // What the daemons hold once it is active: the next delta builds on it.
         known.bundle = Some(d.merged.clone());
     }
-    Ok(Some(RetrainReport {
-        base_version: active.version.clone(),
-        base: found,
-        decisions,
-        delta: delivered.as_ref().map(|d| d.delta.clone()),
-        merged: delivered.as_ref().map(|d| d.merged.clone()),
-        published: delivered.and_then(|d| d.published),
-        dry_run: opts.dry_run,
-        seconds: started.elapsed().as_secs_f64(),
-    }))
+    Ok(Some(RetrainReport::new(
+        &active, found, decisions, delivered, opts, started,
+    )))
 }

@@ -188,15 +188,22 @@ pub fn generate_and_train(dir: &Path, stores: usize, events: usize, version: &st
         "--out",
         d,
     ]);
-    let bundle = dir.join("bundle.avro");
+    train(dir, "bundle.avro", version)
+}
+
+/// Trains `dir/history.csv` under `dir/train.toml` (as `generate` writes them) into
+/// `dir/NAME`, stamped `version`; returns the bundle path.
+pub fn train(dir: &Path, name: &str, version: &str) -> PathBuf {
+    let bundle = dir.join(name);
+    let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
     run_ok(&[
         "train",
         "--spec",
-        &format!("{d}/train.toml"),
+        &path(&dir.join("train.toml")),
         "--input",
-        &format!("{d}/history.csv"),
+        &path(&dir.join("history.csv")),
         "--output",
-        bundle.to_str().expect("utf-8"),
+        &path(&bundle),
         "--version",
         version,
     ]);
