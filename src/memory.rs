@@ -1,5 +1,5 @@
 //! What this process holds in memory, as the kernel counts it (Linux `/proc/self/status`):
-//! the figures `bench` prints.
+//! the figures `bench` prints; and handing freed memory back to the kernel.
 
 /// The peak resident set size of this process (`VmHWM`), in bytes; Linux only.
 pub fn peak_rss() -> Option<u64> {
@@ -15,6 +15,24 @@ fn status_kib(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Returns the memory this thread has freed to the operating system now. The daemon's
+/// allocator (mimalloc) keeps freed pages for reuse and hands them back only as the thread
+/// that freed them goes on allocating; the control reader decodes a bundle and then idles, so
+/// without this it held the decoding's scratch for as long as it idled (1,000,000 stores:
+/// 1.24 GiB resident after the load instead of 0.62). Harmless under another allocator.
+pub fn return_freed() {
+    // SAFETY: mi_collect only walks and purges the calling thread's own heap (and, forced,
+    // abandoned segments); it takes no pointers from us.
+    unsafe { mi_collect(true) }
+}
+
+// mimalloc's C library, which libmimalloc-sys builds and links (its Rust bindings declare
+// `mi_collect` only with a feature that needs another crate).
+use libmimalloc_sys as _;
+extern "C" {
+    fn mi_collect(force: bool);
 }
 
 /// Bytes as MiB, for people.

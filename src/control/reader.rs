@@ -353,6 +353,7 @@ impl ControlReader {
             }
         }
         self.release_inactive();
+        crate::memory::return_freed();
         let active = self.state.versions().active().cloned();
         tracing::info!(
             topic = %self.options.topic,
@@ -516,9 +517,15 @@ impl ControlReader {
         if let Some(m) = manifest.filter(|m| held && m.chunks_at.is_some()) {
             self.manifests.insert(m.version.clone(), m.clone());
         }
+        // Anything but a chunk may have loaded a bundle (a manifest, a command that fetched a
+        // held version), or refused one after decoding it.
+        let may_have_loaded = !matches!(outcome, Outcome::Chunk { .. });
         self.outcome(at, outcome);
         if self.live {
             self.release_inactive();
+            if may_have_loaded {
+                crate::memory::return_freed();
+            }
         }
     }
 

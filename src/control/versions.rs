@@ -192,17 +192,21 @@ impl Versions {
         sha256: &str,
         activate: bool,
     ) -> Result<Option<Arc<Bundle>>, Rejection> {
-        if let Some(known) = self.find(&bundle.version) {
-            if known.sha256 != sha256 {
-                return Err(duplicate(&bundle.version));
-            }
+        let on_topic = match self.find(&bundle.version) {
+            Some(known) if known.sha256 != sha256 => return Err(duplicate(&bundle.version)),
             // The same bundle again (a republish): only the activation may be new.
-            return if activate {
-                self.activate(&bundle.version)
-            } else {
-                Ok(None)
-            };
-        }
+            Some(known) if known.bundle.is_some() || !activate => {
+                return match activate {
+                    true => self.activate(&bundle.version),
+                    false => Ok(None),
+                }
+            }
+            // Held on the topic only, and to be made active: the bytes just validated fill
+            // it in (activating it bare would leave the daemon serving the old version while
+            // its state says the new one).
+            Some(_) => true,
+            None => false,
+        };
         let full = match bundle.base_version.clone() {
             None => bundle,
             Some(base_version) => {
@@ -218,11 +222,15 @@ impl Versions {
             }
         };
         let version = full.version.clone();
-        self.stored.push(Stored {
-            version: version.clone(),
-            bundle: Some(Arc::new(full)),
-            sha256: sha256.to_owned(),
-        });
+        if on_topic {
+            self.fill(Arc::new(full));
+        } else {
+            self.stored.push(Stored {
+                version: version.clone(),
+                bundle: Some(Arc::new(full)),
+                sha256: sha256.to_owned(),
+            });
+        }
         let changed = if activate {
             self.activate(&version)?
         } else {
@@ -414,6 +422,26 @@ mod tests {
         // Evicted like any other: a third version pushes out the oldest unprotected one.
         v.add_on_topic("v3", None, "3", false).unwrap();
         v.add_on_topic("v4", None, "4", false).unwrap();
+        assert_eq!(v.held().len(), 2);
+    }
+
+    #[test]
+    fn a_republished_version_held_on_the_topic_is_filled_in_and_made_active() {
+        let mut v = Versions::new(4);
+        v.add(bundle("v1", None, &["a"]), "1", true).unwrap();
+        v.add(bundle("v2", None, &["a"]), "2", true).unwrap();
+        assert!(v.release("v1") && v.on_topic("v1"));
+        // Published again without activation: still held on the topic only.
+        assert!(v
+            .add(bundle("v1", None, &["a"]), "1", false)
+            .unwrap()
+            .is_none());
+        assert!(v.on_topic("v1"));
+        // Published again to be active: the bundle just validated is the one served.
+        let now = v.add(bundle("v1", None, &["a"]), "1", true).unwrap();
+        assert_eq!(now.expect("the active bundle changed").version, "v1");
+        assert_eq!(active(&v), "v1");
+        assert!(!v.on_topic("v1"));
         assert_eq!(v.held().len(), 2);
     }
 }
