@@ -212,7 +212,10 @@ impl Reader<'_> {
             "bundle swapped in: every record read from now on is scored by it"
         );
         // Freeing a large bundle takes time; never on the consumer loop.
-        tokio::task::spawn_blocking(move || drop(previous));
+        tokio::task::spawn_blocking(move || {
+            drop(previous);
+            crate::memory::return_freed();
+        });
     }
 
     /// Registers one record, decodes it and hands it on: to its partition actor, or to the
