@@ -47,7 +47,7 @@
 //! | [`health`], [`http`] | `/healthz`, `/readyz` and the listener that serves them with `/metrics` |
 //! | [`retrain`] | `retrain`: drifting stores refitted on their recent actuals, champion against challenger, the kept refits published as a delta; `--watch` |
 //! | [`generate`] | synthetic data: stores, history, events and their actuals; stores that change behaviour part-way ([`generate::drift`]) |
-//! | [`demo`], [`bench`] | the self-contained demo and the end-to-end benchmark |
+//! | [`demo`], [`bench`] | the self-contained demo (with the accuracy loop, [`demo::accuracy_loop`]: drift flagged, refitted, a delta swapped in) and the end-to-end benchmark |
 //! | [`bench_trees`] | `bench --trees`: tree-ensemble predictions per second on one core |
 //! | [`bench_train`] | `bench --train`: rows and stores per second of `train`, and its peak RSS |
 //! | [`local`] | Kafka helpers for the demo, the benchmark and the tests |

@@ -486,6 +486,9 @@ pub struct PipelineStats {
     pub delivery_failures: AtomicU64,
     /// Kafka partitions of the input topic currently assigned to this instance.
     pub assigned: AtomicU64,
+    /// Actuals scored against their store's active model (`[actuals]`), so that an in-process
+    /// caller (the demo) can tell when the actuals it produced have all been judged.
+    pub actuals: AtomicU64,
     /// Event timestamp to acknowledgement, in microseconds, for the demo and the benchmark
     /// to print ([`PipelineStats::printing_latency`]); `serve` exports the Prometheus
     /// histogram only and takes no lock per event for this one.
@@ -521,6 +524,7 @@ impl Default for PipelineStats {
             dead_lettered: AtomicU64::new(0),
             delivery_failures: AtomicU64::new(0),
             assigned: AtomicU64::new(0),
+            actuals: AtomicU64::new(0),
             latency_us: None,
             handles: Handles {
                 consumed: counter!(EVENTS_CONSUMED),
@@ -566,6 +570,11 @@ impl PipelineStats {
         if let Ok(mut a) = self.accuracy.lock() {
             *a = handle;
         }
+    }
+
+    /// An actual was scored and counted in its store's statistics.
+    pub fn actual_scored(&self) {
+        self.actuals.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A record was read.

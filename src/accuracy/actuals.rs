@@ -217,6 +217,7 @@ pub fn start(
         bundle,
         encoder,
         table: AccuracyTable::new(Thresholds::new(actuals), actuals.max_fallback_stores),
+        stats,
         queries,
         gauges: Gauges::new(&config.metrics.per_partition_metrics),
         commit_every: Duration::from_millis(k.commit_interval_ms.max(10)),
@@ -240,6 +241,7 @@ struct ActualsActor {
     bundle: Arc<Bundle>,
     encoder: ActualsEncoder,
     table: AccuracyTable,
+    stats: Arc<PipelineStats>,
     queries: mpsc::Receiver<Query>,
     gauges: Gauges,
     commit_every: Duration,
@@ -438,6 +440,7 @@ impl ActualsActor {
             actual - predicted,
             at_ms,
         );
+        self.stats.actual_scored();
         let Some(Observed { ratio, change }) = observed else {
             ack.finish();
             return;

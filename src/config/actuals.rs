@@ -66,6 +66,22 @@ fn default_max_fallback_stores() -> usize {
 }
 
 impl ActualsConfig {
+    /// Actuals read from `topic` with every other field at its default, as a config naming
+    /// only `topic` gives.
+    pub fn new(topic: impl Into<String>) -> Self {
+        ActualsConfig {
+            topic: topic.into(),
+            group_id: None,
+            window: default_window(),
+            min_actuals: default_min_actuals(),
+            drift_ratio: default_drift_ratio(),
+            recover_ratio: None,
+            drift_topic: None,
+            max_fallback_stores: default_max_fallback_stores(),
+            schema: None,
+        }
+    }
+
     /// The ratio at or below which a drifting store is stable again.
     pub fn recover_ratio(&self) -> f64 {
         self.recover_ratio.unwrap_or(0.9 * self.drift_ratio)
@@ -116,5 +132,16 @@ impl ActualsConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn new_is_what_a_table_naming_only_the_topic_gives() {
+        let parsed: ActualsConfig = toml::from_str("topic = \"actuals\"").unwrap();
+        assert_eq!(ActualsConfig::new("actuals"), parsed);
     }
 }
