@@ -416,8 +416,8 @@ impl fmt::Display for LoopReport<'_> {
             "    (RMSE against their actuals as the daemon keeps it, a moving average over about the last {}: before, by the models trained before the drift; after, by the refits alone)",
             actuals_config().window
         )?;
-        // A refit's training RMSE is in-sample, on a few hundred actuals: below the noise, so
-        // a refit near the noise floor can still be over the daemon's line.
+        // A refit's verdict waits for `min_actuals` actuals of its own; until then it stays
+        // drifting, and a refit that is still off says so here.
         let recover = actuals_config().recover_ratio();
         let still: Vec<String> = self
             .shifted
@@ -426,16 +426,18 @@ impl fmt::Display for LoopReport<'_> {
             .filter_map(|id| self.after.get(id))
             .filter(|r| r.verdict == Verdict::Drifting.as_str())
             .map(|r| {
+                let expected = r.expected_rmse.unwrap_or(f64::NAN);
                 format!(
-                    "{} ({:.2} > {recover:.2} × {:.2})",
-                    r.partition, r.rmse, r.training_rmse
+                    "{} ({:.2} vs {recover:.2} × {expected:.2})",
+                    r.partition, r.rmse
                 )
             })
             .collect();
         if !still.is_empty() {
             writeln!(
                 f,
-                "    still drifting by the daemon's rule (recent RMSE > {recover:.2} × training RMSE; a refit's is in-sample, below the noise on so few actuals): {}",
+                "    still drifting by the daemon's rule (not yet {} actuals since the swap, or recent RMSE > {recover:.2} × the RMSE expected on new data): {}",
+                actuals_config().min_actuals,
                 still.join(", ")
             )?;
         }
