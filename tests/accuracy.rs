@@ -320,3 +320,78 @@ fn without_actuals_the_partitions_endpoint_says_how_to_turn_it_on() {
     assert!(body.contains("[actuals]"), "{body}");
     assert!(daemon.terminate().success());
 }
+
+#[test]
+fn avro_actuals_are_read_with_the_actuals_reader_schema() {
+    let kafka = Broker::shared();
+    let brokers = kafka.brokers();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bundle = generate_and_train(dir.path(), 5, 500, "v1");
+    for (topic, partitions) in [
+        ("avacc-in", 1),
+        ("avacc-out", 1),
+        ("avacc-dlq", 1),
+        ("avacc-actuals", 2),
+    ] {
+        kafka.create_topic(topic, partitions);
+    }
+    let schemas = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+    let (event_avsc, actual_avsc) = (
+        schemas.join("sales_event.avsc"),
+        schemas.join("sales_actual.avsc"),
+    );
+    let text = ServeConfigFile::new(&brokers, "avacc")
+        .topics("avacc-in", "avacc-out", "avacc-dlq")
+        .bundle(&bundle)
+        .actuals(r#"topic = "avacc-actuals""#)
+        .actuals("min_actuals = 20")
+        .actuals(&format!("schema = {:?}", actual_avsc.display().to_string()))
+        .text()
+        + &format!(
+            "[input]\nformat = \"avro\"\nframing = \"confluent\"\n[input.schemas]\n1 = {:?}\n2 = {:?}\n",
+            event_avsc.display().to_string(),
+            actual_avsc.display().to_string()
+        );
+    let config = dir.path().join("serve.toml");
+    std::fs::write(&config, text).expect("config");
+    let daemon = Daemon::start(&config);
+    daemon.wait_assigned();
+    let addr = daemon.metrics_addr();
+
+    // Actuals in Confluent framing with the actuals schema (id 2): sales = the truth.
+    let parse = |text: &str| apache_avro::Schema::parse_str(text).expect("schema");
+    let actual_schema = parse(&std::fs::read_to_string(&actual_avsc).expect("avsc"));
+    let event_schema = parse(manymodel::codec::SALES_EVENT_AVSC);
+    let framed = |id: u32, schema: &apache_avro::Schema, v: &Value| {
+        let mut out = vec![0];
+        out.extend_from_slice(&id.to_be_bytes());
+        out.extend(manymodel::codec::avro_twin(schema, v).expect("Avro twin"));
+        out
+    };
+    let events = std::fs::read_to_string(dir.path().join("events.jsonl")).expect("events");
+    let mut payloads: Vec<Vec<u8>> = events
+        .lines()
+        .map(|l| {
+            let mut v: Value = serde_json::from_str(l).expect("event");
+            v["sales"] = v["expected_sales"].clone();
+            framed(2, &actual_schema, &v)
+        })
+        .collect();
+    let good = payloads.len();
+    // An event (schema id 1) on the actuals topic: no sales, so not an actual.
+    let first: Value = serde_json::from_str(events.lines().next().expect("one")).expect("json");
+    payloads.push(framed(1, &event_schema, &first));
+    local::produce(&brokers, "avacc-actuals", &payloads, |_| None, None).expect("produced");
+
+    wait_for_metric(&addr, "manymodel_actuals_total", good as f64);
+    let page = json(&addr, "/partitions?sort=partition&limit=10");
+    assert_eq!(page["tracked"], 5, "{page}");
+    for r in page["partitions"].as_array().expect("list") {
+        assert_eq!(r["verdict"], "stable", "{r}");
+        assert!(r["ratio"].as_f64().expect("ratio") < 1.0, "{r}");
+    }
+    let dead = read_all(&brokers, "avacc-dlq", 1, Duration::from_secs(3));
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].headers["error-kind"], "incompatible_schema", "{:?}", dead[0].headers);
+    assert!(daemon.terminate().success());
+}

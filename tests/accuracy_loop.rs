@@ -283,6 +283,19 @@ fn drifted_stores_are_flagged_refitted_and_back_at_the_noise_floor() {
         }
     }
     println!("drifted stores' recent RMSE over noise after the swap: {after:?}");
+    // Each store judged stable again said so on the drift topic, keyed by it.
+    std::thread::sleep(Duration::from_secs(2));
+    let stopped: BTreeSet<String> = drift_records(&brokers, "loop-drift")
+        .iter()
+        .filter(|r| r["verdict"] == "stable")
+        .map(|r| r["partition"].as_str().expect("id").to_owned())
+        .collect();
+    assert_eq!(
+        stopped.len(),
+        drifted.len() - still_judging,
+        "stop records: {stopped:?}"
+    );
+    assert!(stopped.is_subset(&drifted));
     let page: Value =
         serde_json::from_str(&http_get(&addr, "/partitions?limit=1").1).expect("JSON");
     assert!(
