@@ -53,6 +53,18 @@ const HOUR_MS: i64 = 3_600_000;
 const OPEN: std::ops::RangeInclusive<i64> = 8..=21;
 const WEATHER: [&str; 3] = ["sunny", "cloudy", "rainy"];
 
+/// `ms` with its hour folded into the opening hours (08:00–21:59 UTC; those stay as they
+/// are), the same day: the sale time of a streamed event. The history has no sale outside them, so a model knows
+/// nothing of other hours; a stream at 03:00 UTC would otherwise look drifted everywhere.
+/// (The Kafka record keeps the real time.)
+fn opening_hours(ms: i64) -> i64 {
+    let (day, within_day) = (ms.div_euclid(24 * HOUR_MS), ms.rem_euclid(24 * HOUR_MS));
+    let (hour, within_hour) = (within_day / HOUR_MS, within_day % HOUR_MS);
+    let open_hours = OPEN.end() - OPEN.start() + 1;
+    let folded = OPEN.start() + (hour - OPEN.start()).rem_euclid(open_hours);
+    day * 24 * HOUR_MS + folded * HOUR_MS + within_hour
+}
+
 /// The spec `generate` writes beside its data.
 pub const TRAIN_TOML: &str = r#"# Written by `manymodel generate`: one linear model per store.
 partition_column = "store_id"
@@ -395,7 +407,7 @@ pub fn stream(opts: &StreamOptions) -> Result<u64> {
             std::thread::sleep(wait);
         }
         let store = rng.random_range(0..population.stores.len());
-        let ts = crate::clock::now_ms();
+        let ts = opening_hours(crate::clock::now_ms());
         let id = format!("gen-{}-{sent}", opts.seed);
         let (event, actual) = population.observe(store, sent as usize, id, ts, &mut rng);
         let key = &population.stores[store].id;
@@ -466,6 +478,22 @@ fn writer(path: &Path) -> Result<BufWriter<std::fs::File>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn streamed_sales_happen_in_opening_hours_on_the_same_day() {
+        let day = START_MS + 100 * 24 * HOUR_MS;
+        for hour in 0..24 {
+            let now = day + hour * HOUR_MS + 1234;
+            let t = opening_hours(now);
+            let h = (t / HOUR_MS).rem_euclid(24);
+            assert!(OPEN.contains(&h), "{hour} → {h}");
+            assert_eq!(t.div_euclid(24 * HOUR_MS), now.div_euclid(24 * HOUR_MS));
+            assert_eq!(t % HOUR_MS, 1234);
+            if OPEN.contains(&hour) {
+                assert_eq!(t, now, "opening hours stay as they are");
+            }
+        }
+    }
 
     fn generate(dir: &Path, drift: Drift) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
         run(&GenerateOptions {

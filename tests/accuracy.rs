@@ -392,6 +392,10 @@ fn avro_actuals_are_read_with_the_actuals_reader_schema() {
     }
     let dead = read_all(&brokers, "avacc-dlq", 1, Duration::from_secs(3));
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].headers["error-kind"], "incompatible_schema", "{:?}", dead[0].headers);
+    assert_eq!(
+        dead[0].headers["error-kind"], "incompatible_schema",
+        "{:?}",
+        dead[0].headers
+    );
     assert!(daemon.terminate().success());
 }

@@ -321,6 +321,23 @@ impl ActualsActor {
         }
         self.table.bundle_changed(&self.bundle, &next);
         self.bundle = next;
+        // The listed stores' gauges say what the table says now (nothing yet for a new model).
+        for id in self.gauges.labelled.keys().cloned().collect::<Vec<_>>() {
+            self.labelled_gauges(&id);
+        }
+    }
+
+    /// Sets the recent-RMSE and ratio gauges of a store listed in `per_partition_metrics`.
+    fn labelled_gauges(&self, id: &str) {
+        let Some((rmse, ratio)) = self.gauges.labelled.get(id) else {
+            return;
+        };
+        let report = self
+            .table
+            .report(id, &self.bundle)
+            .filter(|r| r.actuals > 0);
+        rmse.set(report.as_ref().map_or(f64::NAN, |r| r.rmse));
+        ratio.set(report.and_then(|r| r.ratio).unwrap_or(f64::NAN));
     }
 
     fn publish_gauges(&self) {
@@ -448,12 +465,7 @@ impl ActualsActor {
         if let Some(r) = ratio {
             self.gauges.ratio.record(r);
         }
-        if let Some((rmse, ratio_gauge)) = self.gauges.labelled.get(id) {
-            if let Some(report) = self.table.report(id, &self.bundle) {
-                rmse.set(report.rmse);
-                ratio_gauge.set(report.ratio.unwrap_or(f64::NAN));
-            }
-        }
+        self.labelled_gauges(id);
         let Some(change) = change else {
             ack.finish();
             return;

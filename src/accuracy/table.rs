@@ -123,12 +123,15 @@ impl AccuracyTable {
     /// (a drifting one stays drifting until its new model is judged). Stores whose model is
     /// unchanged, as in a delta's untouched stores, keep theirs.
     pub fn bundle_changed(&mut self, old: &Bundle, new: &Bundle) {
+        let version = self.intern(&new.version);
         for (id, row) in &mut self.rows {
             let (before, was) = model_for(old, id);
             let (after, is) = model_for(new, id);
             let same = was == is && before.model == after.model && before.rmse == after.rmse;
             if !same {
+                // Its statistics are the new model's from now on: so is its version.
                 row.stats.restart();
+                row.version = version;
             }
         }
     }

@@ -61,7 +61,7 @@ impl std::fmt::Display for Published {
             m.version,
             m.base_version
                 .as_ref()
-                .map(|b| format!(", a delta of {b},"))
+                .map(|b| format!(", a delta of {b}"))
                 .unwrap_or_default(),
             self.partitions,
             m.size,
