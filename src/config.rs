@@ -281,11 +281,7 @@ impl Default for PipelineConfig {
 impl ServeConfig {
     /// Reads a config file; a relative bundle path is resolved against the file's folder.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut config = Self::parse(&text).map_err(|reason| Error::Config {
-            path: path.to_owned(),
-            reason,
-        })?;
+        let mut config = crate::config::read(path, Self::parse)?;
         if let Some(dir) = path.parent() {
             if let Some(bundle) = config.model.bundle.as_mut().filter(|b| b.is_relative()) {
                 *bundle = dir.join(&*bundle);
@@ -384,4 +380,16 @@ pub fn required(settings: &[(&str, &String)]) -> std::result::Result<(), String>
         Some((name, _)) => Err(format!("{name} is empty")),
         None => Ok(()),
     }
+}
+
+/// Reads and parses a config file; a mistake in it is an error that names the file.
+pub fn read<T>(
+    path: &Path,
+    parse: impl FnOnce(&str) -> std::result::Result<T, String>,
+) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse(&text).map_err(|reason| Error::Config {
+        path: path.to_owned(),
+        reason,
+    })
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::kafka::connection::Connection;
 
 /// The whole retrain configuration.
@@ -289,11 +289,7 @@ impl Default for WatchConfig {
 impl RetrainConfig {
     /// Reads a config file; relative paths are resolved against the file's folder.
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut config = Self::parse(&text).map_err(|reason| Error::Config {
-            path: path.to_owned(),
-            reason,
-        })?;
+        let mut config = crate::config::read(path, Self::parse)?;
         if let Some(dir) = path.parent() {
             let relative = |p: &mut PathBuf| {
                 if p.is_relative() {
