@@ -593,13 +593,8 @@ fn median(values: &[f64]) -> f64 {
 fn accuracy_bytes(bundle: &Bundle) -> usize {
     use crate::accuracy::stats::Thresholds;
     use crate::accuracy::table::AccuracyTable;
-    let thresholds = Thresholds {
-        alpha: 2.0 / 51.0,
-        min_actuals: 30,
-        drift_ratio: 1.5,
-        recover_ratio: 1.35,
-    };
-    let mut table = AccuracyTable::new(thresholds, 0);
+    let defaults = crate::config::ActualsConfig::new("bench-actuals");
+    let mut table = AccuracyTable::new(Thresholds::new(&defaults), 0);
     for m in &bundle.partitions {
         let source = crate::scoring::ModelSource::Partition;
         table.observe(&m.partition, Some(m.rmse), source, &bundle.version, 0.0, 0);

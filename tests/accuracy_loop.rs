@@ -247,13 +247,7 @@ fn drifted_stores_are_flagged_refitted_and_back_at_the_noise_floor() {
         drifted.len(),
         "every drifted store improved: {report}"
     );
-    wait_for(Duration::from_secs(60), "the delta swapped in", || {
-        let metrics = http_get(&addr, "/metrics").1;
-        metric_sum(
-            &metrics,
-            &format!("manymodel_bundle_info{{version=\"{}\"}}", delta.version),
-        ) == 1.0
-    });
+    daemon.wait_active(&delta.version);
 
     // Phase 2: the rest of the actuals, scored by the refitted models.
     produce(

@@ -451,25 +451,6 @@ async fn an_imported_bundle_is_served_over_kafka_as_predict_scores_it() {
     assert!(daemon.terminate().success());
 }
 
-/// Waits until the daemon's /readyz names `version` as the active bundle.
-fn wait_active(daemon: &Daemon, version: &str) {
-    let addr = daemon.metrics_addr();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (code, body) = common::http_get(&addr, "/readyz");
-        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        if code == 200 && v["bundle_version"] == version {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{version} never became active: /readyz {code} {body}\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_imported_trees_only_bundle_hot_reloads_scores_missing_values_and_dead_letters_unknown_stores(
 ) {
@@ -500,7 +481,7 @@ async fn an_imported_trees_only_bundle_hot_reloads_scores_missing_values_and_dea
         .bundle(&mixed)
         .write(d, "reload");
     let daemon = Daemon::start(&config);
-    wait_active(&daemon, "imp-1");
+    daemon.wait_active("imp-1");
     run_ok(&[
         "publish",
         "--bundle",
@@ -510,7 +491,7 @@ async fn an_imported_trees_only_bundle_hot_reloads_scores_missing_values_and_dea
         "--control-topic",
         "control",
     ]);
-    wait_active(&daemon, "imp-2");
+    daemon.wait_active("imp-2");
     daemon.wait_assigned();
 
     let events = [

@@ -179,25 +179,6 @@ fn control(brokers: &str, args: &[&str]) {
     run_ok(&all);
 }
 
-/// Waits until the daemon's /readyz names `version` as the active bundle.
-fn wait_active(daemon: &Daemon, version: &str) {
-    let addr = daemon.metrics_addr();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (code, body) = http_get(&addr, "/readyz");
-        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        if code == 200 && v["bundle_version"] == version {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{version} never became active: /readyz {code} {body}\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// Offline predictions of every event by `bundle`: event_id → prediction.
 fn offline(dir: &Path, bundle: &Path) -> HashMap<String, f64> {
     let out = bundle.with_extension("predictions.jsonl");
@@ -271,7 +252,7 @@ async fn bundles_swap_in_while_events_stream_and_bad_ones_are_rejected() {
     );
     let daemon = Daemon::start(&config);
     daemon.wait_assigned();
-    wait_active(&daemon, "v01");
+    daemon.wait_active("v01");
 
     let payloads = std::sync::Arc::new(events(d));
     let producing = {
@@ -323,7 +304,7 @@ async fn bundles_swap_in_while_events_stream_and_bad_ones_are_rejected() {
     let records = local::read(&brokers, "out", total, Duration::from_secs(120))
         .await
         .expect("predictions read");
-    wait_active(&daemon, "v10");
+    daemon.wait_active("v10");
 
     // Expected predictions per version; deltas are compared with their materialised bundle.
     let mut expected: HashMap<String, HashMap<String, f64>> = HashMap::new();
@@ -430,12 +411,12 @@ async fn a_daemon_without_a_local_bundle_comes_up_on_the_control_topics_version(
     assert!(body.contains("no bundle is active"), "{body}");
 
     publish(&brokers, &v1, None);
-    wait_active(&daemon, "v1");
+    daemon.wait_active("v1");
     assert!(daemon.terminate().success());
 
     // Restarted with no local bundle: the control topic's version.
     let daemon = Daemon::start(&config);
-    wait_active(&daemon, "v1");
+    daemon.wait_active("v1");
     daemon.wait_assigned();
     let payloads = events(d);
     local::produce_events(&brokers, "in", std::sync::Arc::new(payloads), None)
@@ -451,19 +432,19 @@ async fn a_daemon_without_a_local_bundle_comes_up_on_the_control_topics_version(
 
     // v2, then a rollback to v1; an instance started later converges on v1 as well.
     publish(&brokers, &v2, None);
-    wait_active(&daemon, "v2");
+    daemon.wait_active("v2");
     control(&brokers, &["rollback"]);
-    wait_active(&daemon, "v1");
+    daemon.wait_active("v1");
     control(&brokers, &["activate", "--version", "v2"]);
-    wait_active(&daemon, "v2");
+    daemon.wait_active("v2");
     let late_config = control_config(d, "late", &brokers, "out-late", Some(&v1), None);
     let late = Daemon::start(&late_config);
-    wait_active(&late, "v2");
+    late.wait_active("v2");
 
     // Commands the daemons cannot honour are rejected, and they keep serving.
     control(&brokers, &["activate", "--version", "v9"]);
     std::thread::sleep(Duration::from_secs(1));
-    wait_active(&daemon, "v2");
+    daemon.wait_active("v2");
     let metrics = http_get(&late.metrics_addr(), "/metrics").1;
     assert_eq!(
         metric_sum(
@@ -591,7 +572,7 @@ async fn a_bundle_of_100000_partitions_publishes_and_swaps_in() {
     let started = Instant::now();
     let said = publish(&brokers, &big_path, None);
     let publish_s = started.elapsed().as_secs_f64();
-    wait_active(&daemon, "big");
+    daemon.wait_active("big");
     let active_s = started.elapsed().as_secs_f64();
 
     // Events of three of the new stores are scored by their own models under "big".
@@ -656,9 +637,9 @@ async fn a_rollback_made_while_an_instance_was_down_wins_over_its_newer_local_bu
     control(&brokers, &["rollback"]);
     let config = control_config(d, "down", &brokers, "out", Some(&v2), None);
     let daemon = Daemon::start(&config);
-    wait_active(&daemon, "v1");
+    daemon.wait_active("v1");
     std::thread::sleep(Duration::from_secs(2));
-    wait_active(&daemon, "v1");
+    daemon.wait_active("v1");
     assert!(
         !daemon.log_text().contains("version=v2 \"activating\""),
         "{}",
@@ -674,7 +655,7 @@ async fn a_rollback_made_while_an_instance_was_down_wins_over_its_newer_local_bu
         .bundle(&v2)
         .write(d, "empty");
     let daemon = Daemon::start(&config);
-    wait_active(&daemon, "v2");
+    daemon.wait_active("v2");
     assert!(daemon.terminate().success());
 }
 
@@ -718,7 +699,7 @@ async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
         .model("keep_versions = 2")
         .write(d, "held");
     let daemon = Daemon::start(&config);
-    wait_active(&daemon, "v5");
+    daemon.wait_active("v5");
     assert_eq!(
         replay_field(&daemon, "records"),
         Some(5),
@@ -745,13 +726,13 @@ async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
         .iter()
         .all(|r| r.headers.get("model-version").map(String::as_str) == Some("v5")));
     control(&brokers, &["rollback"]);
-    wait_active(&daemon, "v4");
+    daemon.wait_active("v4");
     assert!(daemon.terminate().success());
 
     // Restarted: the same version. Only v4, the active one, is fetched; v3 (the rollback
     // target) and v5 stay on the topic until a command needs them.
     let daemon = Daemon::start(&config);
-    wait_active(&daemon, "v4");
+    daemon.wait_active("v4");
     assert_eq!(replay_field(&daemon, "publishes_fetched"), Some(1));
     assert_eq!(replay_field(&daemon, "publishes_held_on_topic"), Some(2));
     let metrics = http_get(&daemon.metrics_addr(), "/metrics").1;
@@ -770,26 +751,26 @@ async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
         .model("keep_versions = 4")
         .write(d, "held4");
     let daemon = Daemon::start(&config);
-    wait_active(&daemon, "v4");
+    daemon.wait_active("v4");
     assert_eq!(replay_field(&daemon, "publishes_fetched"), Some(1));
     assert_eq!(replay_field(&daemon, "publishes_held_on_topic"), Some(3));
     control(&brokers, &["rollback"]);
-    wait_active(&daemon, "v3");
+    daemon.wait_active("v3");
     control(&brokers, &["activate", "--version", "v5"]);
-    wait_active(&daemon, "v5");
+    daemon.wait_active("v5");
     control(&brokers, &["rollback"]);
-    wait_active(&daemon, "v3");
+    daemon.wait_active("v3");
     control(&brokers, &["activate", "--version", "v2"]);
-    wait_active(&daemon, "v2");
+    daemon.wait_active("v2");
     // Published while it runs: v6 becomes active and v2 leaves memory (only the active bundle
     // stays there); a rollback fetches v2 again, and an activate v6.
     let v6 = train(d, 3_100, "v6", None);
     publish(&brokers, &v6, None);
-    wait_active(&daemon, "v6");
+    daemon.wait_active("v6");
     control(&brokers, &["rollback"]);
-    wait_active(&daemon, "v2");
+    daemon.wait_active("v2");
     control(&brokers, &["activate", "--version", "v6"]);
-    wait_active(&daemon, "v6");
+    daemon.wait_active("v6");
     let metrics = http_get(&daemon.metrics_addr(), "/metrics").1;
     assert_eq!(
         metric_sum(&metrics, "manymodel_bundle_rejections_total"),
@@ -799,7 +780,7 @@ async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
     // v1 was never held by this daemon: refused, and v6 stays.
     control(&brokers, &["activate", "--version", "v1"]);
     wait_rejections(&daemon, 1.0);
-    wait_active(&daemon, "v6");
+    daemon.wait_active("v6");
     daemon.wait_assigned();
     local::produce_events(&brokers, "in", std::sync::Arc::new(events(d)), None)
         .await
@@ -855,7 +836,7 @@ async fn a_held_version_whose_chunks_are_gone_is_refused_and_the_active_one_keep
         .kafka(r#"control_topic = "control""#)
         .write(d, "gone");
     let daemon = Daemon::start(&config);
-    wait_active(&daemon, "v3");
+    daemon.wait_active("v3");
     assert_eq!(replay_field(&daemon, "publishes_held_on_topic"), Some(2));
 
     // The chunks of v1 and v2 are deleted (as `kafka-delete-records` would, to reclaim space).
@@ -884,7 +865,7 @@ async fn a_held_version_whose_chunks_are_gone_is_refused_and_the_active_one_keep
     wait_rejections(&daemon, 1.0);
     control(&brokers, &["rollback"]);
     wait_rejections(&daemon, 2.0);
-    wait_active(&daemon, "v3");
+    daemon.wait_active("v3");
     let log = daemon.log_text();
     assert!(log.contains("incomplete"), "{log}");
     daemon.wait_assigned();
@@ -901,7 +882,7 @@ async fn a_held_version_whose_chunks_are_gone_is_refused_and_the_active_one_keep
 
     // A restart forgets them too, and comes up on v3.
     let daemon = Daemon::start(&config);
-    wait_active(&daemon, "v3");
+    daemon.wait_active("v3");
     assert!(daemon.terminate().success());
 }
 
@@ -909,7 +890,7 @@ async fn a_held_version_whose_chunks_are_gone_is_refused_and_the_active_one_keep
 fn time_to_ready(config: &Path, version: &str) -> f64 {
     let started = Instant::now();
     let daemon = Daemon::start(config);
-    wait_active(&daemon, version);
+    daemon.wait_active(version);
     let took = started.elapsed().as_secs_f64();
     assert!(daemon.terminate().success());
     took

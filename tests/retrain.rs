@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{http_get, run_ok, wait_for, Broker, Daemon, ServeConfigFile};
+use common::{run_ok, wait_for, Broker, Daemon, ServeConfigFile};
 use manymodel::model::bundle::Bundle;
 use manymodel::retrain::challenger::{Champion, Outcome, Rejected};
 use manymodel::retrain::{Origin, RetrainConfig, RetrainOptions};
@@ -243,25 +243,6 @@ fn drift(store: &str, verdict: &str, verdict_at_ms: i64) -> String {
     .to_string()
 }
 
-/// Waits until the daemon's /readyz names `version` as the active bundle.
-fn wait_active(daemon: &Daemon, version: &str) {
-    let addr = daemon.metrics_addr();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (code, body) = http_get(&addr, "/readyz");
-        let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
-        if code == 200 && v["bundle_version"] == version {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{version} never became active: /readyz {code} {body}\n{}",
-            daemon.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn coefficients(b: &Bundle, store: &str) -> Vec<f64> {
     match &b.partition(store).expect("a model of its own").model {
         manymodel::model::Model::Linear(l) => {
@@ -277,7 +258,7 @@ fn coefficients(b: &Bundle, store: &str) -> Vec<f64> {
 fn a_drifting_store_is_refitted_and_published_as_a_signed_delta_that_a_daemon_activates() {
     let setup = Setup::new("drift");
     let daemon = setup.daemon();
-    wait_active(&daemon, "v1");
+    daemon.wait_active("v1");
 
     // S001 changed: 40 actuals as before, then 160 with sales 60 higher. S003 drifts with 10
     // actuals only. S004 drifted and is stable again. S010's actuals are someone else's.
@@ -378,7 +359,7 @@ fn a_drifting_store_is_refitted_and_published_as_a_signed_delta_that_a_daemon_ac
         old[0],
         new[0]
     );
-    wait_active(&daemon, &delta.version);
+    daemon.wait_active(&delta.version);
 
     // Round two builds on the delta, itself a delta: S001's refit is now the champion and
     // a new refit does not beat it; S006 starts drifting.
@@ -403,7 +384,7 @@ fn a_drifting_store_is_refitted_and_published_as_a_signed_delta_that_a_daemon_ac
     let delta2 = report2.delta.as_ref().expect("a second delta");
     assert_eq!(delta2.base_version, delta.version);
     assert_eq!(delta2.partitions, 1);
-    wait_active(&daemon, &delta2.version);
+    daemon.wait_active(&delta2.version);
     daemon.terminate();
 }
 

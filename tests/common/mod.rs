@@ -123,6 +123,26 @@ impl Daemon {
         status
     }
 
+    /// Waits until `/readyz` names `version` as the active bundle.
+    pub fn wait_active(&self, version: &str) {
+        let addr = self.metrics_addr();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (code, body) = http_get(&addr, "/readyz");
+            let v: serde_json::Value =
+                serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+            if code == 200 && v["bundle_version"] == version {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{version} never became active: /readyz {code} {body}\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// The log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
