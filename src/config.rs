@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::framing::Framing;
 use crate::codec::Format;
-use crate::error::{Error, Result};
+use crate::error::{Error, RecordError, RecordErrorKind, Result};
 use crate::scoring::UnknownPartition;
 
 pub mod actuals;
@@ -262,6 +262,37 @@ fn default_stall_timeout_secs() -> u64 {
 }
 fn default_revoke_timeout_ms() -> u64 {
     5_000
+}
+
+impl PipelineConfig {
+    /// Refuses a record larger than `max_record_bytes` (a dead letter, `oversize`).
+    pub fn check_record_size(&self, len: usize) -> std::result::Result<(), RecordError> {
+        if len <= self.max_record_bytes {
+            return Ok(());
+        }
+        Err(RecordError::new(
+            RecordErrorKind::Oversize,
+            format!(
+                "record of {len} bytes exceeds pipeline.max_record_bytes = {}",
+                self.max_record_bytes
+            ),
+        ))
+    }
+
+    /// Refuses a partition id longer than `max_key_bytes` (a dead letter, `oversize_key`).
+    pub fn check_key(&self, id: &str) -> std::result::Result<(), RecordError> {
+        if id.len() <= self.max_key_bytes {
+            return Ok(());
+        }
+        Err(RecordError::new(
+            RecordErrorKind::OversizeKey,
+            format!(
+                "partition id of {} bytes exceeds pipeline.max_key_bytes = {}",
+                id.len(),
+                self.max_key_bytes
+            ),
+        ))
+    }
 }
 
 impl Default for PipelineConfig {

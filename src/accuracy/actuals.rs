@@ -31,7 +31,7 @@ use super::report::{PartitionsPage, Sort, StoreReport};
 use super::stats::{Change, Thresholds};
 use super::table::{AccuracyTable, Observed};
 use crate::codec::{Decoded, Decoder};
-use crate::config::{ActualsConfig, ServeConfig};
+use crate::config::{ActualsConfig, PipelineConfig, ServeConfig};
 use crate::control::ActiveBundle;
 use crate::error::{Error, RecordError, RecordErrorKind, Result};
 use crate::features::FeatureEncoder;
@@ -207,8 +207,7 @@ pub fn start(
         dlq_topic: k.dlq_topic.clone(),
         drift_topic: actuals.drift_topic.clone(),
         policy: config.model.unknown_partition,
-        max_record_bytes: config.pipeline.max_record_bytes,
-        max_key_bytes: config.pipeline.max_key_bytes,
+        limits: config.pipeline.clone(),
         consumer,
         tracker,
         producer,
@@ -231,8 +230,8 @@ struct ActualsActor {
     dlq_topic: String,
     drift_topic: Option<String>,
     policy: scoring::UnknownPartition,
-    max_record_bytes: usize,
-    max_key_bytes: usize,
+    /// The record-size and key-length limits of `[pipeline]`, as events have them.
+    limits: PipelineConfig,
     consumer: Arc<InputConsumer>,
     tracker: Arc<OffsetTracker>,
     producer: OutputProducer,
@@ -390,16 +389,7 @@ impl ActualsActor {
         &mut self,
         bytes: &[u8],
     ) -> std::result::Result<(String, ModelSource, f64, f64), RecordError> {
-        if bytes.len() > self.max_record_bytes {
-            return Err(RecordError::new(
-                RecordErrorKind::Oversize,
-                format!(
-                    "record of {} bytes exceeds pipeline.max_record_bytes = {}",
-                    bytes.len(),
-                    self.max_record_bytes
-                ),
-            ));
-        }
+        self.limits.check_record_size(bytes.len())?;
         let spec = &self.bundle.spec;
         let mut event = loop {
             match self
@@ -413,16 +403,7 @@ impl ActualsActor {
                 }
             }
         };
-        if event.partition.len() > self.max_key_bytes {
-            return Err(RecordError::new(
-                RecordErrorKind::OversizeKey,
-                format!(
-                    "partition id of {} bytes exceeds pipeline.max_key_bytes = {}",
-                    event.partition.len(),
-                    self.max_key_bytes
-                ),
-            ));
-        }
+        self.limits.check_key(&event.partition)?;
         let actual = event.inputs.pop().unwrap_or(f64::NAN);
         if actual.is_nan() {
             return Err(RecordError::new(

@@ -17,7 +17,7 @@ use crate::backpressure::{Backpressure, Work};
 use crate::codec::{Decoded, Decoder};
 use crate::config::ServeConfig;
 use crate::control::ActiveBundle;
-use crate::error::{RecordError, RecordErrorKind, Result};
+use crate::error::Result;
 use crate::kafka::consumer::{self, InputConsumer};
 use crate::kafka::offsets::{Ack, Admission, OffsetTracker};
 use crate::kafka::producer::{Delivery, Output, OutputProducer, OwnedRecord};
@@ -277,15 +277,8 @@ impl Reader<'_> {
         let kafka_partition = ack.partition();
         let k = &self.config.kafka;
         let bytes = payload.unwrap_or_default();
-        let decoded = if bytes.len() > self.config.pipeline.max_record_bytes {
-            Err(RecordError::new(
-                RecordErrorKind::Oversize,
-                format!(
-                    "record of {} bytes exceeds pipeline.max_record_bytes = {}",
-                    bytes.len(),
-                    self.config.pipeline.max_record_bytes
-                ),
-            ))
+        let decoded = if let Err(e) = self.config.pipeline.check_record_size(bytes.len()) {
+            Err(e)
         } else {
             let decoded = self.decoder.decode(
                 bytes,
@@ -306,16 +299,7 @@ impl Reader<'_> {
                 }
             };
             decoded.and_then(|event| {
-                let max_key = self.config.pipeline.max_key_bytes;
-                if event.partition.len() > max_key {
-                    return Err(RecordError::new(
-                        RecordErrorKind::OversizeKey,
-                        format!(
-                            "partition id of {} bytes exceeds pipeline.max_key_bytes = {max_key}",
-                            event.partition.len()
-                        ),
-                    ));
-                }
+                self.config.pipeline.check_key(&event.partition)?;
                 let model = self.bundle.partition_index(&event.partition);
                 let unknown = model.is_none();
                 if unknown && !self.bundle.has_fallback() {
