@@ -1,11 +1,16 @@
 //! Backpressure: work that cannot be handed on yet, and which Kafka partitions are paused.
 //!
-//! The consumer loop never waits on a full queue. When a partition actor's mailbox or the
+//! The consumer loop never blocks on a full queue. When a partition actor's mailbox or the
 //! producer's queue has no room, the record is parked here, in read order per Kafka
-//! partition, and that Kafka partition is paused at the consumer; later records of it are
-//! parked behind it, so order holds. Parked work is offered again every few milliseconds and
-//! the Kafka partition resumes once its queue is empty. Because the loop keeps polling the
-//! consumer meanwhile, `max.poll.interval.ms` is never exceeded however slow scoring is.
+//! partition, and the loop stops taking records for a moment ([`Backpressure::waiting_for_room`]):
+//! an actor empties a full mailbox in about a millisecond, and waiting for it costs nothing,
+//! while pausing a Kafka partition throws away what librdkafka had fetched for it and reads it
+//! again. Only when the parked work is still there after [`PATIENCE`] is the Kafka partition
+//! paused at the consumer and reading goes on with the others; later records of it are parked
+//! behind it, so order holds. Parked work is offered again whenever an actor takes events
+//! from its mailbox, and every few milliseconds; a Kafka partition resumes once its parked
+//! queue is empty. Because the loop keeps polling the consumer, `max.poll.interval.ms` is
+//! never exceeded however slow scoring is.
 //!
 //! Two more reasons pause a Kafka partition: every partition pauses while more than
 //! `[pipeline] max_in_flight` events are read and not yet acknowledged (the memory bound when
@@ -13,6 +18,7 @@
 //! until that output is delivered (see [`crate::kafka::producer`]).
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::TopicPartitionList;
@@ -22,6 +28,10 @@ use crate::kafka::offsets::{Ack, OffsetTracker};
 use crate::kafka::producer::{OutputProducer, OwnedRecord};
 use crate::partition::Job;
 use crate::router::Router;
+
+/// How long the loop waits for room for parked work before it pauses the parked work's Kafka
+/// partitions and reads the others.
+pub const PATIENCE: Duration = Duration::from_millis(100);
 
 /// Work read from Kafka and not yet handed on.
 pub enum Work {
@@ -57,6 +67,8 @@ pub struct Backpressure {
     max_in_flight: usize,
     /// Parked work per Kafka partition, in read order.
     parked: HashMap<i32, VecDeque<Work>>,
+    /// When the parked work began: nothing was parked before.
+    parked_since: Option<Instant>,
     /// Paused Kafka partitions, with the assignment (its generation) they were paused
     /// in: a revoke and a new assignment unpause a Kafka partition at the consumer.
     paused: HashMap<i32, u64>,
@@ -71,6 +83,7 @@ impl Backpressure {
             topic: topic.to_owned(),
             max_in_flight: max_in_flight.max(1),
             parked: HashMap::new(),
+            parked_since: None,
             paused: HashMap::new(),
             holding_all: false,
         }
@@ -93,10 +106,7 @@ impl Backpressure {
         match work.offer(router, producer) {
             Ok(()) => false,
             Err(work) => {
-                self.parked
-                    .entry(kafka_partition)
-                    .or_default()
-                    .push_back(work);
+                self.park(kafka_partition, work);
                 true
             }
         }
@@ -105,10 +115,22 @@ impl Backpressure {
     /// Parks `work` behind anything parked for `kafka_partition`; the caller then syncs the
     /// pause state.
     pub fn park(&mut self, kafka_partition: i32, work: Work) {
+        self.parked_since.get_or_insert_with(Instant::now);
         self.parked
             .entry(kafka_partition)
             .or_default()
             .push_back(work);
+    }
+
+    /// True while work is parked and has waited less than [`PATIENCE`]: the loop takes no
+    /// record meanwhile, and waits for an actor to make room.
+    pub fn waiting_for_room(&self) -> bool {
+        self.parked_since.is_some_and(|t| t.elapsed() < PATIENCE)
+    }
+
+    /// True when nothing is parked.
+    pub fn is_empty(&self) -> bool {
+        self.parked.is_empty()
     }
 
     /// True when the in-flight bound calls for a change of pause state.
@@ -152,6 +174,9 @@ impl Backpressure {
             }
             !queue.is_empty()
         });
+        if self.parked.is_empty() {
+            self.parked_since = None;
+        }
         self.sync(consumer, tracker);
     }
 
@@ -169,6 +194,7 @@ impl Backpressure {
                 "too many events in flight (the output is slower than the input); pausing every Kafka partition"
             );
         }
+        let waiting = self.waiting_for_room();
         let owned = tracker.owned();
         let mut pause = TopicPartitionList::new();
         let mut resume = TopicPartitionList::new();
@@ -184,7 +210,9 @@ impl Backpressure {
             let Some(next) = offsets.next_read() else {
                 continue;
             };
-            let wanted = self.holding_all || self.parked.contains_key(&p) || offsets.failing() > 0;
+            let wanted = self.holding_all
+                || (self.parked.contains_key(&p) && !waiting)
+                || offsets.failing() > 0;
             // Paused in an earlier assignment of the same Kafka partition: whether the pause
             // survived the rebalance is librdkafka's business, so resume it to be sure.
             let earlier = self.paused.get(&p).is_some_and(|&was| was != id);
@@ -237,6 +265,8 @@ impl Backpressure {
     /// Hands every parked job to its actor, waiting for room: the loop stops reading during
     /// a drain, so waiting is what it should do.
     pub async fn drain(&mut self, router: &mut Router, producer: &OutputProducer) {
+        router.flush();
+        self.parked_since = None;
         for (_, queue) in self.parked.drain() {
             for work in queue {
                 if work.ack().is_revoked() {
@@ -253,5 +283,6 @@ impl Backpressure {
     /// Forgets every parked record (after an aborted transaction: they are read again).
     pub fn clear(&mut self) {
         self.parked.clear();
+        self.parked_since = None;
     }
 }

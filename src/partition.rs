@@ -10,10 +10,11 @@
 //! [`Job`]; a store therefore costs the actor nothing between its events.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use rdkafka::message::{Header, OwnedHeaders};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::Event;
@@ -24,8 +25,8 @@ use crate::model::bundle::Bundle;
 use crate::prediction::VERSION_HEADER;
 use crate::scoring::ModelSource;
 
-/// Events the actor takes from its queue per wake-up.
-const BATCH: usize = 64;
+/// Batches the actor takes from its mailbox per wake-up.
+const BATCHES: usize = 16;
 
 /// One event to score, with the offset it finishes.
 #[derive(Debug)]
@@ -61,16 +62,32 @@ pub struct ActorContext {
     pub labelled: Arc<std::collections::HashSet<String>>,
 }
 
-/// The handle the router holds.
+/// The handle the router holds: the actor's mailbox, which takes events in batches (one
+/// wake-up of the actor per batch, not per event) and counts them one by one against its
+/// capacity.
 #[derive(Clone)]
 pub struct PartitionHandle {
-    tx: mpsc::Sender<Job>,
+    tx: mpsc::Sender<Vec<Job>>,
+    /// Events sent and not yet taken by the actor.
+    queued: Arc<AtomicUsize>,
+    /// The most events the mailbox holds.
+    capacity: usize,
 }
 
 impl PartitionHandle {
-    /// Starts an actor on `tasks`.
-    pub fn spawn(capacity: usize, ctx: ActorContext, tasks: &mut tokio::task::JoinSet<()>) -> Self {
+    /// Starts an actor on `tasks` with a mailbox of `capacity` events; it notifies `room`
+    /// whenever it takes events from the mailbox.
+    pub fn spawn(
+        capacity: usize,
+        ctx: ActorContext,
+        room: Arc<Notify>,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> Self {
+        let capacity = capacity.max(1);
+        // Every batch holds at least one event, so a mailbox of `capacity` events never
+        // holds more than `capacity` batches: `send_batch` never finds it full.
         let (tx, rx) = mpsc::channel(capacity);
+        let queued = Arc::new(AtomicUsize::new(0));
         let labelled = ctx
             .labelled
             .iter()
@@ -78,35 +95,69 @@ impl PartitionHandle {
             .collect();
         let actor = PartitionActor {
             rx,
+            queued: queued.clone(),
+            room,
             labelled,
             ctx,
             buf: Vec::with_capacity(256),
         };
         tasks.spawn(actor.run());
-        PartitionHandle { tx }
+        PartitionHandle {
+            tx,
+            queued,
+            capacity,
+        }
     }
 
-    /// Queues a job, waiting while the queue is full. Gives the job back if the actor is gone.
+    /// Room for this many more events now.
+    pub fn room(&self) -> usize {
+        self.capacity.saturating_sub(self.depth())
+    }
+
+    /// Queues a batch the caller made room for (see [`PartitionHandle::room`]). Gives it
+    /// back if the actor is gone.
+    pub fn send_batch(&self, batch: Vec<Job>) -> Result<(), Vec<Job>> {
+        let n = batch.len();
+        self.queued.fetch_add(n, Ordering::AcqRel);
+        match self.tx.try_send(batch) {
+            Ok(()) => Ok(()),
+            Err(
+                mpsc::error::TrySendError::Full(batch) | mpsc::error::TrySendError::Closed(batch),
+            ) => {
+                self.queued.fetch_sub(n, Ordering::AcqRel);
+                Err(batch)
+            }
+        }
+    }
+
+    /// Queues one job, waiting while the mailbox is full. Gives the job back if the actor is
+    /// gone.
     pub async fn send(&self, job: Job) -> Result<(), Job> {
-        self.tx.send(job).await.map_err(|e| e.0)
+        while self.room() == 0 && !self.tx.is_closed() {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        match self.tx.send(vec![job]).await {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::SendError(mut batch)) => {
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                batch.pop().map_or(Ok(()), Err)
+            }
+        }
     }
 
-    /// Queues a job if there is room now.
-    // A full queue hands the job back by value to be parked; boxing it would cost an
-    // allocation for every event to spare one move on the rare full queue.
-    #[allow(clippy::result_large_err)]
-    pub fn try_send(&self, job: Job) -> Result<(), mpsc::error::TrySendError<Job>> {
-        self.tx.try_send(job)
-    }
-
-    /// Jobs waiting in the queue.
+    /// Events waiting in the mailbox.
     pub fn depth(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.queued.load(Ordering::Acquire)
     }
 }
 
 struct PartitionActor {
-    rx: mpsc::Receiver<Job>,
+    rx: mpsc::Receiver<Vec<Job>>,
+    /// Shared with the handle: events sent and not yet taken.
+    queued: Arc<AtomicUsize>,
+    /// Notified when events are taken, for a router waiting for room.
+    room: Arc<Notify>,
     /// The counters of the stores listed in `per_partition_metrics` (a short list).
     labelled: HashMap<String, metrics::Counter>,
     ctx: ActorContext,
@@ -116,7 +167,7 @@ struct PartitionActor {
 
 impl PartitionActor {
     async fn run(mut self) {
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut batches = Vec::with_capacity(BATCHES);
         // Made once: a new one per wake-up would register with the token again each time.
         let cancel = self.ctx.cancel.clone();
         let cancelled = cancel.cancelled();
@@ -125,13 +176,18 @@ impl PartitionActor {
             tokio::select! {
                 biased;
                 _ = &mut cancelled => break,
-                n = self.rx.recv_many(&mut batch, BATCH) => {
+                n = self.rx.recv_many(&mut batches, BATCHES) => {
                     if n == 0 {
                         // Every handle is gone and the queue is drained: a clean stop.
                         break;
                     }
-                    for job in batch.drain(..) {
-                        self.score(job).await;
+                    let taken: usize = batches.iter().map(Vec::len).sum();
+                    self.queued.fetch_sub(taken, Ordering::AcqRel);
+                    self.room.notify_one();
+                    for batch in batches.drain(..) {
+                        for job in batch {
+                            self.score(job).await;
+                        }
                     }
                 }
             }

@@ -100,20 +100,61 @@ impl Reader<'_> {
                 id = self.decoder.resolved(), if self.decoder.looking_up() => {
                     self.release(consumer, id);
                 }
-                message = consumer.recv(), if !self.awaiting.is_full() => match message {
-                    Ok(m) => self.handle(consumer, &m).await,
-                    Err(e) => {
-                        if consumer::is_undecodable(&e) {
-                            crate::metrics::undecodable_batch();
-                            self.stats.health.undecodable_batch(&e.to_string());
+                _ = self.router.room(), if !self.flow.is_empty() => {
+                    self.flow.relieve(consumer, self.tracker, &mut self.router, self.producer);
+                }
+                message = consumer.recv(), if self.taking() => {
+                    self.read(consumer, message).await;
+                    // Every record the consumer has already fetched is read in the same turn
+                    // (up to BURST), and the actors get them in batches: one wake-up of each
+                    // actor per batch, not one per event.
+                    for _ in 1..BURST {
+                        if !self.taking() {
+                            break;
                         }
-                        consumer.context().log.error("consumer", &e, "while reading");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let Some(message) = ready_now(consumer.recv()) else {
+                            break;
+                        };
+                        self.read(consumer, message).await;
                     }
-                },
+                }
             }
+            // Whatever the turn routed reaches its actor before the loop waits again.
+            self.router.flush();
         }
         Ok((self.router, self.flow, self.transactions))
+    }
+
+    /// Whether the loop takes records now: not while the records awaiting their writer schema
+    /// are at their bound, nor while parked work waits for room (see
+    /// [`crate::backpressure`]).
+    fn taking(&self) -> bool {
+        !self.awaiting.is_full() && !self.flow.waiting_for_room()
+    }
+
+    /// One record read, or the error the consumer gave instead.
+    async fn read(
+        &mut self,
+        consumer: &InputConsumer,
+        message: std::result::Result<
+            rdkafka::message::BorrowedMessage<'_>,
+            rdkafka::error::KafkaError,
+        >,
+    ) {
+        match message {
+            Ok(m) => self.handle(consumer, &m).await,
+            Err(e) => {
+                if consumer::is_undecodable(&e) {
+                    crate::metrics::undecodable_batch();
+                    self.stats.health.undecodable_batch(&e.to_string());
+                }
+                consumer
+                    .context()
+                    .log
+                    .error("consumer", &e, "while reading");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 
     /// Once a second: the heartbeat, the queue gauges and the stall watchdog.
@@ -396,6 +437,19 @@ impl Reader<'_> {
         };
         self.flow.park(kafka_partition, Work::Produce(record));
         self.flow.sync(consumer, self.tracker);
+    }
+}
+
+/// The most records the loop reads in one turn without waiting, before it hands their events
+/// to the actors and looks at its other duties (ticks, a new bundle, shutdown).
+const BURST: usize = 256;
+
+/// The output of `future` if it is ready without waiting (polled once, then dropped).
+fn ready_now<F: std::future::Future>(future: F) -> Option<F::Output> {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::pin::pin!(future).poll(&mut cx) {
+        std::task::Poll::Ready(output) => Some(output),
+        std::task::Poll::Pending => None,
     }
 }
 
