@@ -162,3 +162,99 @@ impl Router {
         drained
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+    use crate::kafka::offsets::OffsetTracker;
+    use crate::kafka::producer::{producer_config, OutputProducer};
+    use crate::metrics::PipelineStats;
+    use crate::model::bundle::tests::sample;
+    use tokio_util::sync::CancellationToken;
+
+    fn job(bundle: &Arc<crate::model::bundle::Bundle>, tracker: &OffsetTracker, i: i64) -> Job {
+        Job {
+            bundle: bundle.clone(),
+            event: Event {
+                partition: "A".into(),
+                partition_value: "A".into(),
+                event_id: Some(format!("ev-{i}").into()),
+                inputs: vec![1.0, 0.0, 1.0],
+            },
+            model: Some(1),
+            ack: tracker.begin(0, i),
+            timestamp_ms: None,
+            read_at: std::time::Instant::now(),
+        }
+    }
+
+    /// A shard's capacity counts the events collected for it as well as its mailbox, so a
+    /// full shard refuses the next event at once; collected events reach the actor at the
+    /// flush, and one store's predictions leave in the order its events were routed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_shard_refuses_at_once_and_a_store_keeps_its_order() {
+        let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        mock.create_topic("out", 1, 1).expect("topic");
+        let stats = Arc::new(PipelineStats::default());
+        let config = producer_config(&mock.bootstrap_servers(), &Default::default());
+        let (producer, _retries) = OutputProducer::new(&config, stats.clone()).expect("producer");
+        let ctx = ActorContext {
+            producer,
+            output_topic: "out".into(),
+            encoder: crate::codec::PredictionEncoder::json(),
+            stats: stats.clone(),
+            cancel: CancellationToken::new(),
+            labelled: Default::default(),
+        };
+        let tracker = OffsetTracker::default();
+        tracker.assign(0, None);
+        let bundle = Arc::new(sample("v1"));
+        let mut router = Router::new(ctx, 1, 3);
+        for i in 0..3 {
+            assert!(router.try_route(job(&bundle, &tracker, i)).is_ok());
+        }
+        assert_eq!(
+            router.queued(),
+            3,
+            "collected events count against the capacity"
+        );
+        let refused = router.try_route(job(&bundle, &tracker, 3));
+        assert!(
+            refused.is_err(),
+            "a full shard refuses the next event at once"
+        );
+        router.flush();
+        tokio::time::timeout(Duration::from_secs(10), router.room())
+            .await
+            .expect("the actor takes the batch and says so");
+        assert_eq!(router.queued(), 0);
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while stats.produced.load(std::sync::atomic::Ordering::Relaxed) < 3 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the three collected events are scored and acknowledged");
+        assert!(
+            router.try_route(job(&bundle, &tracker, 4)).is_ok(),
+            "room again"
+        );
+        assert!(
+            router.close(Duration::from_secs(10)).await,
+            "the actor drains and stops"
+        );
+        let records =
+            crate::local::read(&mock.bootstrap_servers(), "out", 4, Duration::from_secs(10))
+                .await
+                .expect("predictions readable");
+        let ids: Vec<String> = records
+            .iter()
+            .map(|r| {
+                serde_json::from_slice::<serde_json::Value>(&r.value).expect("JSON")["event_id"]
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(ids, ["\"ev-0\"", "\"ev-1\"", "\"ev-2\"", "\"ev-4\""]);
+    }
+}
