@@ -6,6 +6,8 @@
 //! both come through here, so a JSON line, a JSON Kafka record and an Avro record carrying the
 //! same values become the same event, or the same [`RecordError`].
 
+use std::borrow::Cow;
+
 use serde_json::Value;
 
 use crate::error::{RecordError, RecordErrorKind};
@@ -25,25 +27,30 @@ pub struct Event {
     pub inputs: Vec<f64>,
 }
 
-/// One field of an event as a decoder found it.
+/// One field of an event as a decoder found it, perhaps borrowing from the record's bytes.
 #[derive(Debug, Clone, PartialEq, Default)]
-pub enum Slot {
+pub enum Slot<'a> {
     /// The record does not have the field.
     #[default]
     Absent,
     /// A JSON value; Avro nulls, booleans, ints, longs, strings and enum symbols are these too.
     Json(Value),
+    /// A JSON string, borrowed from the record when it has no escapes: the same as
+    /// [`Slot::Json`] of that string, without building a [`Value`] for a feature that only
+    /// reads it.
+    Str(Cow<'a, str>),
     /// An Avro `float` or `double` (possibly NaN or infinite, which JSON cannot hold).
     Float(f64),
     /// An Avro value of a kind no feature reads, named for the error message.
     Other(&'static str),
 }
 
-impl Slot {
+impl Slot<'_> {
     fn field(&self) -> Option<Field<'_>> {
         match self {
             Slot::Absent => None,
             Slot::Json(v) => Some(Field::Json(v)),
+            Slot::Str(s) => Some(Field::JsonStr(s)),
             Slot::Float(x) => Some(Field::Float(*x)),
             Slot::Other(kind) => Some(Field::Other(kind)),
         }
@@ -63,17 +70,13 @@ pub fn slot_of(name: &str, partition_column: &str, encoder: &FeatureEncoder) -> 
     } else if name == "event_id" {
         Some(1)
     } else {
-        encoder
-            .columns()
-            .iter()
-            .position(|c| c == name)
-            .map(|i| 2 + i)
+        encoder.column_position(name).map(|i| 2 + i)
     }
 }
 
 /// Checks the partition key and encodes the features of the slots a decoder filled.
 pub fn assemble(
-    slots: &mut [Slot],
+    slots: &mut [Slot<'_>],
     partition_column: &str,
     encoder: &FeatureEncoder,
 ) -> Result<Event, RecordError> {
@@ -85,6 +88,7 @@ pub fn assemble(
             ))
         }
         Some(Slot::Json(v)) => v,
+        Some(Slot::Str(s)) => Value::String(s.into_owned()),
         Some(Slot::Float(x)) => {
             return Err(RecordError::new(
                 RecordErrorKind::WrongType,
@@ -118,18 +122,12 @@ pub fn assemble(
     };
     let event_id = match slots.get_mut(1).map(std::mem::take) {
         Some(Slot::Json(v)) if !v.is_null() => Some(v),
+        Some(Slot::Str(s)) => Some(Value::String(s.into_owned())),
         Some(Slot::Float(x)) => serde_json::Number::from_f64(x).map(Value::Number),
         _ => None,
     };
-    let columns = encoder.columns();
     let mut inputs = Vec::with_capacity(encoder.width());
-    encoder.encode(
-        |c| {
-            let i = columns.iter().position(|name| name == c)?;
-            slots.get(2 + i).and_then(Slot::field)
-        },
-        &mut inputs,
-    )?;
+    encoder.encode_columns(|i| slots.get(2 + i).and_then(Slot::field), &mut inputs)?;
     Ok(Event {
         partition,
         partition_value,

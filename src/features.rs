@@ -4,19 +4,22 @@
 //! record (looked up by column name) into the model's input vector. Training calls it on CSV
 //! rows, serving on JSON events: there is no second encoder that could drift from this one.
 
-use std::collections::HashMap;
+mod name_index;
 
 use crate::error::{RecordError, RecordErrorKind};
 use crate::field::{utc_parts, Field};
 use crate::spec::{FeatureKind, FeatureSpec};
+use name_index::NameIndex;
 
 /// One feature, ready to encode.
 #[derive(Debug, Clone)]
 struct Encoding {
     column: String,
+    /// The position of `column` in [`FeatureEncoder::columns`].
+    column_at: usize,
     kind: FeatureKind,
     /// One-hot categories and their input slot, relative to `offset`.
-    index: HashMap<String, usize>,
+    categories: NameIndex,
     /// Where this feature's inputs start in the input vector.
     offset: usize,
 }
@@ -28,6 +31,8 @@ pub struct FeatureEncoder {
     names: Vec<String>,
     /// The distinct input columns, in first-use order.
     columns: Vec<String>,
+    /// The position of each of `columns`, looked up for every key of every decoded event.
+    column_index: NameIndex,
     /// Whether a missing value is encoded (as NaN) instead of refused; see
     /// [`FeatureEncoder::missing_as_nan`].
     missing_as_nan: bool,
@@ -38,19 +43,19 @@ impl FeatureEncoder {
     pub fn new(features: &[FeatureSpec]) -> Result<Self, String> {
         let mut encodings = Vec::with_capacity(features.len());
         let mut names = Vec::new();
+        let mut columns: Vec<String> = Vec::new();
         for f in features {
             let offset = names.len();
-            let mut index = HashMap::new();
+            let mut categories = NameIndex::default();
             match f.kind {
                 FeatureKind::Numeric | FeatureKind::Bool => names.push(f.column.clone()),
                 FeatureKind::OneHot => {
                     let cats = f.categories.as_ref().ok_or_else(|| {
                         format!("one_hot feature {:?} has no categories", f.column)
                     })?;
-                    for (i, c) in cats.iter().enumerate() {
-                        index.insert(c.clone(), i);
-                        names.push(format!("{}={}", f.column, c));
-                    }
+                    categories =
+                        NameIndex::new(cats.iter().enumerate().map(|(i, c)| (c.as_str(), i)));
+                    names.extend(cats.iter().map(|c| format!("{}={}", f.column, c)));
                 }
                 FeatureKind::HourOfDay => {
                     names.extend((0..24).map(|h| format!("{}.hour_of_day={h}", f.column)))
@@ -62,23 +67,27 @@ impl FeatureEncoder {
                     names.extend((1..=12).map(|m| format!("{}.month={m}", f.column)))
                 }
             }
+            let column_at = match columns.iter().position(|c| *c == f.column) {
+                Some(at) => at,
+                None => {
+                    columns.push(f.column.clone());
+                    columns.len() - 1
+                }
+            };
             encodings.push(Encoding {
                 column: f.column.clone(),
+                column_at,
                 kind: f.kind,
-                index,
+                categories,
                 offset,
             });
         }
-        let mut columns: Vec<String> = Vec::new();
-        for e in &encodings {
-            if !columns.contains(&e.column) {
-                columns.push(e.column.clone());
-            }
-        }
+        let column_index = NameIndex::new(columns.iter().enumerate().map(|(i, c)| (c.as_str(), i)));
         Ok(FeatureEncoder {
             encodings,
             names,
             columns,
+            column_index,
             missing_as_nan: false,
         })
     }
@@ -112,6 +121,12 @@ impl FeatureEncoder {
         &self.columns
     }
 
+    /// The position of column `name` in [`FeatureEncoder::columns`], if a feature reads it.
+    #[inline]
+    pub fn column_position(&self, name: &str) -> Option<usize> {
+        self.column_index.get(name)
+    }
+
     /// Encodes one record into `out` (cleared first). `get` looks a column up; `None` or a
     /// missing value (empty cell, JSON null) is a missing feature.
     pub fn encode<'a>(
@@ -119,12 +134,22 @@ impl FeatureEncoder {
         get: impl Fn(&str) -> Option<Field<'a>>,
         out: &mut Vec<f64>,
     ) -> Result<(), RecordError> {
+        self.encode_columns(|at| get(&self.columns[at]), out)
+    }
+
+    /// [`FeatureEncoder::encode`] for a record whose fields are found by their column's
+    /// position in [`FeatureEncoder::columns`] rather than by name, as decoders hold them.
+    pub fn encode_columns<'a>(
+        &self,
+        get: impl Fn(usize) -> Option<Field<'a>>,
+        out: &mut Vec<f64>,
+    ) -> Result<(), RecordError> {
         out.clear();
         out.resize(self.names.len(), 0.0);
         // Several time features usually read one timestamp column: parse it once.
-        let mut parsed: Option<(&str, i64)> = None;
+        let mut parsed: Option<(usize, i64)> = None;
         for (i, e) in self.encodings.iter().enumerate() {
-            let field = match get(&e.column) {
+            let field = match get(e.column_at) {
                 Some(f) if !f.is_missing() => f,
                 _ if self.missing_as_nan => {
                     if matches!(e.kind, FeatureKind::Numeric | FeatureKind::Bool) {
@@ -139,15 +164,15 @@ impl FeatureEncoder {
                 FeatureKind::Bool => {
                     FeatureValue::Number(f64::from(u8::from(field.boolean(&e.column)?)))
                 }
-                FeatureKind::OneHot => FeatureValue::Category(
-                    e.index.get(field.category(&e.column)?.as_ref()).copied(),
-                ),
+                FeatureKind::OneHot => {
+                    FeatureValue::Category(e.categories.get(field.category(&e.column)?.as_ref()))
+                }
                 FeatureKind::HourOfDay | FeatureKind::DayOfWeek | FeatureKind::Month => {
                     FeatureValue::Time(match parsed {
-                        Some((column, ms)) if column == e.column => ms,
+                        Some((column_at, ms)) if column_at == e.column_at => ms,
                         _ => {
                             let ms = field.timestamp_ms(&e.column)?;
-                            parsed = Some((&e.column, ms));
+                            parsed = Some((e.column_at, ms));
                             ms
                         }
                     })
@@ -228,6 +253,7 @@ pub fn missing_feature(column: &str) -> RecordError {
 mod tests {
     use super::*;
     use serde_json::json;
+    use std::collections::HashMap;
 
     fn spec() -> Vec<FeatureSpec> {
         vec![

@@ -8,6 +8,8 @@
 //! epoch milliseconds, and time features are taken in UTC. A typed value (a Parquet integer or
 //! bool) reads as its JSON twin does.
 
+mod utc;
+
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use serde_json::Value;
 
@@ -26,6 +28,9 @@ pub enum Field<'a> {
     /// A JSON value of an event. Avro strings, enums, booleans, ints and longs arrive as these
     /// too, so a field reads the same whichever format carried it.
     Json(&'a Value),
+    /// A JSON string of an event, borrowed from the record rather than built into a
+    /// [`Value`]: reads exactly as [`Field::Json`] of the same string does.
+    JsonStr(&'a str),
     /// An Avro `float` or `double`, which unlike JSON can be NaN or infinite.
     Float(f64),
     /// A typed integer (a Parquet column of integers; a timestamp or date column as epoch
@@ -52,6 +57,7 @@ impl Field<'_> {
         let text = match self {
             Field::Text(s) => format!("{s:?}"),
             Field::Json(v) => v.to_string(),
+            Field::JsonStr(s) => Value::from(*s).to_string(),
             Field::Float(x) => x.to_string(),
             Field::Int(i) => i.to_string(),
             Field::UInt(u) => u.to_string(),
@@ -71,9 +77,12 @@ impl Field<'_> {
         match self {
             Field::Text(s) => s.trim().is_empty(),
             Field::Json(v) => v.is_null(),
-            Field::Float(_) | Field::Int(_) | Field::UInt(_) | Field::Bool(_) | Field::Other(_) => {
-                false
-            }
+            Field::JsonStr(_)
+            | Field::Float(_)
+            | Field::Int(_)
+            | Field::UInt(_)
+            | Field::Bool(_)
+            | Field::Other(_) => false,
         }
     }
 
@@ -91,7 +100,7 @@ impl Field<'_> {
             // As serde_json's `as_f64` of the same integer: the nearest double.
             Field::Int(i) => *i as f64,
             Field::UInt(u) => *u as f64,
-            Field::Json(_) | Field::Bool(_) | Field::Other(_) => {
+            Field::Json(_) | Field::JsonStr(_) | Field::Bool(_) | Field::Other(_) => {
                 return Err(wrong_type(column, "a number", self))
             }
         };
@@ -120,7 +129,7 @@ impl Field<'_> {
             Field::Int(1) | Field::UInt(1) => return Ok(true),
             Field::Int(0) | Field::UInt(0) => return Ok(false),
             Field::Json(Value::String(s)) => s.as_str(),
-            Field::Text(s) => s,
+            Field::JsonStr(s) | Field::Text(s) => s,
             Field::Json(_) | Field::Float(_) | Field::Int(_) | Field::UInt(_) | Field::Other(_) => {
                 return Err(wrong_type(column, "a bool (true/false or 1/0)", self))
             }
@@ -152,7 +161,7 @@ impl Field<'_> {
                 _ => return Err(bad()),
             },
             Field::Json(Value::String(s)) => parse_timestamp_text(s).ok_or_else(bad)?,
-            Field::Text(s) => parse_timestamp_text(s).ok_or_else(bad)?,
+            Field::JsonStr(s) | Field::Text(s) => parse_timestamp_text(s).ok_or_else(bad)?,
             // A whole double is epoch milliseconds; `as` saturates, so huge ones fail the range.
             Field::Float(x) if x.fract() == 0.0 && x.is_finite() => *x as i64,
             Field::Float(_) => return Err(bad()),
@@ -175,6 +184,7 @@ impl Field<'_> {
         match self {
             Field::Text(s) => Ok(std::borrow::Cow::Borrowed(s.trim())),
             Field::Json(Value::String(s)) => Ok(std::borrow::Cow::Borrowed(s.as_str())),
+            Field::JsonStr(s) => Ok(std::borrow::Cow::Borrowed(s)),
             Field::Json(Value::Number(n)) if n.is_i64() || n.is_u64() => {
                 Ok(std::borrow::Cow::Owned(n.to_string()))
             }
@@ -210,6 +220,10 @@ fn parse_timestamp_text(s: &str) -> Option<i64> {
     if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
         return s.parse::<i64>().ok().or(Some(i64::MAX));
     }
+    // Nearly every event writes its time in UTC with a `Z`: read that without chrono.
+    if let Some(ms) = utc::parse_rfc3339_zulu(s) {
+        return Some(ms);
+    }
     DateTime::parse_from_rfc3339(s)
         .ok()
         .map(|t| t.with_timezone(&Utc).timestamp_millis())
@@ -228,6 +242,9 @@ pub struct UtcParts {
 
 /// Splits epoch milliseconds (already range-checked) into UTC parts.
 pub fn utc_parts(ms: i64) -> UtcParts {
+    if let Some(parts) = utc::parts(ms) {
+        return parts;
+    }
     let t = DateTime::<Utc>::from_timestamp_millis(ms).unwrap_or_default();
     UtcParts {
         hour: t.hour(),
@@ -342,6 +359,43 @@ mod tests {
             );
             assert_eq!(typed.category("x"), twin.category("x"), "{json}");
             assert!(!typed.is_missing());
+        }
+    }
+
+    #[test]
+    fn borrowed_json_strings_read_as_their_value_twins() {
+        let long = "x".repeat(60);
+        for text in [
+            "",
+            " ",
+            "true",
+            " 1 ",
+            "FALSE",
+            "12.5",
+            "NaN",
+            "1709641800000",
+            "-5",
+            "99999999999999999999",
+            "2024-03-05T12:30:00Z",
+            "2024-03-05T14:30:00+02:00",
+            "2500-01-01T00:00:00Z",
+            "2025-02-30T00:00:00Z",
+            "sunny",
+            "quote \" and \\ and \n and é",
+            long.as_str(),
+        ] {
+            let value = Value::from(text);
+            let (borrowed, twin) = (Field::JsonStr(text), Field::Json(&value));
+            assert_eq!(borrowed.describe(), twin.describe(), "{text:?}");
+            assert_eq!(borrowed.is_missing(), twin.is_missing(), "{text:?}");
+            assert_eq!(borrowed.number("x"), twin.number("x"), "{text:?}");
+            assert_eq!(borrowed.boolean("x"), twin.boolean("x"), "{text:?}");
+            assert_eq!(
+                borrowed.timestamp_ms("x"),
+                twin.timestamp_ms("x"),
+                "{text:?}"
+            );
+            assert_eq!(borrowed.category("x"), twin.category("x"), "{text:?}");
         }
     }
 

@@ -38,7 +38,7 @@ pub struct Plan {
     /// One step per writer field, in the writer's order.
     steps: Vec<Step>,
     /// Reader fields the writer lacks, with their default.
-    defaults: Vec<(String, Slot)>,
+    defaults: Vec<(String, Slot<'static>)>,
     /// How to skip each writer type the steps refer to.
     skips: Vec<Skip>,
 }
@@ -680,7 +680,7 @@ impl Plan {
         Ok(cur.pos)
     }
 
-    fn read(&self, read: &Read, cur: &mut Cursor<'_>) -> Result<Slot, Fault> {
+    fn read(&self, read: &Read, cur: &mut Cursor<'_>) -> Result<Slot<'static>, Fault> {
         Ok(match read {
             Read::Null => Slot::Json(Value::Null),
             Read::Bool => match cur.byte()? {
@@ -806,7 +806,7 @@ impl Plan {
     }
 }
 
-fn number(v: i64, num: Num) -> Slot {
+fn number(v: i64, num: Num) -> Slot<'static> {
     match num {
         Num::Double => Slot::Float(v as f64),
         Num::Long(Scale::Same) => Slot::Json(Value::from(v)),
@@ -816,7 +816,11 @@ fn number(v: i64, num: Num) -> Slot {
 }
 
 /// A reader field's default as a slot.
-fn default_slot(names: &Names<'_>, schema: &Schema, default: &Value) -> Result<Slot, String> {
+fn default_slot(
+    names: &Names<'_>,
+    schema: &Schema,
+    default: &Value,
+) -> Result<Slot<'static>, String> {
     let s = names.deref(schema)?;
     // A union's default belongs to its first branch.
     let s = match s {

@@ -754,7 +754,7 @@ impl<'a> Value<'a> {
     }
 
     /// The value as its JSON twin's, for scoring: a null is JSON `null`.
-    pub fn slot(&self) -> Slot {
+    pub fn slot(&self) -> Slot<'static> {
         match *self {
             Value::Null => Slot::Json(Json::Null),
             Value::Bool(b) => Slot::Json(Json::Bool(b)),
