@@ -18,6 +18,7 @@
 //! until that output is delivered (see [`crate::kafka::producer`]).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
@@ -26,6 +27,7 @@ use rdkafka::TopicPartitionList;
 use crate::kafka::consumer::InputConsumer;
 use crate::kafka::offsets::{Ack, OffsetTracker};
 use crate::kafka::producer::{OutputProducer, OwnedRecord};
+use crate::model::bundle::Bundle;
 use crate::partition::Job;
 use crate::router::Router;
 
@@ -35,8 +37,8 @@ pub const PATIENCE: Duration = Duration::from_millis(100);
 
 /// Work read from Kafka and not yet handed on.
 pub enum Work {
-    /// An event for its partition actor.
-    Score(Job),
+    /// An event for its partition actor, with the bundle that scores it.
+    Score(Arc<Bundle>, Job),
     /// A record for the producer: a dead letter, or a passthrough copy.
     Produce(OwnedRecord),
 }
@@ -44,7 +46,7 @@ pub enum Work {
 impl Work {
     fn ack(&self) -> &Ack {
         match self {
-            Work::Score(job) => &job.ack,
+            Work::Score(_, job) => &job.ack,
             Work::Produce(record) => &record.delivery.ack,
         }
     }
@@ -55,7 +57,9 @@ impl Work {
     #[allow(clippy::result_large_err)]
     fn offer(self, router: &mut Router, producer: &OutputProducer) -> Result<(), Work> {
         match self {
-            Work::Score(job) => router.try_route(job).map_err(Work::Score),
+            Work::Score(bundle, job) => router
+                .try_route(&bundle, job)
+                .map_err(|job| Work::Score(bundle, job)),
             Work::Produce(record) => producer.try_resend(record).map_err(Work::Produce),
         }
     }
@@ -89,24 +93,24 @@ impl Backpressure {
         }
     }
 
-    /// Hands `work` of Kafka partition `kafka_partition` on, or parks it (behind anything
-    /// already parked for that Kafka partition) and pauses the Kafka partition. Returns true
-    /// if the pause state may need to change.
+    /// Hands `job` of Kafka partition `kafka_partition`, to be scored by `bundle`, to its
+    /// actor, or parks it (behind anything already parked for that Kafka partition). Returns
+    /// true if the pause state may need to change.
     pub fn dispatch(
         &mut self,
         kafka_partition: i32,
-        work: Work,
+        bundle: &Arc<Bundle>,
+        job: Job,
         router: &mut Router,
-        producer: &OutputProducer,
     ) -> bool {
         if let Some(queue) = self.parked.get_mut(&kafka_partition) {
-            queue.push_back(work);
+            queue.push_back(Work::Score(bundle.clone(), job));
             return false;
         }
-        match work.offer(router, producer) {
+        match router.try_route(bundle, job) {
             Ok(()) => false,
-            Err(work) => {
-                self.park(kafka_partition, work);
+            Err(job) => {
+                self.park(kafka_partition, Work::Score(bundle.clone(), job));
                 true
             }
         }
@@ -273,7 +277,7 @@ impl Backpressure {
                     continue;
                 }
                 match work {
-                    Work::Score(job) => router.route(job).await,
+                    Work::Score(bundle, job) => router.route(bundle, job).await,
                     Work::Produce(r) => producer.send_owned(r).await,
                 }
             }

@@ -28,14 +28,14 @@ use crate::scoring::ModelSource;
 /// Batches the actor takes from its mailbox per wake-up.
 const BATCHES: usize = 16;
 
-/// One event to score, with the offset it finishes.
+/// One event to score, with the offset it finishes. The bundle that scores it travels with
+/// its [`Batch`].
 #[derive(Debug)]
 pub struct Job {
-    /// The bundle that was active when the record was read: it scores the event.
-    pub bundle: Arc<Bundle>,
     /// The decoded event.
     pub event: Event,
-    /// Where the store's own model sits in `bundle.partitions`; `None`: the fallback scores it.
+    /// Where the store's own model sits in the bundle's `partitions`; `None`: the fallback
+    /// scores it.
     pub model: Option<usize>,
     /// The input offset, finished when the prediction is acknowledged.
     pub ack: Ack,
@@ -43,6 +43,16 @@ pub struct Job {
     pub timestamp_ms: Option<i64>,
     /// When the record was read, for scoring latency.
     pub read_at: std::time::Instant,
+}
+
+/// Events handed to an actor together, all read while `bundle` was active: one reference to
+/// the bundle per batch, not one per event.
+#[derive(Debug)]
+pub struct Batch {
+    /// The bundle that was active when the events were read: it scores them.
+    pub bundle: Arc<Bundle>,
+    /// The events, in the order they were read.
+    pub jobs: Vec<Job>,
 }
 
 /// What an actor needs besides its queue.
@@ -67,7 +77,7 @@ pub struct ActorContext {
 /// capacity.
 #[derive(Clone)]
 pub struct PartitionHandle {
-    tx: mpsc::Sender<Vec<Job>>,
+    tx: mpsc::Sender<Batch>,
     /// Events sent and not yet taken by the actor.
     queued: Arc<AtomicUsize>,
     /// The most events the mailbox holds.
@@ -116,8 +126,8 @@ impl PartitionHandle {
 
     /// Queues a batch the caller made room for (see [`PartitionHandle::room`]). Gives it
     /// back if the actor is gone.
-    pub fn send_batch(&self, batch: Vec<Job>) -> Result<(), Vec<Job>> {
-        let n = batch.len();
+    pub fn send_batch(&self, batch: Batch) -> Result<(), Batch> {
+        let n = batch.jobs.len();
         self.queued.fetch_add(n, Ordering::AcqRel);
         match self.tx.try_send(batch) {
             Ok(()) => Ok(()),
@@ -132,16 +142,20 @@ impl PartitionHandle {
 
     /// Queues one job, waiting while the mailbox is full. Gives the job back if the actor is
     /// gone.
-    pub async fn send(&self, job: Job) -> Result<(), Job> {
+    pub async fn send(&self, bundle: Arc<Bundle>, job: Job) -> Result<(), Job> {
         while self.room() == 0 && !self.tx.is_closed() {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
         self.queued.fetch_add(1, Ordering::AcqRel);
-        match self.tx.send(vec![job]).await {
+        let batch = Batch {
+            bundle,
+            jobs: vec![job],
+        };
+        match self.tx.send(batch).await {
             Ok(()) => Ok(()),
             Err(mpsc::error::SendError(mut batch)) => {
                 self.queued.fetch_sub(1, Ordering::AcqRel);
-                batch.pop().map_or(Ok(()), Err)
+                batch.jobs.pop().map_or(Ok(()), Err)
             }
         }
     }
@@ -153,7 +167,7 @@ impl PartitionHandle {
 }
 
 struct PartitionActor {
-    rx: mpsc::Receiver<Vec<Job>>,
+    rx: mpsc::Receiver<Batch>,
     /// Shared with the handle: events sent and not yet taken.
     queued: Arc<AtomicUsize>,
     /// Notified when events are taken, for a router waiting for room.
@@ -181,12 +195,12 @@ impl PartitionActor {
                         // Every handle is gone and the queue is drained: a clean stop.
                         break;
                     }
-                    let taken: usize = batches.iter().map(Vec::len).sum();
+                    let taken: usize = batches.iter().map(|b| b.jobs.len()).sum();
                     self.queued.fetch_sub(taken, Ordering::AcqRel);
                     self.room.notify_one();
                     for batch in batches.drain(..) {
-                        for job in batch {
-                            self.score(job).await;
+                        for job in batch.jobs {
+                            self.score(&batch.bundle, job).await;
                         }
                     }
                 }
@@ -194,12 +208,11 @@ impl PartitionActor {
         }
     }
 
-    async fn score(&mut self, job: Job) {
+    async fn score(&mut self, bundle: &Bundle, job: Job) {
         if job.ack.is_revoked() {
             // Its Kafka partition moved to another instance, which scores it again.
             return;
         }
-        let bundle = &job.bundle;
         let (model, source) = match job.model.and_then(|i| bundle.partitions.get(i)) {
             Some(m) => (m, ModelSource::Partition),
             None => (&bundle.fallback, ModelSource::Fallback),

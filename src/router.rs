@@ -22,7 +22,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
-use crate::partition::{ActorContext, Job, PartitionHandle};
+use crate::model::bundle::Bundle;
+use crate::partition::{ActorContext, Batch, Job, PartitionHandle};
 
 /// Events a shard collects before they are handed to its actor as one batch.
 pub const BATCH: usize = 64;
@@ -32,6 +33,8 @@ struct Shard {
     handle: PartitionHandle,
     /// Routed, in order, and not yet handed over.
     collected: Vec<Job>,
+    /// The bundle that scores the collected events; `None` while nothing is collected.
+    bundle: Option<Arc<Bundle>>,
 }
 
 /// Routes jobs to the shard actors.
@@ -54,6 +57,7 @@ impl Router {
             .map(|_| Shard {
                 handle: PartitionHandle::spawn(capacity, ctx.clone(), room.clone(), &mut tasks),
                 collected: Vec::with_capacity(BATCH),
+                bundle: None,
             })
             .collect();
         Router {
@@ -70,29 +74,40 @@ impl Router {
         std::thread::available_parallelism().map_or(2, |n| n.get())
     }
 
-    /// Hands a job to its shard's actor at once, waiting while the mailbox is full.
-    pub async fn route(&mut self, job: Job) {
+    /// Hands a job, to be scored by `bundle`, to its shard's actor at once, waiting while the
+    /// mailbox is full.
+    pub async fn route(&mut self, bundle: Arc<Bundle>, job: Job) {
         let i = self.shard_of(&job.event.partition);
         self.hand_over(i);
-        if let Err(job) = self.shards[i].handle.send(job).await {
+        if let Err(job) = self.shards[i].handle.send(bundle, job).await {
             // The actor stopped (only on cancellation); its offset stays unfinished and is
             // therefore never committed.
             tracing::debug!(partition = %job.event.partition, "actor gone; event left uncommitted");
         }
     }
 
-    /// Collects a job for its shard's actor without waiting: a full mailbox gives the job
-    /// back, for the caller to park. The job reaches the actor with its batch, at the latest
-    /// at the next [`Router::flush`].
+    /// Collects a job, to be scored by `bundle`, for its shard's actor without waiting: a full
+    /// mailbox gives the job back, for the caller to park. The job reaches the actor with its
+    /// batch, at the latest at the next [`Router::flush`]; a job for another bundle than the
+    /// collected ones starts a new batch.
     // A full queue hands the job back by value to be parked; boxing it would cost an
     // allocation for every event to spare one move on the rare full queue.
     #[allow(clippy::result_large_err)]
-    pub fn try_route(&mut self, job: Job) -> Result<(), Job> {
+    pub fn try_route(&mut self, bundle: &Arc<Bundle>, job: Job) -> Result<(), Job> {
         let i = self.shard_of(&job.event.partition);
-        let shard = &mut self.shards[i];
+        let shard = &self.shards[i];
         if shard.handle.room() <= shard.collected.len() {
             return Err(job);
         }
+        if shard
+            .bundle
+            .as_ref()
+            .is_some_and(|b| !Arc::ptr_eq(b, bundle))
+        {
+            self.hand_over(i);
+        }
+        let shard = &mut self.shards[i];
+        shard.bundle.get_or_insert_with(|| bundle.clone());
         shard.collected.push(job);
         if shard.collected.len() >= BATCH {
             self.hand_over(i);
@@ -116,13 +131,16 @@ impl Router {
     /// Hands shard `i`'s collected events to its actor as one batch.
     fn hand_over(&mut self, i: usize) {
         let shard = &mut self.shards[i];
-        if shard.collected.is_empty() {
-            return;
-        }
-        let batch = std::mem::replace(&mut shard.collected, Vec::with_capacity(BATCH));
-        if let Err(batch) = shard.handle.send_batch(batch) {
+        let Some(bundle) = shard.bundle.take() else {
+            return; // nothing collected
+        };
+        let jobs = std::mem::replace(&mut shard.collected, Vec::with_capacity(BATCH));
+        if let Err(batch) = shard.handle.send_batch(Batch { bundle, jobs }) {
             // The actor stopped (only on cancellation): the offsets stay unfinished.
-            tracing::debug!(events = batch.len(), "actor gone; events left uncommitted");
+            tracing::debug!(
+                events = batch.jobs.len(),
+                "actor gone; events left uncommitted"
+            );
         }
     }
 
@@ -173,9 +191,8 @@ mod tests {
     use crate::model::bundle::tests::sample;
     use tokio_util::sync::CancellationToken;
 
-    fn job(bundle: &Arc<crate::model::bundle::Bundle>, tracker: &OffsetTracker, i: i64) -> Job {
+    fn job(tracker: &OffsetTracker, i: i64) -> Job {
         Job {
-            bundle: bundle.clone(),
             event: Event {
                 partition: "A".into(),
                 partition_value: "A".into(),
@@ -212,14 +229,14 @@ mod tests {
         let bundle = Arc::new(sample("v1"));
         let mut router = Router::new(ctx, 1, 3);
         for i in 0..3 {
-            assert!(router.try_route(job(&bundle, &tracker, i)).is_ok());
+            assert!(router.try_route(&bundle, job(&tracker, i)).is_ok());
         }
         assert_eq!(
             router.queued(),
             3,
             "collected events count against the capacity"
         );
-        let refused = router.try_route(job(&bundle, &tracker, 3));
+        let refused = router.try_route(&bundle, job(&tracker, 3));
         assert!(
             refused.is_err(),
             "a full shard refuses the next event at once"
@@ -237,7 +254,7 @@ mod tests {
         .await
         .expect("the three collected events are scored and acknowledged");
         assert!(
-            router.try_route(job(&bundle, &tracker, 4)).is_ok(),
+            router.try_route(&bundle, job(&tracker, 4)).is_ok(),
             "room again"
         );
         assert!(

@@ -352,15 +352,14 @@ impl Reader<'_> {
                 }
             })
         };
-        let work = match decoded {
-            Ok((event, model)) => Work::Score(Job {
-                bundle: self.bundle.clone(),
+        let job = match decoded {
+            Ok((event, model)) => Job {
                 event,
                 model,
                 ack,
                 timestamp_ms,
                 read_at: Instant::now(),
-            }),
+            },
             Err(error) => {
                 tracing::debug!(
                     topic = %k.input_topic,
@@ -379,7 +378,7 @@ impl Reader<'_> {
 
         let changed = self
             .flow
-            .dispatch(kafka_partition, work, &mut self.router, self.producer);
+            .dispatch(kafka_partition, &self.bundle, job, &mut self.router);
         if changed
             || self.flow.in_flight_crossed(self.tracker)
             || self.flow.holding_unpaused(kafka_partition)
