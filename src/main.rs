@@ -269,7 +269,8 @@ enum Command {
         format: String,
         /// Records per batch when loading events (librdkafka batch.num.messages); by default
         /// librdkafka batches. Use 1 against tansu 0.6.0, which cannot fetch from inside a
-        /// record batch: a Kafka partition paused and resumed mid-batch would stall.
+        /// record batch: a Kafka partition paused and resumed mid-batch is read again from
+        /// further back (counted as read gaps), which slows the run.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         records_per_batch: Option<u32>,
         /// Throughput runs per pipeline, alternating passthrough and scoring; events/s and
