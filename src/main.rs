@@ -9,8 +9,7 @@ use manymodel::scoring::UnknownPartition;
 
 /// mimalloc instead of the system allocator: events are decoded on the consumer loop's thread
 /// and freed on their actor's, which glibc's malloc handles slowly and unevenly (`manymodel
-/// bench`, scoring: 4.5 to 5.1 µs of CPU per event with mimalloc, 4.6 to 9.6 with glibc). With
-/// the crate's `override` feature (Cargo.toml) it also serves librdkafka's `malloc`.
+/// bench`, scoring: 4.5 to 5.1 µs of CPU per event with mimalloc, 4.6 to 9.6 with glibc).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
