@@ -3,20 +3,17 @@
 //!
 //! Every decoded event looks up each of its keys among the encoder's columns and each one-hot
 //! value among its categories. These sets are small and fixed once an encoder is built, so
-//! they are kept in a hash table of their own: a name's fingerprint is its length and two
-//! overlapping 8-byte reads of it (which together hold every byte of a name of up to 16
-//! bytes), one multiplication picks its bucket, and names in a bucket are told apart by
-//! fingerprint, then, only past 16 bytes, by their text.
+//! they are kept in a hash table (hashbrown's, as the bundle's index) hashed cheaply: a name's
+//! fingerprint is its length and two overlapping 8-byte reads of it (which together hold
+//! every byte of a name of up to 16 bytes), one multiplication makes its hash, and names are
+//! told apart by fingerprint, then, only past 16 bytes, by their text.
+
+use hashbrown::{hash_table, HashTable};
 
 /// Names and their positions, in a hash table built once.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub(super) struct NameIndex {
-    /// The names, grouped by bucket: bucket `b` holds `entries[starts[b]..starts[b + 1]]`.
-    entries: Vec<Entry>,
-    /// Where each bucket starts in `entries`, plus the end of the last one.
-    starts: Vec<u32>,
-    /// `64 - log2(buckets)`: the top bits of a hash pick a bucket.
-    shift: u32,
+    table: HashTable<Entry>,
 }
 
 #[derive(Debug, Clone)]
@@ -78,65 +75,43 @@ impl NameIndex {
     /// The index of `names` with their positions; a name given twice keeps its last
     /// position, as inserting into a map would.
     pub(super) fn new<'a>(names: impl IntoIterator<Item = (&'a str, usize)>) -> Self {
-        let mut entries: Vec<Entry> = Vec::new();
-        let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        let mut table = HashTable::new();
         for (name, position) in names {
-            match seen.get(name) {
-                Some(&at) => entries[at].position = position,
-                None => {
-                    seen.insert(name, entries.len());
-                    entries.push(Entry {
-                        fingerprint: Fingerprint::of(name),
+            let fingerprint = Fingerprint::of(name);
+            match table.entry(
+                fingerprint.hash(),
+                |e: &Entry| e.is(fingerprint, name),
+                |e: &Entry| e.fingerprint.hash(),
+            ) {
+                hash_table::Entry::Occupied(mut e) => e.get_mut().position = position,
+                hash_table::Entry::Vacant(v) => {
+                    v.insert(Entry {
+                        fingerprint,
                         name: name.into(),
                         position,
                     });
                 }
             }
         }
-        // At least twice as many buckets as names, so most buckets hold none or one.
-        let bits = (entries.len() * 2)
-            .next_power_of_two()
-            .trailing_zeros()
-            .max(1);
-        let shift = 64 - bits;
-        let bucket = |e: &Entry| (e.fingerprint.hash() >> shift) as usize;
-        entries.sort_by_key(bucket);
-        let buckets = 1usize << bits;
-        let mut starts = vec![0u32; buckets + 1];
-        for e in &entries {
-            starts[bucket(e) + 1] += 1;
-        }
-        for b in 0..buckets {
-            starts[b + 1] += starts[b];
-        }
-        NameIndex {
-            entries,
-            starts,
-            shift,
-        }
+        NameIndex { table }
     }
 
     /// The position of `name`, if it is one of the names.
     #[inline]
     pub(super) fn get(&self, name: &str) -> Option<usize> {
         let fingerprint = Fingerprint::of(name);
-        let bucket = (fingerprint.hash() >> self.shift) as usize;
-        let start = *self.starts.get(bucket)? as usize;
-        let end = *self.starts.get(bucket + 1)? as usize;
-        self.entries
-            .get(start..end)?
-            .iter()
-            .find(|e| {
-                e.fingerprint == fingerprint
-                    && (fingerprint.len <= WHOLE_IN_FINGERPRINT || *e.name == *name)
-            })
+        self.table
+            .find(fingerprint.hash(), |e| e.is(fingerprint, name))
             .map(|e| e.position)
     }
 }
 
-impl Default for NameIndex {
-    fn default() -> Self {
-        NameIndex::new([])
+impl Entry {
+    /// Whether this entry is `name`, whose fingerprint is `fingerprint`.
+    #[inline]
+    fn is(&self, fingerprint: Fingerprint, name: &str) -> bool {
+        self.fingerprint == fingerprint
+            && (fingerprint.len <= WHOLE_IN_FINGERPRINT || *self.name == *name)
     }
 }
 
