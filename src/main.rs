@@ -9,7 +9,8 @@ use manymodel::scoring::UnknownPartition;
 
 /// mimalloc instead of the system allocator: events are decoded on the consumer loop's thread
 /// and freed on their actor's, which glibc's malloc handles slowly and unevenly (`manymodel
-/// bench`, scoring: 4.5 to 5.1 µs of CPU per event with mimalloc, 4.6 to 9.6 with glibc).
+/// bench`, scoring: 4.5 to 5.1 µs of CPU per event with mimalloc, 4.6 to 9.6 with glibc). With
+/// the crate's `override` feature (Cargo.toml) it also serves librdkafka's `malloc`.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -381,6 +382,7 @@ fn init_logging(format: &str) {
 fn runtime() -> manymodel::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(manymodel::memory::on_idle)
         .build()
         .map_err(|e| manymodel::Error::Internal(format!("cannot start the async runtime: {e}")))
 }

@@ -1,6 +1,9 @@
 //! What this process holds in memory, as the kernel counts it (Linux `/proc/self/status`):
 //! the figures `bench` prints; and handing freed memory back to the kernel.
 
+use std::cell::Cell;
+use std::time::{Duration, Instant};
+
 /// The peak resident set size of this process (`VmHWM`), in bytes; Linux only.
 pub fn peak_rss() -> Option<u64> {
     status_kib("VmHWM:").map(|k| k * 1024)
@@ -26,6 +29,25 @@ pub fn return_freed() {
     // SAFETY: mi_collect only walks and purges the calling thread's own heap (and, forced,
     // abandoned segments); it takes no pointers from us.
     unsafe { mi_collect(true) }
+}
+
+/// Called by a runtime worker about to idle: at most once a second per thread, returns what
+/// the thread freed to the operating system.
+pub fn on_idle() {
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    let due = LAST.with(|last| match last.get() {
+        Some(t) if now.duration_since(t) < Duration::from_secs(1) => false,
+        _ => {
+            last.set(Some(now));
+            true
+        }
+    });
+    if due {
+        return_freed();
+    }
 }
 
 // mimalloc's C library, which libmimalloc-sys builds and links (its Rust bindings declare
