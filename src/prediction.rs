@@ -15,8 +15,6 @@
 
 pub mod parquet;
 
-use std::io::Write;
-
 use apache_avro::Schema;
 use serde_json::Value;
 
@@ -36,21 +34,48 @@ pub fn write_json(
     version: &str,
     source: ModelSource,
 ) {
-    // Writing JSON values into a Vec cannot fail, so the results are ignored.
     buf.push(b'{');
     if let Some(id) = &event.event_id {
         buf.extend_from_slice(b"\"event_id\":");
-        let _ = serde_json::to_writer(&mut *buf, id);
+        write_value(buf, id);
         buf.push(b',');
     }
-    let _ = serde_json::to_writer(&mut *buf, partition_column);
+    write_str(buf, partition_column);
     buf.push(b':');
-    let _ = serde_json::to_writer(&mut *buf, &event.partition_value);
-    let _ = write!(buf, ",\"prediction\":");
+    write_value(buf, &event.partition_value);
+    buf.extend_from_slice(b",\"prediction\":");
+    // Writing JSON into a Vec cannot fail. A non-finite prediction is written as null.
     let _ = serde_json::to_writer(&mut *buf, &prediction);
     buf.extend_from_slice(b",\"model_version\":");
-    let _ = serde_json::to_writer(&mut *buf, version);
-    let _ = write!(buf, ",\"model\":\"{}\"}}", source.as_str());
+    write_str(buf, version);
+    buf.extend_from_slice(b",\"model\":\"");
+    buf.extend_from_slice(source.as_str().as_bytes());
+    buf.extend_from_slice(b"\"}");
+}
+
+/// Appends `value` as JSON: a string as [`write_str`] does, anything else as serde_json does.
+fn write_value(buf: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::String(s) => write_str(buf, s),
+        // Writing JSON into a Vec cannot fail.
+        other => {
+            let _ = serde_json::to_writer(&mut *buf, other);
+        }
+    }
+}
+
+/// Appends `s` as a JSON string. One that needs no escape (no `"`, `\\` or control
+/// character; the usual store id, event id or version) is copied as it is; any other is
+/// escaped by serde_json, byte for byte as it always writes strings.
+fn write_str(buf: &mut Vec<u8>, s: &str) {
+    if s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+        let _ = serde_json::to_writer(&mut *buf, s);
+    } else {
+        buf.reserve(s.len() + 2);
+        buf.push(b'"');
+        buf.extend_from_slice(s.as_bytes());
+        buf.push(b'"');
+    }
 }
 
 /// How to write each field of an Avro prediction schema, planned once per schema and
@@ -291,6 +316,35 @@ fn encode_default(schema: &Schema, default: &Value, buf: &mut Vec<u8>) -> Result
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn strings_and_values_are_written_as_serde_json_writes_them() {
+        // Every character class an id can hold, in generated combinations.
+        let pieces = [
+            "s", "S-0042", "", " ", "\"", "\\", "\n", "\t", "\u{1}", "\u{1f}", "\u{7f}", "é", "店",
+            "🙂", "/", "'", "\r\n", "\u{2028}",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..5_000 {
+            let s: String = (0..next() % 6)
+                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
+                .collect();
+            let mut buf = Vec::new();
+            write_str(&mut buf, &s);
+            assert_eq!(buf, serde_json::to_vec(&s).unwrap(), "{s:?}");
+            for value in [json!(s), json!(next() as i64), json!(null), json!([s])] {
+                let mut buf = Vec::new();
+                write_value(&mut buf, &value);
+                assert_eq!(buf, serde_json::to_vec(&value).unwrap(), "{value:?}");
+            }
+        }
+    }
 
     #[test]
     fn the_record_keeps_the_partition_column_name_and_event_id() {
