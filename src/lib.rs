@@ -38,6 +38,7 @@
 //! | [`control`] | hot reload: publishing bundles, the control topic, validation, the active version |
 //! | [`kafka`] | consumer, producer, offset tracking |
 //! | [`router`], [`partition`] | the partition actors: stores spread over one per core by id, each store in order |
+//! | [`cache`] | cache hints: the next event's model and inputs loaded while this one is scored |
 //! | [`backpressure`] | parked work and paused Kafka partitions when a queue is full |
 //! | [`awaiting`] | records set aside while the schema registry is asked for their writer schema (bounded) |
 //! | [`watchdog`] | the stall watchdog: work waiting, nothing acknowledged |
@@ -51,7 +52,7 @@
 //! | [`bench_trees`] | `bench --trees`: tree-ensemble predictions per second on one core |
 //! | [`bench_train`] | `bench --train`: rows and stores per second of `train`, and its peak RSS |
 //! | [`local`] | Kafka helpers for the demo, the benchmark and the tests |
-//! | [`memory`] | the process's resident and peak memory, for the benchmarks |
+//! | [`memory`] | the process's resident and peak memory, for the benchmarks; freed memory handed back |
 //! | [`clock`] | wall-clock milliseconds |
 //! | [`error`] | the error types |
 
@@ -61,6 +62,7 @@ pub mod backpressure;
 pub mod bench;
 pub mod bench_train;
 pub mod bench_trees;
+pub mod cache;
 pub mod clock;
 pub mod codec;
 pub mod config;

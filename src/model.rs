@@ -35,6 +35,15 @@ impl Model {
         }
     }
 
+    /// Hints the CPU to load what [`Model::predict`] will read first ([`crate::cache`]).
+    #[inline]
+    pub fn prefetch(&self) {
+        match self {
+            Model::Linear(m) => crate::cache::prefetch(&m.coefficients[..]),
+            Model::Trees(m) => crate::cache::prefetch(&**m),
+        }
+    }
+
     /// True when every number of the model is finite.
     pub fn is_finite(&self) -> bool {
         match self {

@@ -179,6 +179,23 @@ struct PartitionActor {
     buf: Vec<u8>,
 }
 
+/// Starts loading what the next events will read while this one is scored: the next one's
+/// model weights and inputs, and the one after's model entry (whose address says where its
+/// weights are). With a million stores each is otherwise a cache miss the actor waits for.
+fn warm(bundle: &Bundle, ahead: &[Job]) {
+    if let Some(next) = ahead.first() {
+        crate::cache::prefetch(&next.event.inputs[..]);
+        if let Some(m) = next.model.and_then(|i| bundle.partitions.get(i)) {
+            m.model.prefetch();
+        }
+    }
+    if let Some(i) = ahead.get(1).and_then(|after| after.model) {
+        if let Some(entry) = bundle.partitions.get(i) {
+            crate::cache::prefetch(entry);
+        }
+    }
+}
+
 impl PartitionActor {
     async fn run(mut self) {
         let mut batches = Vec::with_capacity(BATCHES);
@@ -199,8 +216,11 @@ impl PartitionActor {
                     self.queued.fetch_sub(taken, Ordering::AcqRel);
                     self.room.notify_one();
                     for batch in batches.drain(..) {
-                        for job in batch.jobs {
-                            self.score(&batch.bundle, job).await;
+                        let bundle = &batch.bundle;
+                        let mut jobs = batch.jobs.into_iter();
+                        while let Some(job) = jobs.next() {
+                            warm(bundle, jobs.as_slice());
+                            self.score(bundle, job).await;
                         }
                     }
                 }
