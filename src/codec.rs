@@ -7,6 +7,9 @@
 //! schema resolution. What the decoded fields mean (the key, the features) is decided in one
 //! place, [`crate::event::assemble`], for every format.
 //!
+//! A JSON event that is one flat object without escapes (nearly every one) is scanned by hand
+//! ([`flat_json`]); any other goes through `serde_json` ([`json`]), which names every fault.
+//!
 //! A [`PredictionEncoder`] is built once from `[output]`; predictions carry the same fields in
 //! JSON and Avro (`schemas/prediction.avsc`).
 //!
@@ -20,6 +23,7 @@
 
 pub mod avro;
 pub mod container;
+pub mod flat_json;
 pub mod framing;
 pub mod json;
 pub mod lookups;
