@@ -19,8 +19,9 @@ use crate::field::{partition_id, Field};
 pub struct Event {
     /// The partition id in text form (the Kafka key of its prediction).
     pub partition: String,
-    /// The partition column's value as the event wrote it, echoed in the prediction.
-    pub partition_value: Value,
+    /// Whether the event wrote the partition id as a JSON integer rather than a string: the
+    /// prediction echoes it the same way.
+    pub partition_was_number: bool,
     /// The event's `event_id`, if it has one, echoed in the prediction.
     pub event_id: Option<Value>,
     /// The encoded model inputs.
@@ -80,15 +81,27 @@ pub fn assemble(
     partition_column: &str,
     encoder: &FeatureEncoder,
 ) -> Result<Event, RecordError> {
-    let partition_value = match slots.first_mut().map(std::mem::take) {
+    let (partition, partition_was_number) = match slots.first_mut().map(std::mem::take) {
         None | Some(Slot::Absent) => {
             return Err(RecordError::new(
                 RecordErrorKind::MissingKey,
                 format!("partition column {partition_column:?} is missing"),
             ))
         }
-        Some(Slot::Json(v)) => v,
-        Some(Slot::Str(s)) => Value::String(s.into_owned()),
+        Some(Slot::Str(s)) => (s.into_owned(), false),
+        Some(Slot::Json(v)) => match partition_id(&v) {
+            Some(id) => (id.into_owned(), v.is_number()),
+            None if v.is_null() => return Err(empty_key(partition_column)),
+            None => {
+                return Err(RecordError::new(
+                    RecordErrorKind::WrongType,
+                    format!(
+                        "partition column {partition_column:?} must be a string or an integer, got {}",
+                        json_type(&v)
+                    ),
+                ))
+            }
+        },
         Some(Slot::Float(x)) => {
             return Err(RecordError::new(
                 RecordErrorKind::WrongType,
@@ -106,20 +119,9 @@ pub fn assemble(
             ))
         }
     };
-    let partition = match partition_id(&partition_value) {
-        Some(id) if !id.trim().is_empty() => id.into_owned(),
-        Some(_) => return Err(empty_key(partition_column)),
-        None if partition_value.is_null() => return Err(empty_key(partition_column)),
-        None => {
-            return Err(RecordError::new(
-                RecordErrorKind::WrongType,
-                format!(
-                    "partition column {partition_column:?} must be a string or an integer, got {}",
-                    json_type(&partition_value)
-                ),
-            ))
-        }
-    };
+    if partition.trim().is_empty() {
+        return Err(empty_key(partition_column));
+    }
     let event_id = match slots.get_mut(1).map(std::mem::take) {
         Some(Slot::Json(v)) if !v.is_null() => Some(v),
         Some(Slot::Str(s)) => Some(Value::String(s.into_owned())),
@@ -130,7 +132,7 @@ pub fn assemble(
     encoder.encode_columns(|i| slots.get(2 + i).and_then(Slot::field), &mut inputs)?;
     Ok(Event {
         partition,
-        partition_value,
+        partition_was_number,
         event_id,
         inputs,
     })

@@ -42,7 +42,12 @@ pub fn write_json(
     }
     write_str(buf, partition_column);
     buf.push(b':');
-    write_value(buf, &event.partition_value);
+    if event.partition_was_number {
+        // An integer's decimal digits, as serde_json writes it.
+        buf.extend_from_slice(event.partition.as_bytes());
+    } else {
+        write_str(buf, &event.partition);
+    }
     buf.extend_from_slice(b",\"prediction\":");
     // Writing JSON into a Vec cannot fail. A non-finite prediction is written as null.
     let _ = serde_json::to_writer(&mut *buf, &prediction);
@@ -318,6 +323,35 @@ mod tests {
     use serde_json::json;
 
     #[test]
+    fn a_partition_id_is_echoed_as_the_event_wrote_it() {
+        let encoder = crate::features::FeatureEncoder::new(&[]).unwrap();
+        for (record, echoed) in [
+            (r#"{"store_id":7}"#, r#""store_id":7,"#),
+            (r#"{"store_id":"7"}"#, r#""store_id":"7","#),
+            (r#"{"store_id":-12}"#, r#""store_id":-12,"#),
+            (
+                r#"{"store_id":18446744073709551615}"#,
+                r#""store_id":18446744073709551615,"#,
+            ),
+            (r#"{"store_id":"a\"b"}"#, r#""store_id":"a\"b","#),
+        ] {
+            let event =
+                crate::codec::json::decode_json(record.as_bytes(), "store_id", &encoder).unwrap();
+            let mut buf = Vec::new();
+            write_json(
+                &mut buf,
+                "store_id",
+                &event,
+                1.0,
+                "v",
+                ModelSource::Fallback,
+            );
+            let text = String::from_utf8(buf).unwrap();
+            assert!(text.contains(echoed), "{record}: {text}");
+        }
+    }
+
+    #[test]
     fn strings_and_values_are_written_as_serde_json_writes_them() {
         // Every character class an id can hold, in generated combinations.
         let pieces = [
@@ -350,7 +384,7 @@ mod tests {
     fn the_record_keeps_the_partition_column_name_and_event_id() {
         let event = Event {
             partition: "S1".into(),
-            partition_value: json!("S1"),
+            partition_was_number: false,
             event_id: Some(json!("ev-1")),
             inputs: vec![],
         };
@@ -377,7 +411,7 @@ mod tests {
         let plan = OutPlan::new(&schema, "store_id").unwrap();
         let event = Event {
             partition: "7".into(),
-            partition_value: json!(7),
+            partition_was_number: true,
             event_id: Some(json!("ev-1")),
             inputs: vec![],
         };

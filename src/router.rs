@@ -195,7 +195,7 @@ mod tests {
         Job {
             event: Event {
                 partition: "A".into(),
-                partition_value: "A".into(),
+                partition_was_number: false,
                 event_id: Some(format!("ev-{i}").into()),
                 inputs: vec![1.0, 0.0, 1.0],
             },
