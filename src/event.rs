@@ -89,6 +89,7 @@ pub fn assemble(
             ))
         }
         Some(Slot::Str(s)) => (s.into_owned(), false),
+        Some(Slot::Json(Value::String(s))) => (s, false),
         Some(Slot::Json(v)) => match partition_id(&v) {
             Some(id) => (id.into_owned(), v.is_number()),
             None if v.is_null() => return Err(empty_key(partition_column)),

@@ -73,7 +73,7 @@ fn write_value(buf: &mut Vec<u8>, value: &Value) {
 /// character; the usual store id, event id or version) is copied as it is; any other is
 /// escaped by serde_json, byte for byte as it always writes strings.
 fn write_str(buf: &mut Vec<u8>, s: &str) {
-    if s.bytes().any(|b| b == b'"' || b == b'\\' || b < 0x20) {
+    if crate::codec::flat_json::first_special(s.as_bytes()).is_some() {
         let _ = serde_json::to_writer(&mut *buf, s);
     } else {
         buf.reserve(s.len() + 2);
@@ -358,21 +358,13 @@ mod tests {
             "s", "S-0042", "", " ", "\"", "\\", "\n", "\t", "\u{1}", "\u{1f}", "\u{7f}", "é", "店",
             "🙂", "/", "'", "\r\n", "\u{2028}",
         ];
-        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rng = crate::codec::json::tests::Rng(0x9e37_79b9_7f4a_7c15);
         for _ in 0..5_000 {
-            let s: String = (0..next() % 6)
-                .map(|_| pieces[(next() % pieces.len() as u64) as usize])
-                .collect();
+            let s: String = (0..rng.below(6)).map(|_| rng.pick(&pieces)).collect();
             let mut buf = Vec::new();
             write_str(&mut buf, &s);
             assert_eq!(buf, serde_json::to_vec(&s).unwrap(), "{s:?}");
-            for value in [json!(s), json!(next() as i64), json!(null), json!([s])] {
+            for value in [json!(s), json!(rng.next() as i64), json!(null), json!([s])] {
                 let mut buf = Vec::new();
                 write_value(&mut buf, &value);
                 assert_eq!(buf, serde_json::to_vec(&value).unwrap(), "{value:?}");

@@ -179,13 +179,14 @@ impl<'a> Cursor<'a> {
 }
 
 /// The offset of the first byte in `bytes` that ends or interrupts a plain string: `"`, `\`
-/// or a control character.
+/// or a control character, the bytes a JSON string must escape ([`crate::prediction`] writes
+/// a string without them as it is).
 ///
 /// Eight bytes at a time: with `ONES` the byte 0x01 in every lane, `(v - ONES) & !v & HIGH`
 /// has the high bit set of each byte of `v` that is zero (so `v ^ ONES * b'"'` finds quotes),
 /// `(v - 0x20 * ONES) & !v & HIGH` of each byte below 0x20. A borrow can only set bits above
 /// the first such byte, so the lowest bit set is the first special byte.
-fn first_special(bytes: &[u8]) -> Option<usize> {
+pub(crate) fn first_special(bytes: &[u8]) -> Option<usize> {
     const ONES: u64 = 0x0101_0101_0101_0101;
     const HIGH: u64 = 0x8080_8080_8080_8080;
     let zero_bytes = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
@@ -282,27 +283,18 @@ fn exact_number(text: &str) -> Option<Value> {
     Some(float(if negative { -magnitude } else { magnitude }))
 }
 
-/// A float as `serde_json`'s value visitor keeps it (non-finite floats, which a number's text
-/// cannot give here, as null).
-fn float(x: f64) -> Value {
+/// A float as `serde_json`'s value visitor keeps it: a non-finite one (which no number's text
+/// gives, here or there) as null. The serde_json path ([`super::json`]) uses it too.
+pub(super) fn float(x: f64) -> Value {
     Number::from_f64(x).map_or(Value::Null, Value::Number)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::json::tests::encoder;
     use crate::event::slot_count;
-    use crate::spec::{FeatureKind, FeatureSpec};
     use std::borrow::Cow;
-
-    fn encoder() -> FeatureEncoder {
-        FeatureEncoder::new(&[FeatureSpec {
-            column: "price".into(),
-            kind: FeatureKind::Numeric,
-            categories: None,
-        }])
-        .unwrap()
-    }
 
     fn scan(text: &str) -> Option<Vec<Slot<'_>>> {
         let encoder = encoder();

@@ -189,9 +189,7 @@ impl<'de> Visitor<'de> for SlotValue {
     }
 
     fn visit_f64<E: serde::de::Error>(self, x: f64) -> Result<Slot<'de>, E> {
-        Ok(Slot::Json(
-            serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number),
-        ))
+        Ok(Slot::Json(flat_json::float(x)))
     }
 
     fn visit_unit<E: serde::de::Error>(self) -> Result<Slot<'de>, E> {
@@ -215,12 +213,14 @@ impl<'de> Visitor<'de> for SlotValue {
     }
 }
 
+/// Test helpers shared with the other codecs' and the prediction's tests.
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::spec::{FeatureKind, FeatureSpec};
 
-    fn encoder() -> FeatureEncoder {
+    /// An encoder of one numeric feature, `price`.
+    pub(crate) fn encoder() -> FeatureEncoder {
         FeatureEncoder::new(&[FeatureSpec {
             column: "price".into(),
             kind: FeatureKind::Numeric,
@@ -346,17 +346,17 @@ mod tests {
     }
 
     /// A seeded xorshift generator: the same cases on every run.
-    struct Rng(u64);
+    pub(crate) struct Rng(pub(crate) u64);
 
     impl Rng {
-        fn next(&mut self) -> u64 {
+        pub(crate) fn next(&mut self) -> u64 {
             self.0 ^= self.0 << 13;
             self.0 ^= self.0 >> 7;
             self.0 ^= self.0 << 17;
             self.0
         }
 
-        fn below(&mut self, n: usize) -> usize {
+        pub(crate) fn below(&mut self, n: usize) -> usize {
             (self.next() % n as u64) as usize
         }
 
@@ -364,7 +364,7 @@ mod tests {
             self.next() % 100 < percent
         }
 
-        fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        pub(crate) fn pick<T: Copy>(&mut self, items: &[T]) -> T {
             items[self.below(items.len())]
         }
 
