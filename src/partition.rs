@@ -6,8 +6,13 @@
 //! memory bounded. The actor scores its events in arrival order and enqueues their
 //! predictions in that order, and the producer keeps per-key order, so one store's
 //! predictions leave in the order its events arrived. It keeps no state per store: which
-//! model scores an event was decided once, when the event was read, and travels in its
-//! [`Job`]; a store therefore costs the actor nothing between its events.
+//! model scores an event travels in its [`Job`]; a store therefore costs the actor nothing
+//! between its events.
+//!
+//! An event's model is usually looked up here, not on the consumer loop: a batch's lookups
+//! run one after another with nothing between them, so the processor overlaps their cache
+//! misses (with a million stores each lookup misses the cache up to four times), and then
+//! each event is scored while the next one's weights are fetched ([`warm`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -34,15 +39,30 @@ const BATCHES: usize = 16;
 pub struct Job {
     /// The decoded event.
     pub event: Event,
-    /// Where the store's own model sits in the bundle's `partitions`; `None`: the fallback
-    /// scores it.
-    pub model: Option<usize>,
+    /// The [`crate::model::index::id_hash`] of its partition id, computed once when it was
+    /// read: it found the model and picks the shard.
+    pub id_hash: u64,
+    /// Which model scores it.
+    pub model: ModelRef,
     /// The input offset, finished when the prediction is acknowledged.
     pub ack: Ack,
     /// The input record's Kafka timestamp, for end-to-end latency.
     pub timestamp_ms: Option<i64>,
     /// When the record was read, for scoring latency.
     pub read_at: std::time::Instant,
+}
+
+/// Which of its bundle's models scores a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelRef {
+    /// The store's own model, at this position in the bundle's `partitions`.
+    Own(usize),
+    /// The bundle's fallback: the store has no model of its own.
+    Fallback,
+    /// Not looked up yet: the actor looks the store up in the batch's bundle. The consumer
+    /// loop leaves it so when an unknown store is scored by the fallback anyway, and looks it
+    /// up itself when an unknown store must be dead-lettered instead.
+    Lookup,
 }
 
 /// Events handed to an actor together, all read while `bundle` was active: one reference to
@@ -185,14 +205,33 @@ struct PartitionActor {
 fn warm(bundle: &Bundle, ahead: &[Job]) {
     if let Some(next) = ahead.first() {
         crate::cache::prefetch(&next.event.inputs[..]);
-        if let Some(m) = next.model.and_then(|i| bundle.partitions.get(i)) {
+        if let Some(m) = own_model(bundle, next.model) {
             m.model.prefetch();
         }
     }
-    if let Some(i) = ahead.get(1).and_then(|after| after.model) {
-        if let Some(entry) = bundle.partitions.get(i) {
-            crate::cache::prefetch(entry);
-        }
+    if let Some(entry) = ahead
+        .get(1)
+        .and_then(|after| own_model(bundle, after.model))
+    {
+        crate::cache::prefetch(entry);
+    }
+}
+
+/// The store's own model, if `model` is one.
+fn own_model(bundle: &Bundle, model: ModelRef) -> Option<&crate::model::bundle::PartitionModel> {
+    match model {
+        ModelRef::Own(i) => bundle.partitions.get(i),
+        ModelRef::Fallback | ModelRef::Lookup => None,
+    }
+}
+
+/// Looks up the model of every job of a batch that still needs one, all in one pass: with
+/// nothing else between them the processor runs several lookups' cache misses at once.
+fn look_up(bundle: &Bundle, jobs: &mut [Job]) {
+    for job in jobs.iter_mut().filter(|j| j.model == ModelRef::Lookup) {
+        job.model = bundle
+            .partition_index_hashed(job.id_hash, &job.event.partition)
+            .map_or(ModelRef::Fallback, ModelRef::Own);
     }
 }
 
@@ -215,8 +254,9 @@ impl PartitionActor {
                     let taken: usize = batches.iter().map(|b| b.jobs.len()).sum();
                     self.queued.fetch_sub(taken, Ordering::AcqRel);
                     self.room.notify_one();
-                    for batch in batches.drain(..) {
+                    for mut batch in batches.drain(..) {
                         let bundle = &batch.bundle;
+                        look_up(bundle, &mut batch.jobs);
                         let mut jobs = batch.jobs.into_iter();
                         while let Some(job) = jobs.next() {
                             warm(bundle, jobs.as_slice());
@@ -233,7 +273,7 @@ impl PartitionActor {
             // Its Kafka partition moved to another instance, which scores it again.
             return;
         }
-        let (model, source) = match job.model.and_then(|i| bundle.partitions.get(i)) {
+        let (model, source) = match own_model(bundle, job.model) {
             Some(m) => (m, ModelSource::Partition),
             None => (&bundle.fallback, ModelSource::Fallback),
         };
@@ -270,5 +310,60 @@ impl PartitionActor {
                 delivery,
             )
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kafka::offsets::OffsetTracker;
+    use crate::model::bundle::tests::sample;
+
+    fn job(tracker: &OffsetTracker, offset: i64, store: &str, model: ModelRef) -> Job {
+        Job {
+            event: Event {
+                partition: store.into(),
+                partition_was_number: false,
+                event_id: None,
+                inputs: vec![1.0, 0.0, 1.0],
+            },
+            id_hash: crate::model::index::id_hash(store),
+            model,
+            ack: tracker.begin(0, offset),
+            timestamp_ms: None,
+            read_at: std::time::Instant::now(),
+        }
+    }
+
+    /// The actor looks up, in the batch's own bundle, every job the consumer loop left to
+    /// it: a store with a model gets its position, a stranger the fallback; jobs already
+    /// decided keep what they carry.
+    #[test]
+    fn a_batch_is_looked_up_in_its_own_bundle() {
+        let tracker = OffsetTracker::default();
+        tracker.assign(0, None);
+        let bundle = sample("v1");
+        let mut jobs = vec![
+            job(&tracker, 0, "A", ModelRef::Lookup),
+            job(&tracker, 1, "Z", ModelRef::Lookup),
+            job(&tracker, 2, "B", ModelRef::Lookup),
+            job(&tracker, 3, "A", ModelRef::Fallback),
+        ];
+        look_up(&bundle, &mut jobs);
+        let a = bundle.partition_index("A").expect("A has a model");
+        let b = bundle.partition_index("B").expect("B has a model");
+        let got: Vec<ModelRef> = jobs.iter().map(|j| j.model).collect();
+        assert_eq!(
+            got,
+            [
+                ModelRef::Own(a),
+                ModelRef::Fallback,
+                ModelRef::Own(b),
+                ModelRef::Fallback
+            ]
+        );
+        let own = |r| own_model(&bundle, r).map(|m| m.partition.as_str());
+        assert_eq!(own(got[0]), Some("A"));
+        assert_eq!(own(got[2]), Some("B"));
     }
 }

@@ -15,7 +15,6 @@
 //! The router is owned by the consumer loop alone, so it needs no lock. Closing it drops every
 //! handle, which lets each actor drain its queue and stop.
 
-use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,8 +39,6 @@ struct Shard {
 /// Routes jobs to the shard actors.
 pub struct Router {
     shards: Vec<Shard>,
-    /// A fixed hasher, so a store maps to the same shard for the life of the pipeline.
-    hasher: std::collections::hash_map::RandomState,
     ctx: ActorContext,
     /// Notified whenever an actor takes events from its mailbox.
     room: Arc<Notify>,
@@ -62,7 +59,6 @@ impl Router {
             .collect();
         Router {
             shards,
-            hasher: std::collections::hash_map::RandomState::new(),
             ctx,
             room,
             tasks,
@@ -77,7 +73,7 @@ impl Router {
     /// Hands a job, to be scored by `bundle`, to its shard's actor at once, waiting while the
     /// mailbox is full.
     pub async fn route(&mut self, bundle: Arc<Bundle>, job: Job) {
-        let i = self.shard_of(&job.event.partition);
+        let i = self.shard_of(job.id_hash);
         self.hand_over(i);
         if let Err(job) = self.shards[i].handle.send(bundle, job).await {
             // The actor stopped (only on cancellation); its offset stays unfinished and is
@@ -94,7 +90,7 @@ impl Router {
     // allocation for every event to spare one move on the rare full queue.
     #[allow(clippy::result_large_err)]
     pub fn try_route(&mut self, bundle: &Arc<Bundle>, job: Job) -> Result<(), Job> {
-        let i = self.shard_of(&job.event.partition);
+        let i = self.shard_of(job.id_hash);
         let shard = &self.shards[i];
         if shard.handle.room() <= shard.collected.len() {
             return Err(job);
@@ -144,10 +140,10 @@ impl Router {
         }
     }
 
-    /// The shard of `partition`.
-    fn shard_of(&self, partition: &str) -> usize {
-        let h = self.hasher.hash_one(partition);
-        (h % self.shards.len() as u64) as usize
+    /// The shard of the partition whose id hashes to `id_hash`: the same for the life of the
+    /// process, whichever bundle is active.
+    fn shard_of(&self, id_hash: u64) -> usize {
+        (id_hash % self.shards.len() as u64) as usize
     }
 
     /// Live shard actors.
@@ -199,7 +195,8 @@ mod tests {
                 event_id: Some(format!("ev-{i}").into()),
                 inputs: vec![1.0, 0.0, 1.0],
             },
-            model: Some(1),
+            id_hash: crate::model::index::id_hash("A"),
+            model: crate::partition::ModelRef::Own(1),
             ack: tracker.begin(0, i),
             timestamp_ms: None,
             read_at: std::time::Instant::now(),

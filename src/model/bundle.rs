@@ -200,7 +200,14 @@ impl Bundle {
 
     /// Where the partition's own model sits in `partitions`, if it has one.
     pub fn partition_index(&self, id: &str) -> Option<usize> {
-        self.index.find(id, |i| &self.partitions[i].partition)
+        self.partition_index_hashed(crate::model::index::id_hash(id), id)
+    }
+
+    /// [`Bundle::partition_index`] of an id whose [`crate::model::index::id_hash`] the caller
+    /// has already computed.
+    #[inline]
+    pub fn partition_index_hashed(&self, hash: u64, id: &str) -> Option<usize> {
+        self.index.find(hash, id, |i| &self.partitions[i].partition)
     }
 
     /// The partition's own model, if it has one.

@@ -24,7 +24,7 @@ use crate::kafka::producer::{Delivery, Output, OutputProducer, OwnedRecord};
 use crate::kafka::transaction::Transactions;
 use crate::metrics::PipelineStats;
 use crate::model::bundle::Bundle;
-use crate::partition::Job;
+use crate::partition::{Job, ModelRef};
 use crate::router::Router;
 use crate::scoring::{self, UnknownPartition};
 use crate::watchdog::StallWatchdog;
@@ -341,20 +341,30 @@ impl Reader<'_> {
             };
             decoded.and_then(|event| {
                 self.config.pipeline.check_key(&event.partition)?;
-                let model = self.bundle.partition_index(&event.partition);
-                let unknown = model.is_none();
-                if unknown && !self.bundle.has_fallback() {
-                    Err(scoring::no_fallback(&event.partition))
-                } else if unknown && self.config.model.unknown_partition == UnknownPartition::Dlq {
-                    Err(scoring::unknown(&event.partition))
-                } else {
-                    Ok((event, model))
+                let id_hash = crate::model::index::id_hash(&event.partition);
+                if self.bundle.has_fallback()
+                    && self.config.model.unknown_partition == UnknownPartition::Fallback
+                {
+                    // Every store is scored whether it has a model or not: its actor looks it
+                    // up, with the rest of its batch (see `crate::partition`).
+                    return Ok((event, id_hash, ModelRef::Lookup));
+                }
+                match self
+                    .bundle
+                    .partition_index_hashed(id_hash, &event.partition)
+                {
+                    Some(i) => Ok((event, id_hash, ModelRef::Own(i))),
+                    None if !self.bundle.has_fallback() => {
+                        Err(scoring::no_fallback(&event.partition))
+                    }
+                    None => Err(scoring::unknown(&event.partition)),
                 }
             })
         };
         let job = match decoded {
-            Ok((event, model)) => Job {
+            Ok((event, id_hash, model)) => Job {
                 event,
+                id_hash,
                 model,
                 ack,
                 timestamp_ms,
