@@ -9,6 +9,7 @@
 use std::borrow::Cow;
 
 use serde_json::Value;
+use smol_str::SmolStr;
 
 use crate::error::{RecordError, RecordErrorKind};
 use crate::features::FeatureEncoder;
@@ -17,15 +18,56 @@ use crate::field::{partition_id, Field};
 /// A decoded sales event.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    /// The partition id in text form (the Kafka key of its prediction).
-    pub partition: String,
+    /// The partition id in text form (the Kafka key of its prediction); kept inline, without
+    /// an allocation, up to 23 bytes.
+    pub partition: SmolStr,
     /// Whether the event wrote the partition id as a JSON integer rather than a string: the
     /// prediction echoes it the same way.
     pub partition_was_number: bool,
     /// The event's `event_id`, if it has one, echoed in the prediction.
-    pub event_id: Option<Value>,
+    pub event_id: Option<EventId>,
     /// The encoded model inputs.
     pub inputs: Vec<f64>,
+}
+
+/// An event's `event_id` as the event wrote it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EventId {
+    /// A string, as most ids are: kept inline, without an allocation, up to 23 bytes.
+    Text(SmolStr),
+    /// Any other value (a number, a boolean, an array or an object).
+    Json(Value),
+}
+
+impl EventId {
+    /// The id as a JSON value.
+    pub fn to_value(&self) -> Value {
+        match self {
+            EventId::Text(s) => Value::String(s.to_string()),
+            EventId::Json(v) => v.clone(),
+        }
+    }
+
+    /// The id as text: a string as it is, any other value as JSON.
+    pub fn to_text(&self) -> Cow<'_, str> {
+        match self {
+            EventId::Text(s) => Cow::Borrowed(s.as_str()),
+            EventId::Json(Value::String(s)) => Cow::Borrowed(s.as_str()),
+            EventId::Json(v) => Cow::Owned(v.to_string()),
+        }
+    }
+}
+
+impl From<&str> for EventId {
+    fn from(s: &str) -> Self {
+        EventId::Text(s.into())
+    }
+}
+
+impl From<String> for EventId {
+    fn from(s: String) -> Self {
+        EventId::Text(s.into())
+    }
 }
 
 /// One field of an event as a decoder found it, perhaps borrowing from the record's bytes.
@@ -88,10 +130,10 @@ pub fn assemble(
                 format!("partition column {partition_column:?} is missing"),
             ))
         }
-        Some(Slot::Str(s)) => (s.into_owned(), false),
-        Some(Slot::Json(Value::String(s))) => (s, false),
+        Some(Slot::Str(s)) => (SmolStr::from(s.as_ref()), false),
+        Some(Slot::Json(Value::String(s))) => (SmolStr::from(s), false),
         Some(Slot::Json(v)) => match partition_id(&v) {
-            Some(id) => (id.into_owned(), v.is_number()),
+            Some(id) => (SmolStr::from(id.as_ref()), v.is_number()),
             None if v.is_null() => return Err(empty_key(partition_column)),
             None => {
                 return Err(RecordError::new(
@@ -124,9 +166,10 @@ pub fn assemble(
         return Err(empty_key(partition_column));
     }
     let event_id = match slots.get_mut(1).map(std::mem::take) {
-        Some(Slot::Json(v)) if !v.is_null() => Some(v),
-        Some(Slot::Str(s)) => Some(Value::String(s.into_owned())),
-        Some(Slot::Float(x)) => serde_json::Number::from_f64(x).map(Value::Number),
+        Some(Slot::Json(Value::String(s))) => Some(EventId::Text(s.into())),
+        Some(Slot::Json(v)) if !v.is_null() => Some(EventId::Json(v)),
+        Some(Slot::Str(s)) => Some(EventId::Text(s.as_ref().into())),
+        Some(Slot::Float(x)) => serde_json::Number::from_f64(x).map(|n| EventId::Json(n.into())),
         _ => None,
     };
     let mut inputs = Vec::with_capacity(encoder.width());

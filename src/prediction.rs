@@ -19,7 +19,7 @@ use apache_avro::Schema;
 use serde_json::Value;
 
 use crate::codec::avro::{write_bytes, write_long};
-use crate::event::Event;
+use crate::event::{Event, EventId};
 use crate::scoring::ModelSource;
 
 /// The Kafka header that carries the model version.
@@ -35,10 +35,18 @@ pub fn write_json(
     source: ModelSource,
 ) {
     buf.push(b'{');
-    if let Some(id) = &event.event_id {
-        buf.extend_from_slice(b"\"event_id\":");
-        write_value(buf, id);
-        buf.push(b',');
+    match &event.event_id {
+        None => {}
+        Some(EventId::Text(id)) => {
+            buf.extend_from_slice(b"\"event_id\":");
+            write_str(buf, id);
+            buf.push(b',');
+        }
+        Some(EventId::Json(id)) => {
+            buf.extend_from_slice(b"\"event_id\":");
+            write_value(buf, id);
+            buf.push(b',');
+        }
     }
     write_str(buf, partition_column);
     buf.push(b':');
@@ -233,8 +241,7 @@ impl OutPlan {
                     let (null, string) = branches.unwrap_or((0, 1));
                     match &event.event_id {
                         None => write_long(buf, null),
-                        Some(Value::String(s)) => text(buf, s, Some(string)),
-                        Some(v) => text(buf, &v.to_string(), Some(string)),
+                        Some(id) => text(buf, &id.to_text(), Some(string)),
                     }
                 }
                 Out::Partition(b) => text(buf, &event.partition, *b),
@@ -377,7 +384,7 @@ mod tests {
         let event = Event {
             partition: "S1".into(),
             partition_was_number: false,
-            event_id: Some(json!("ev-1")),
+            event_id: Some("ev-1".into()),
             inputs: vec![],
         };
         let mut buf = Vec::new();
@@ -396,6 +403,44 @@ mod tests {
         );
     }
 
+    /// Whatever value an event's `event_id` holds (short or long strings, escapes, numbers,
+    /// booleans, objects), decoding the event and writing its prediction echoes that value.
+    #[test]
+    fn every_kind_of_event_id_is_echoed_as_the_event_wrote_it() {
+        let encoder = crate::codec::json::tests::encoder();
+        let ids = [
+            json!("ev-1"),
+            json!("an event id well past twenty-three bytes"),
+            json!("tab\t quote\" é ☃"),
+            json!(""),
+            json!(42),
+            json!(-7.25),
+            json!(true),
+            json!([1, "a"]),
+            json!({"shard": 3}),
+        ];
+        for id in ids {
+            let record = json!({"event_id": id, "store_id": "S1", "price": 2.5, "region": "north"});
+            let event = crate::codec::json::decode_json(
+                &serde_json::to_vec(&record).unwrap(),
+                "store_id",
+                &encoder,
+            )
+            .unwrap();
+            let mut buf = Vec::new();
+            write_json(
+                &mut buf,
+                "store_id",
+                &event,
+                1.0,
+                "v1",
+                ModelSource::Fallback,
+            );
+            let written: serde_json::Value = serde_json::from_slice(&buf).unwrap();
+            assert_eq!(written["event_id"], id, "{}", String::from_utf8_lossy(&buf));
+        }
+    }
+
     #[test]
     fn avro_predictions_read_back_with_the_shipped_schema() {
         use apache_avro::types::Value as A;
@@ -404,7 +449,7 @@ mod tests {
         let event = Event {
             partition: "7".into(),
             partition_was_number: true,
-            event_id: Some(json!("ev-1")),
+            event_id: Some("ev-1".into()),
             inputs: vec![],
         };
         let mut buf = Vec::new();

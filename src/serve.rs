@@ -196,6 +196,7 @@ pub async fn run(
         transactions,
         revocations: 0,
         read_since_commit: false,
+        turn_started: std::time::Instant::now(),
     };
     let (router, mut flow, transactions) = reader.read_until(&consumer, &shutdown).await?;
     if let Some(task) = actuals {

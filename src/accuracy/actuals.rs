@@ -412,7 +412,7 @@ impl ActualsActor {
             ));
         }
         let (predicted, source) = scoring::score(&self.bundle, &event, self.policy)?;
-        Ok((event.partition, source, predicted, actual))
+        Ok((event.partition.to_string(), source, predicted, actual))
     }
 
     async fn observe(

@@ -245,7 +245,7 @@ pub(crate) mod tests {
         .unwrap();
         assert_eq!(e.partition, "7");
         assert!(e.partition_was_number);
-        assert_eq!(e.event_id, Some(serde_json::json!("ev-1")));
+        assert_eq!(e.event_id, Some(crate::event::EventId::from("ev-1")));
         assert_eq!(e.inputs, vec![2.5]);
     }
 

@@ -21,7 +21,6 @@ use parquet::data_type::{ByteArray, ByteArrayType, DoubleType};
 use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::Type;
-use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::event::Event;
@@ -120,10 +119,7 @@ impl ParquetPredictions {
             None => self.event_id_defs.push(0),
             Some(id) => {
                 self.event_id_defs.push(1);
-                self.event_id.push(match id {
-                    Value::String(s) => ByteArray::from(s.as_str()),
-                    other => ByteArray::from(other.to_string().as_str()),
-                });
+                self.event_id.push(ByteArray::from(id.to_text().as_ref()));
             }
         }
         self.partition

@@ -98,7 +98,7 @@ impl ActualsDecoder {
             }
         })?;
         let target = event.inputs.pop().unwrap_or(f64::NAN);
-        Ok((event.partition, event.inputs, target))
+        Ok((event.partition.to_string(), event.inputs, target))
     }
 }
 

@@ -347,12 +347,14 @@ impl PartitionsUrl {
             .set_read_timeout(Some(HTTP_TIMEOUT))
             .and_then(|()| stream.set_write_timeout(Some(HTTP_TIMEOUT)))
             .map_err(|e| failed(e.to_string()))?;
-        write!(
-            stream,
+        // One write: `write!` on the stream would send the request in pieces.
+        let request = format!(
             "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
             self.authority
-        )
-        .map_err(|e| failed(e.to_string()))?;
+        );
+        stream
+            .write_all(request.as_bytes())
+            .map_err(|e| failed(e.to_string()))?;
         let mut answer = Vec::new();
         stream
             .take(MAX_ANSWER)
@@ -432,9 +434,15 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let server = std::thread::spawn(move || {
             let (mut s, _) = listener.accept().unwrap();
+            // The whole request head, however many reads it takes.
+            let mut head = Vec::new();
             let mut buf = [0u8; 1024];
-            let n = s.read(&mut buf).unwrap();
-            let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+            while !head.ends_with(b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "the request ended early");
+                head.extend_from_slice(&buf[..n]);
+            }
+            let request = String::from_utf8_lossy(&head).into_owned();
             let body = format!(
                 r#"{{"tracked":3,"drifting":1,"partitions":[{RECORD},{{"partition":"S2","verdict":"stable","verdict_at_ms":1}},{{"oops":1}}]}}"#
             );

@@ -57,6 +57,9 @@ pub(super) struct Reader<'a> {
     pub(super) revocations: u64,
     /// Whether anything was read since the last transaction.
     pub(super) read_since_commit: bool,
+    /// When the current turn began reading: the read time of every record it reads (one
+    /// clock read per turn, not per record).
+    pub(super) turn_started: Instant,
 }
 
 impl Reader<'_> {
@@ -104,6 +107,7 @@ impl Reader<'_> {
                     self.flow.relieve(consumer, self.tracker, &mut self.router, self.producer);
                 }
                 message = consumer.recv(), if self.taking() => {
+                    self.turn_started = Instant::now();
                     self.read(consumer, message).await;
                     // Every record the consumer has already fetched is read in the same turn
                     // (up to BURST), and the actors get them in batches: one wake-up of each
@@ -368,7 +372,7 @@ impl Reader<'_> {
                 model,
                 ack,
                 timestamp_ms,
-                read_at: Instant::now(),
+                read_at: self.turn_started,
             },
             Err(error) => {
                 tracing::debug!(
@@ -399,6 +403,7 @@ impl Reader<'_> {
 
     /// Decodes again, in read order, the records that waited for writer schema `id`.
     pub(super) fn release(&mut self, consumer: &InputConsumer, id: u32) {
+        self.turn_started = Instant::now();
         for waiting in self.awaiting.take(id) {
             let Waiting {
                 key,
