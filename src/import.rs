@@ -154,7 +154,7 @@ fn read_model(
     }
     Ok((
         PartitionModel {
-            partition: id.to_owned(),
+            partition: id.into(),
             rows: r.rows.unwrap_or(0),
             rmse: r.rmse.unwrap_or(f64::NAN),
             model,

@@ -298,7 +298,7 @@ pub fn widen(
     let partitions = (0..stores)
         .map(|i| {
             let mut m = fitted[i % fitted.len()].clone();
-            m.partition = format!("S{:0width$}", i + 1);
+            m.partition = format!("S{:0width$}", i + 1).into();
             if let Model::Linear(l) = &mut m.model {
                 // Weights of its own, as a fitted store has (not shared with its template).
                 let shift = (i / fitted.len()) as f64 * 1e-3;

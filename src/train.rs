@@ -228,7 +228,7 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport> {
                 ))
             })?;
             Some(PartitionModel {
-                partition: FALLBACK_ID.to_owned(),
+                partition: FALLBACK_ID.into(),
                 rows: pooled.rows() as u64,
                 rmse: fitted.rmse,
                 model: Model::Linear(fitted.model),
@@ -258,7 +258,7 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport> {
     for (k, r) in results {
         match r {
             Ok(fitted) => models.push(PartitionModel {
-                partition: history.ids[k].clone(),
+                partition: history.ids[k].as_str().into(),
                 rows: history.rows(k).len() as u64,
                 rmse: fitted.rmse,
                 model: Model::Linear(fitted.model),

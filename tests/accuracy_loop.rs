@@ -239,7 +239,7 @@ fn drifted_stores_are_flagged_refitted_and_back_at_the_noise_floor() {
     let refit: BTreeSet<String> = delta
         .partitions
         .iter()
-        .map(|m| m.partition.clone())
+        .map(|m| m.partition.to_string())
         .collect();
     assert!(refit.is_subset(&flagged), "only flagged stores: {refit:?}");
     assert_eq!(

@@ -536,7 +536,7 @@ async fn a_bundle_of_100000_partitions_publishes_and_swaps_in() {
     let partitions: Vec<_> = (0..stores)
         .map(|i| {
             let mut m = base.partitions[i % base.partitions.len()].clone();
-            m.partition = format!("Z{i:06}");
+            m.partition = format!("Z{i:06}").into();
             if let Model::Linear(l) = &mut m.model {
                 l.intercept += i as f64;
                 // Distinct coefficients, so the file is as large as a real one (no free
@@ -923,7 +923,7 @@ async fn restart_time_does_not_grow_with_the_publishes_on_the_control_topic() {
     let partitions: Vec<_> = (0..stores)
         .map(|i| {
             let mut m = small.partitions[i % small.partitions.len()].clone();
-            m.partition = format!("Z{i:06}");
+            m.partition = format!("Z{i:06}").into();
             if let Model::Linear(l) = &mut m.model {
                 l.intercept += i as f64;
                 l.coefficients = l

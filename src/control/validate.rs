@@ -49,7 +49,7 @@ pub fn trial(bundle: &Bundle) -> Result<(), Rejection> {
         .first()
         .map(|m| m.partition.clone())
         .unwrap_or_else(|| "trial".into());
-    event.insert(spec.partition_column.clone(), Value::String(id));
+    event.insert(spec.partition_column.clone(), Value::String(id.to_string()));
     for f in &spec.features {
         let value = match f.kind {
             FeatureKind::Numeric => Value::from(1.0),

@@ -217,7 +217,7 @@ pub fn evaluate(
             training_rmse: last.rmse,
         },
         model: Some(PartitionModel {
-            partition: partition.to_owned(),
+            partition: partition.into(),
             rows,
             rmse: last.rmse,
             model: Model::Linear(last.model),
