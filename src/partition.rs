@@ -12,7 +12,8 @@
 //! An event's model is usually looked up here, not on the consumer loop: a batch's lookups
 //! run one after another with nothing between them, so the processor overlaps their cache
 //! misses (with a million stores each lookup misses the cache up to four times), and then
-//! each event is scored while the next one's weights are fetched ([`warm`]).
+//! each event is scored while the weights of one a few places further on are fetched
+//! ([`warm`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -203,21 +204,19 @@ struct PartitionActor {
     scored: Vec<(std::time::Instant, ModelSource)>,
 }
 
-/// Starts loading what the next events will read while this one is scored: the next one's
-/// model weights and inputs, and the one after's model entry (whose address says where its
-/// weights are). With a million stores each is otherwise a cache miss the actor waits for.
-fn warm(bundle: &Bundle, ahead: &[Job]) {
-    if let Some(next) = ahead.first() {
-        crate::cache::prefetch(&next.event.inputs[..]);
-        if let Some(m) = own_model(bundle, next.model) {
-            m.model.prefetch();
-        }
-    }
-    if let Some(entry) = ahead
-        .get(1)
-        .and_then(|after| own_model(bundle, after.model))
-    {
-        crate::cache::prefetch(entry);
+/// How many events ahead of the one it scores the actor starts loading an event's model
+/// weights and inputs: far enough that a load from memory (about 100 ns) is done when the
+/// event's turn comes. With a million stores each is otherwise a cache miss the actor waits
+/// for.
+const AHEAD: usize = 3;
+
+/// Starts loading what scoring `job` will read: its inputs and its model's weights. The
+/// model's entry is already in cache: [`look_up`] has just read it (or, for a job the
+/// consumer loop looked up, reading it here is the one miss left).
+fn warm(bundle: &Bundle, job: &Job) {
+    crate::cache::prefetch(&job.event.inputs[..]);
+    if let Some(m) = own_model(bundle, job.model) {
+        m.model.prefetch();
     }
 }
 
@@ -261,9 +260,14 @@ impl PartitionActor {
                     for mut batch in batches.drain(..) {
                         let bundle = &batch.bundle;
                         look_up(bundle, &mut batch.jobs);
+                        for job in batch.jobs.iter().take(AHEAD) {
+                            warm(bundle, job);
+                        }
                         let mut jobs = batch.jobs.into_iter();
                         while let Some(job) = jobs.next() {
-                            warm(bundle, jobs.as_slice());
+                            if let Some(later) = jobs.as_slice().get(AHEAD - 1) {
+                                warm(bundle, later);
+                            }
                             let read_at = job.read_at;
                             if let Some(source) = self.score(bundle, job).await {
                                 self.scored.push((read_at, source));
