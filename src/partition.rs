@@ -228,9 +228,13 @@ fn own_model(bundle: &Bundle, model: ModelRef) -> Option<&crate::model::bundle::
     }
 }
 
-/// Looks up the model of every job of a batch that still needs one, all in one pass: with
-/// nothing else between them the processor runs several lookups' cache misses at once.
+/// Looks up the model of every job of a batch that still needs one: first asks for every
+/// job's index slot, then finds them all, so their cache misses overlap instead of following
+/// one another.
 fn look_up(bundle: &Bundle, jobs: &mut [Job]) {
+    for job in jobs.iter().filter(|j| j.model == ModelRef::Lookup) {
+        bundle.prefetch_partition(job.id_hash);
+    }
     for job in jobs.iter_mut().filter(|j| j.model == ModelRef::Lookup) {
         job.model = bundle
             .partition_index_hashed(job.id_hash, &job.event.partition)

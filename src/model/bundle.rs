@@ -204,6 +204,12 @@ impl Bundle {
         self.partition_index_hashed(crate::model::index::id_hash(id), id)
     }
 
+    /// Starts loading what looking up an id hashing to `hash` reads first.
+    #[inline]
+    pub fn prefetch_partition(&self, hash: u64) {
+        self.index.prefetch(hash);
+    }
+
     /// [`Bundle::partition_index`] of an id whose [`crate::model::index::id_hash`] the caller
     /// has already computed.
     #[inline]
