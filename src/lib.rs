@@ -13,8 +13,9 @@
 //!    [`features`], the one encoder training also uses) or names what is wrong with it
 //!    ([`error::RecordError`]), in which case
 //!    [`kafka::producer`] sends it to the dead-letter topic.
-//! 3. [`router`] hands it to the [`partition`] actor of its partition id's shard, with the model
-//!    chosen for it, and the actor scores it ([`model`]) and writes the [`prediction`] record.
+//! 3. [`router`] hands it to the [`partition`] actor of its partition id's shard (the id is
+//!    hashed once, [`model::index::id_hash`]); the actor looks up its store's model for a whole
+//!    batch at once, scores it ([`model`]) and writes the [`prediction`] record.
 //! 4. [`kafka::producer`] delivers the prediction; its acknowledgement finishes the offset and
 //!    [`serve`] commits the contiguous finished prefix.
 //!
@@ -38,7 +39,7 @@
 //! | [`control`] | hot reload: publishing bundles, the control topic, validation, the active version |
 //! | [`kafka`] | consumer, producer, offset tracking |
 //! | [`router`], [`partition`] | the partition actors: stores spread over one per core by id, each store in order |
-//! | [`cache`] | cache hints: the next event's model and inputs loaded while this one is scored |
+//! | [`cache`] | cache hints: index slots, model weights and inputs loaded before they are read |
 //! | [`backpressure`] | parked work and paused Kafka partitions when a queue is full |
 //! | [`awaiting`] | records set aside while the schema registry is asked for their writer schema (bounded) |
 //! | [`watchdog`] | the stall watchdog: work waiting, nothing acknowledged |
