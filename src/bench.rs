@@ -95,6 +95,9 @@ pub struct Figures {
     pub p50_ms: f64,
     /// 99th percentile latency at the steady rate, ms.
     pub p99_ms: f64,
+    /// Of the latency, the part before the pipeline read the event (the loader's batching, the
+    /// broker, the fetch): median and 99th percentile, ms.
+    pub read_wait_ms: (f64, f64),
     /// Resident memory while the pipeline runs at the steady rate, bytes.
     pub steady_rss: Option<u64>,
 }
@@ -409,8 +412,9 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             ..Figures::default()
         };
         let (stats, stop, handle) = setup.start(*mode, live_in, output, None).await;
-        (f.p50_ms, f.p99_ms) =
-            steady_latency(&stats, &brokers, live_in, &live, latency_rate, opts).await?;
+        let latency = steady_latency(&stats, &brokers, live_in, &live, latency_rate, opts).await?;
+        (f.p50_ms, f.p99_ms, f.read_wait_ms) =
+            (latency.p50_ms, latency.p99_ms, latency.read_wait_ms);
         f.steady_rss = memory::rss();
         stop.cancel();
         handle.await.map_err(|e| Error::Internal(e.to_string()))??;
@@ -444,6 +448,22 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             f.steady_rss.map_or(f64::NAN, memory::mib)
         );
     }
+    let waits: Vec<String> = figures
+        .iter()
+        .map(|(mode, f)| {
+            let name = if *mode == Mode::Score {
+                "scoring"
+            } else {
+                "passthrough"
+            };
+            format!("{name} {:.1} / {:.1}", f.read_wait_ms.0, f.read_wait_ms.1)
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "of that latency, before the pipeline read the event (the loader's batching, the broker, the fetch), p50 / p99 ms: {}",
+        waits.join(", ")
+    );
     if let Some((p50, p99, swaps)) = reload {
         let _ = writeln!(
             out,
@@ -634,8 +654,16 @@ async fn create_topics(
     }
 }
 
-/// Produces the live events at the steady rate and returns the p50 and p99 latency in ms; the
-/// first fifth warms up (fetch positions, connections) and is not measured.
+/// What [`steady_latency`] measured, ms.
+struct Latency {
+    p50_ms: f64,
+    p99_ms: f64,
+    /// p50 and p99 of the part before the pipeline read the event.
+    read_wait_ms: (f64, f64),
+}
+
+/// Produces the live events at the steady rate and returns the latency; the first fifth warms
+/// up (fetch positions, connections) and is not measured.
 async fn steady_latency(
     stats: &Arc<PipelineStats>,
     brokers: &str,
@@ -643,7 +671,7 @@ async fn steady_latency(
     live: &Arc<Vec<Vec<u8>>>,
     rate: u64,
     opts: &BenchOptions,
-) -> Result<(f64, f64)> {
+) -> Result<Latency> {
     let producing = tokio::spawn(produce(
         brokers.to_owned(),
         input.to_owned(),
@@ -655,17 +683,20 @@ async fn steady_latency(
     let one_per_batch = opts.records_per_batch == Some(1);
     watch(stats, n / 5, Duration::from_secs(120), one_per_batch).await?;
     stats.latency(true);
+    stats.read_wait(true);
     producing
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
     watch(stats, n, Duration::from_secs(120), one_per_batch).await?;
-    let h = stats
-        .latency(false)
-        .ok_or_else(|| Error::Internal("the bench's stats keep no latency histogram".into()))?;
-    Ok((
-        h.value_at_quantile(0.5) as f64 / 1000.0,
-        h.value_at_quantile(0.99) as f64 / 1000.0,
-    ))
+    let missing = || Error::Internal("the bench's stats keep no latency histogram".into());
+    let h = stats.latency(false).ok_or_else(missing)?;
+    let w = stats.read_wait(false).ok_or_else(missing)?;
+    let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
+    Ok(Latency {
+        p50_ms: ms(&h, 0.5),
+        p99_ms: ms(&h, 0.99),
+        read_wait_ms: (ms(&w, 0.5), ms(&w, 0.99)),
+    })
 }
 
 /// The largest bundle `--reload` publishes on the MockCluster, which keeps about 5 MB per
@@ -750,7 +781,7 @@ async fn reload_latency(
             swaps
         })
     };
-    let (p50, p99) =
+    let Latency { p50_ms, p99_ms, .. } =
         steady_latency(&stats, setup.brokers, &t("live-reload"), live, rate, opts).await?;
     stop.cancel();
     cancel.cancel();
@@ -759,5 +790,5 @@ async fn reload_latency(
         .map_err(|e| Error::Internal(e.to_string()))?;
     handle.await.map_err(|e| Error::Internal(e.to_string()))??;
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
-    Ok((p50, p99, swaps))
+    Ok((p50_ms, p99_ms, swaps))
 }

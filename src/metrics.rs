@@ -493,6 +493,10 @@ pub struct PipelineStats {
     /// to print ([`PipelineStats::printing_latency`]); `serve` exports the Prometheus
     /// histogram only and takes no lock per event for this one.
     latency_us: Option<Mutex<Histogram<u64>>>,
+    /// Event timestamp to the consumer loop reading it, in microseconds (the part of the
+    /// latency spent before the pipeline: the producer's batching, the broker, the fetch),
+    /// for the benchmark to print beside `latency_us`; kept only with it.
+    read_wait_us: Option<Mutex<Histogram<u64>>>,
     handles: Handles,
     /// What the health endpoints report.
     pub health: crate::health::Health,
@@ -526,6 +530,7 @@ impl Default for PipelineStats {
             assigned: AtomicU64::new(0),
             actuals: AtomicU64::new(0),
             latency_us: None,
+            read_wait_us: None,
             handles: Handles {
                 consumed: counter!(EVENTS_CONSUMED),
                 scored_partition: counter!(EVENTS_SCORED, "model" => "partition"),
@@ -551,12 +556,29 @@ impl Default for PipelineStats {
 impl PipelineStats {
     /// Stats that also keep an in-process latency histogram, for [`PipelineStats::latency`].
     pub fn printing_latency() -> Self {
-        PipelineStats {
-            // Three significant figures from 1 µs to an hour.
-            latency_us: Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        // Three significant figures from 1 µs to an hour.
+        let histogram = || {
+            Histogram::new_with_bounds(1, 3_600_000_000, 3)
                 .ok()
-                .map(Mutex::new),
+                .map(Mutex::new)
+        };
+        PipelineStats {
+            latency_us: histogram(),
+            read_wait_us: histogram(),
             ..PipelineStats::default()
+        }
+    }
+
+    /// A record with Kafka timestamp `timestamp_ms` was read now: for the benchmark's split of
+    /// the latency into before and inside the pipeline. Does nothing (no clock, no lock) unless
+    /// made with [`PipelineStats::printing_latency`].
+    pub fn read_after(&self, timestamp_ms: Option<i64>) {
+        let (Some(h), Some(t)) = (self.read_wait_us.as_ref(), timestamp_ms) else {
+            return;
+        };
+        let us = (crate::clock::now_ms() - t).max(0) as u64 * 1000;
+        if let Ok(mut h) = h.lock() {
+            h.saturating_record(us.max(1));
         }
     }
 
@@ -641,14 +663,25 @@ impl PipelineStats {
     /// A copy of the latency histogram (microseconds), cleared with `reset`; `None` unless
     /// made with [`PipelineStats::printing_latency`].
     pub fn latency(&self, reset: bool) -> Option<Histogram<u64>> {
-        let mut h = match self.latency_us.as_ref()?.lock() {
-            Ok(h) => h,
-            Err(e) => e.into_inner(),
-        };
-        let copy = h.clone();
-        if reset {
-            h.reset();
-        }
-        Some(copy)
+        copy(self.latency_us.as_ref()?, reset)
     }
+
+    /// A copy of the histogram of event timestamp to read (microseconds), cleared with
+    /// `reset`; `None` unless made with [`PipelineStats::printing_latency`].
+    pub fn read_wait(&self, reset: bool) -> Option<Histogram<u64>> {
+        copy(self.read_wait_us.as_ref()?, reset)
+    }
+}
+
+/// A copy of `histogram`, cleared afterwards with `reset`.
+fn copy(histogram: &Mutex<Histogram<u64>>, reset: bool) -> Option<Histogram<u64>> {
+    let mut h = match histogram.lock() {
+        Ok(h) => h,
+        Err(e) => e.into_inner(),
+    };
+    let copy = h.clone();
+    if reset {
+        h.reset();
+    }
+    Some(copy)
 }

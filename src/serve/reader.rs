@@ -298,6 +298,7 @@ impl Reader<'_> {
             Timestamp::CreateTime(t) | Timestamp::LogAppendTime(t) => Some(t),
             Timestamp::NotAvailable => None,
         };
+        self.stats.read_after(timestamp_ms);
         let payload = m.payload();
         let k = &self.config.kafka;
         if self.mode == Mode::Passthrough {
