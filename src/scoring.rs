@@ -1,6 +1,8 @@
 //! Scoring one event with a bundle: the partition's own model, else the fallback or a dead
 //! letter, as `unknown_partition` says (or always a dead letter when an imported bundle has no
-//! fallback). Offline `predict` and the partition actors both call [`score`].
+//! fallback). Offline `predict` and the actuals actor call [`score`]; the consumer loop, which
+//! must dead-letter a refused record before it reaches a partition actor, applies the same
+//! rule through [`scores_unknown`] and [`refusal`].
 
 use serde::{Deserialize, Serialize};
 
@@ -53,19 +55,29 @@ pub fn score(
     policy: UnknownPartition,
 ) -> Result<(f64, ModelSource), RecordError> {
     let (model, source) = model_for(bundle, &event.partition);
-    if source == ModelSource::Fallback {
-        if !bundle.has_fallback() {
-            return Err(no_fallback(&event.partition));
-        }
-        if policy == UnknownPartition::Dlq {
-            return Err(unknown(&event.partition));
-        }
+    if source == ModelSource::Fallback && !scores_unknown(bundle, policy) {
+        return Err(refusal(bundle, &event.partition));
     }
     Ok((model.model.predict(&event.inputs), source))
 }
 
+/// Whether a partition without a model of its own is scored (by the fallback) under
+/// `policy`: then nothing needs to know before scoring whether a partition has a model.
+pub fn scores_unknown(bundle: &Bundle, policy: UnknownPartition) -> bool {
+    bundle.has_fallback() && policy == UnknownPartition::Fallback
+}
+
+/// The error for `partition`, which has no model of its own, when [`scores_unknown`] is false.
+pub fn refusal(bundle: &Bundle, partition: &str) -> RecordError {
+    if bundle.has_fallback() {
+        unknown(partition)
+    } else {
+        no_fallback(partition)
+    }
+}
+
 /// The error for a partition the bundle has no model for.
-pub fn unknown(partition: &str) -> RecordError {
+fn unknown(partition: &str) -> RecordError {
     RecordError::new(
         RecordErrorKind::UnknownPartition,
         format!("partition {partition:?} has no model and unknown_partition = \"dlq\""),
@@ -73,7 +85,7 @@ pub fn unknown(partition: &str) -> RecordError {
 }
 
 /// The error for a partition without a model in a bundle that has no fallback.
-pub fn no_fallback(partition: &str) -> RecordError {
+fn no_fallback(partition: &str) -> RecordError {
     RecordError::new(
         RecordErrorKind::UnknownPartition,
         format!(

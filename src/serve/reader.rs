@@ -26,7 +26,7 @@ use crate::metrics::PipelineStats;
 use crate::model::bundle::Bundle;
 use crate::partition::{Job, ModelRef};
 use crate::router::Router;
-use crate::scoring::{self, UnknownPartition};
+use crate::scoring;
 use crate::watchdog::StallWatchdog;
 
 /// The consumer loop's state.
@@ -347,9 +347,7 @@ impl Reader<'_> {
             decoded.and_then(|event| {
                 self.config.pipeline.check_key(&event.partition)?;
                 let id_hash = crate::model::index::id_hash(&event.partition);
-                if self.bundle.has_fallback()
-                    && self.config.model.unknown_partition == UnknownPartition::Fallback
-                {
+                if scoring::scores_unknown(&self.bundle, self.config.model.unknown_partition) {
                     // Every store is scored whether it has a model or not: its actor looks it
                     // up, with the rest of its batch (see `crate::partition`).
                     return Ok((event, id_hash, ModelRef::Lookup));
@@ -359,10 +357,7 @@ impl Reader<'_> {
                     .partition_index_hashed(id_hash, &event.partition)
                 {
                     Some(i) => Ok((event, id_hash, ModelRef::Own(i))),
-                    None if !self.bundle.has_fallback() => {
-                        Err(scoring::no_fallback(&event.partition))
-                    }
-                    None => Err(scoring::unknown(&event.partition)),
+                    None => Err(scoring::refusal(&self.bundle, &event.partition)),
                 }
             })
         };
