@@ -40,14 +40,6 @@ pub enum EventId {
 }
 
 impl EventId {
-    /// The id as a JSON value.
-    pub fn to_value(&self) -> Value {
-        match self {
-            EventId::Text(s) => Value::String(s.to_string()),
-            EventId::Json(v) => v.clone(),
-        }
-    }
-
     /// The id as text: a string as it is, any other value as JSON.
     pub fn to_text(&self) -> Cow<'_, str> {
         match self {

@@ -35,18 +35,13 @@ pub fn write_json(
     source: ModelSource,
 ) {
     buf.push(b'{');
-    match &event.event_id {
-        None => {}
-        Some(EventId::Text(id)) => {
-            buf.extend_from_slice(b"\"event_id\":");
-            write_str(buf, id);
-            buf.push(b',');
+    if let Some(id) = &event.event_id {
+        buf.extend_from_slice(b"\"event_id\":");
+        match id {
+            EventId::Text(id) => write_str(buf, id),
+            EventId::Json(id) => write_value(buf, id),
         }
-        Some(EventId::Json(id)) => {
-            buf.extend_from_slice(b"\"event_id\":");
-            write_value(buf, id);
-            buf.push(b',');
-        }
+        buf.push(b',');
     }
     write_str(buf, partition_column);
     buf.push(b':');
@@ -329,6 +324,21 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The JSON prediction `write_json` makes of the event `record` decodes to.
+    fn prediction_of(record: &[u8], encoder: &crate::features::FeatureEncoder) -> Vec<u8> {
+        let event = crate::codec::json::decode_json(record, "store_id", encoder).unwrap();
+        let mut buf = Vec::new();
+        write_json(
+            &mut buf,
+            "store_id",
+            &event,
+            1.0,
+            "v1",
+            ModelSource::Fallback,
+        );
+        buf
+    }
+
     #[test]
     fn a_partition_id_is_echoed_as_the_event_wrote_it() {
         let encoder = crate::features::FeatureEncoder::new(&[]).unwrap();
@@ -342,18 +352,7 @@ mod tests {
             ),
             (r#"{"store_id":"a\"b"}"#, r#""store_id":"a\"b","#),
         ] {
-            let event =
-                crate::codec::json::decode_json(record.as_bytes(), "store_id", &encoder).unwrap();
-            let mut buf = Vec::new();
-            write_json(
-                &mut buf,
-                "store_id",
-                &event,
-                1.0,
-                "v",
-                ModelSource::Fallback,
-            );
-            let text = String::from_utf8(buf).unwrap();
+            let text = String::from_utf8(prediction_of(record.as_bytes(), &encoder)).unwrap();
             assert!(text.contains(echoed), "{record}: {text}");
         }
     }
@@ -421,21 +420,7 @@ mod tests {
         ];
         for id in ids {
             let record = json!({"event_id": id, "store_id": "S1", "price": 2.5, "region": "north"});
-            let event = crate::codec::json::decode_json(
-                &serde_json::to_vec(&record).unwrap(),
-                "store_id",
-                &encoder,
-            )
-            .unwrap();
-            let mut buf = Vec::new();
-            write_json(
-                &mut buf,
-                "store_id",
-                &event,
-                1.0,
-                "v1",
-                ModelSource::Fallback,
-            );
+            let buf = prediction_of(&serde_json::to_vec(&record).unwrap(), &encoder);
             let written: serde_json::Value = serde_json::from_slice(&buf).unwrap();
             assert_eq!(written["event_id"], id, "{}", String::from_utf8_lossy(&buf));
         }
