@@ -433,11 +433,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         "pipeline", "events/s", "p50 ms", "p99 ms", "CPU µs/event", "steady RSS MiB"
     );
     for (mode, f) in &figures {
-        let name = if *mode == Mode::Score {
-            "scoring"
-        } else {
-            "passthrough"
-        };
+        let name = pipeline_name(*mode);
         let _ = writeln!(
             out,
             "{name:<12} {:>12.0} {:>10.1} {:>10.1} {:>14.2} {:>16.1}",
@@ -451,12 +447,8 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     let waits: Vec<String> = figures
         .iter()
         .map(|(mode, f)| {
-            let name = if *mode == Mode::Score {
-                "scoring"
-            } else {
-                "passthrough"
-            };
-            format!("{name} {:.1} / {:.1}", f.read_wait_ms.0, f.read_wait_ms.1)
+            let (p50, p99) = f.read_wait_ms;
+            format!("{} {p50:.1} / {p99:.1}", pipeline_name(*mode))
         })
         .collect();
     let _ = writeln!(
@@ -651,6 +643,15 @@ async fn create_topics(
             let list: Vec<(&str, i32)> = topics.iter().map(|(n, p)| (n.as_str(), *p)).collect();
             local::create_topics(brokers, &list).await
         }
+    }
+}
+
+/// The name a pipeline has in the bench's table.
+fn pipeline_name(mode: Mode) -> &'static str {
+    if mode == Mode::Score {
+        "scoring"
+    } else {
+        "passthrough"
     }
 }
 
