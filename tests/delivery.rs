@@ -804,7 +804,10 @@ fn backlog_run(brokers: &str, create: impl Fn(&str, i32), dir: &Path, who: &str)
     ));
     wait_assigned(&mut daemon);
     let mut out = TopicReader::new(brokers, "out");
-    let _ = out.read_until(Duration::from_secs(180), |r| distinct(r) >= BACKLOG_EVENTS);
+    // Against tansu every resume lands inside a record batch, and finding the batch's start
+    // again takes the daemon several seconds a step: on a busy machine the whole run takes
+    // minutes, so wait as long as predictions keep arriving.
+    let _ = out.read_while_arriving(Duration::from_secs(120), |r| distinct(r) >= BACKLOG_EVENTS);
     let addr = daemon.metrics_addr();
     let (_, metrics) = http_get(&addr, "/metrics");
     let log = daemon.log_text();

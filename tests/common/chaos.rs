@@ -363,6 +363,27 @@ impl TopicReader {
         }
     }
 
+    /// Reads until `done(records)` holds, or until nothing new has arrived for `quiet`: a
+    /// daemon that is slow (a busy machine, a broker that makes it seek back step by step)
+    /// but still delivering is waited for, one that delivers nothing more is not. Says
+    /// whether `done` held.
+    pub fn read_while_arriving(&mut self, quiet: Duration, done: impl Fn(&[Seen]) -> bool) -> bool {
+        let mut last_arrival = Instant::now();
+        loop {
+            if done(&self.records) {
+                return true;
+            }
+            if last_arrival.elapsed() > quiet {
+                return false;
+            }
+            let before = self.records.len();
+            self.poll(Duration::from_millis(200));
+            if self.records.len() > before {
+                last_arrival = Instant::now();
+            }
+        }
+    }
+
     /// Reads up to the high watermark of every Kafka partition, as it is now, and on until
     /// nothing more arrives for two seconds (tansu's in-memory engine has been seen
     /// answering a high watermark of 1 for a topic holding thousands of records).
