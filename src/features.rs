@@ -7,7 +7,7 @@
 mod name_index;
 
 use crate::error::{RecordError, RecordErrorKind};
-use crate::field::{utc_parts, Field};
+use crate::field::{utc_hour, utc_parts, utc_weekday, Field};
 use crate::spec::{FeatureKind, FeatureSpec};
 use name_index::NameIndex;
 
@@ -201,11 +201,12 @@ impl FeatureEncoder {
             FeatureValue::Category(None) => {}
             FeatureValue::Category(Some(i)) => out[e.offset + i] = 1.0,
             FeatureValue::Time(ms) => {
-                let parts = utc_parts(ms);
+                // Only the part this feature reads: the month needs the calendar, the
+                // others do not.
                 let slot = match e.kind {
-                    FeatureKind::HourOfDay => parts.hour,
-                    FeatureKind::DayOfWeek => parts.weekday,
-                    _ => parts.month0,
+                    FeatureKind::HourOfDay => utc_hour(ms),
+                    FeatureKind::DayOfWeek => utc_weekday(ms),
+                    _ => utc_parts(ms).month0,
                 };
                 out[e.offset + slot as usize] = 1.0;
             }

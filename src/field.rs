@@ -240,6 +240,16 @@ pub struct UtcParts {
     pub month0: u32,
 }
 
+/// The UTC hour of day (0..=23) of epoch milliseconds.
+pub fn utc_hour(ms: i64) -> u32 {
+    utc::hour(ms)
+}
+
+/// The UTC day of week (Monday = 0 .. Sunday = 6) of epoch milliseconds.
+pub fn utc_weekday(ms: i64) -> u32 {
+    utc::weekday(ms)
+}
+
 /// Splits epoch milliseconds (already range-checked) into UTC parts.
 pub fn utc_parts(ms: i64) -> UtcParts {
     if let Some(parts) = utc::parts(ms) {

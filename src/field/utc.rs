@@ -63,15 +63,26 @@ pub(super) fn parts(ms: i64) -> Option<UtcParts> {
     if !(FIRST_MS..END_MS).contains(&ms) {
         return None;
     }
-    let days = ms.div_euclid(MS_PER_DAY);
-    let ms_of_day = ms.rem_euclid(MS_PER_DAY);
     Some(UtcParts {
-        // Both below 24 and 7: the casts cannot truncate.
-        hour: (ms_of_day / 3_600_000) as u32,
-        // 1970-01-01 was a Thursday, day 3 counting from Monday.
-        weekday: (days + 3).rem_euclid(7) as u32,
-        month0: month_of_day(days) - 1,
+        hour: hour(ms),
+        weekday: weekday(ms),
+        month0: month_of_day(ms.div_euclid(MS_PER_DAY)) - 1,
     })
+}
+
+/// The UTC hour of day (0..=23) of `ms`: exact for every time, as days are 86,400 s long
+/// without leap seconds in epoch time.
+pub(super) fn hour(ms: i64) -> u32 {
+    // Below 24: the cast cannot truncate.
+    (ms.rem_euclid(MS_PER_DAY) / 3_600_000) as u32
+}
+
+/// The UTC day of week (Monday = 0 .. Sunday = 6) of `ms`: exact for every time, as the
+/// proleptic Gregorian calendar's weeks run on without a break.
+pub(super) fn weekday(ms: i64) -> u32 {
+    // 1970-01-01 was a Thursday, day 3 counting from Monday. Below 7: the cast cannot
+    // truncate.
+    (ms.div_euclid(MS_PER_DAY) + 3).rem_euclid(7) as u32
 }
 
 /// Epoch milliseconds of RFC 3339 text in the shape `YYYY-MM-DDTHH:MM:SS[.f…]Z` (`T` or `Z`
@@ -317,6 +328,20 @@ mod tests {
             if let Some(p) = parts(ms) {
                 assert_eq!(p, chrono_parts(ms), "{ms}");
             }
+        }
+    }
+
+    /// The hour and the day of week need no calendar: they agree with chrono at every time
+    /// chrono holds (about ±262,000 years), far beyond the years `parts` answers for.
+    #[test]
+    fn hour_and_weekday_agree_with_chrono_at_every_time() {
+        let reach = 8_000_000_000_000_000i64;
+        let mut n = Numbers(5);
+        let edges = [-reach, reach, FIRST_MS - 1, END_MS, -1, 0, 1];
+        let spread = (0..200_000).map(|_| n.below(2 * reach as u64) as i64 - reach);
+        for ms in edges.into_iter().chain(spread) {
+            let c = chrono_parts(ms);
+            assert_eq!((hour(ms), weekday(ms)), (c.hour, c.weekday), "{ms}");
         }
     }
 }

@@ -1,0 +1,70 @@
+//! `cargo bench --bench codec`: nanoseconds per event of the scoring pipeline's own work on one
+//! core, apart from Kafka: decoding a JSON event and encoding its features, scoring it, and
+//! writing its prediction record. The events and the bundle are `manymodel bench`'s (generated
+//! history, 1,000 stores); each figure is the best of several passes over 20,000 events.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use manymodel::codec::json::decode_json;
+use manymodel::scoring::ModelSource;
+
+const PASSES: usize = 15;
+
+fn main() -> manymodel::Result<()> {
+    let work = manymodel::local::workload(1000, 14, 20_000, 11, "bench", Default::default())?;
+    let bundle = work.bundle;
+    let lines: Vec<&[u8]> = work.events.lines().map(str::as_bytes).collect();
+    let column = bundle.spec.partition_column.clone();
+    let encoder = bundle.encoder();
+    let events: Vec<_> = lines
+        .iter()
+        .filter_map(|l| decode_json(l, &column, encoder).ok())
+        .collect();
+    println!("{} events, {} inputs each", events.len(), encoder.width());
+
+    let decode = best_ns(lines.len(), || {
+        for line in &lines {
+            let _ = black_box(decode_json(black_box(line), &column, encoder));
+        }
+    });
+    let score = best_ns(events.len(), || {
+        for event in &events {
+            let model = bundle
+                .partition_index(&event.partition)
+                .and_then(|i| bundle.partitions.get(i))
+                .map_or(&bundle.fallback.model, |m| &m.model);
+            black_box(model.predict(black_box(&event.inputs)));
+        }
+    });
+    let mut buf = Vec::with_capacity(256);
+    let write = best_ns(events.len(), || {
+        for event in &events {
+            buf.clear();
+            manymodel::prediction::write_json(
+                &mut buf,
+                &column,
+                black_box(event),
+                1.5,
+                &bundle.version,
+                ModelSource::Partition,
+            );
+            black_box(&buf);
+        }
+    });
+    println!("decode and encode features: {decode:7.1} ns/event");
+    println!("look up and score:          {score:7.1} ns/event");
+    println!("write the prediction:       {write:7.1} ns/event");
+    Ok(())
+}
+
+/// The fastest of [`PASSES`] runs of `pass`, in nanoseconds per item.
+fn best_ns(items: usize, mut pass: impl FnMut()) -> f64 {
+    (0..PASSES)
+        .map(|_| {
+            let started = Instant::now();
+            pass();
+            started.elapsed().as_nanos() as f64 / items.max(1) as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
