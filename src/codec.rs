@@ -206,8 +206,25 @@ impl Decoder {
         partition_column: &str,
         encoder: &FeatureEncoder,
     ) -> Decoded {
+        self.decode_into(bytes, partition_column, encoder, Vec::new())
+    }
+
+    /// [`Decoder::decode`] writing the event's inputs into `inputs`, a recycled buffer
+    /// ([`crate::spares`]).
+    pub fn decode_into(
+        &mut self,
+        bytes: &[u8],
+        partition_column: &str,
+        encoder: &FeatureEncoder,
+        inputs: Vec<f64>,
+    ) -> Decoded {
         let Some(a) = &mut self.avro else {
-            return Decoded::Done(json::decode_json(bytes, partition_column, encoder));
+            return Decoded::Done(json::decode_json_into(
+                bytes,
+                partition_column,
+                encoder,
+                inputs,
+            ));
         };
         let (writer, datum) = match framing::split(a.framing, bytes) {
             Ok(split) => split,
@@ -231,7 +248,7 @@ impl Decoder {
                 None => return Decoded::Awaiting(id),
             },
         };
-        Decoded::Done(plan.decode(datum, partition_column, encoder))
+        Decoded::Done(plan.decode_into(datum, partition_column, encoder, inputs))
     }
 
     /// True while a writer schema id is being asked of the registry.

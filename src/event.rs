@@ -110,10 +110,14 @@ pub fn slot_of(name: &str, partition_column: &str, encoder: &FeatureEncoder) -> 
 }
 
 /// Checks the partition key and encodes the features of the slots a decoder filled.
+///
+/// The inputs are written into `inputs` (cleared first): a recycled buffer
+/// ([`crate::spares`]), or a new one.
 pub fn assemble(
     slots: &mut [Slot<'_>],
     partition_column: &str,
     encoder: &FeatureEncoder,
+    mut inputs: Vec<f64>,
 ) -> Result<Event, RecordError> {
     let (partition, partition_was_number) = match slots.first_mut().map(std::mem::take) {
         None | Some(Slot::Absent) => {
@@ -164,7 +168,6 @@ pub fn assemble(
         Some(Slot::Float(x)) => serde_json::Number::from_f64(x).map(|n| EventId::Json(n.into())),
         _ => None,
     };
-    let mut inputs = Vec::with_capacity(encoder.width());
     encoder.encode_columns(|i| slots.get(2 + i).and_then(Slot::field), &mut inputs)?;
     Ok(Event {
         partition,

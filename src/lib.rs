@@ -39,6 +39,7 @@
 //! | [`control`] | hot reload: publishing bundles, the control topic, validation, the active version |
 //! | [`kafka`] | consumer, producer, offset tracking |
 //! | [`router`], [`partition`] | the partition actors: stores spread over one per core by id, each store in order |
+//! | [`spares`] | input buffers the actors hand back for the consumer loop to decode into again |
 //! | [`cache`] | cache hints: index slots, model weights and inputs loaded before they are read |
 //! | [`backpressure`] | parked work and paused Kafka partitions when a queue is full |
 //! | [`awaiting`] | records set aside while the schema registry is asked for their writer schema (bounded) |
@@ -90,6 +91,7 @@ pub mod retrain;
 pub mod router;
 pub mod scoring;
 pub mod serve;
+pub mod spares;
 pub mod spec;
 pub mod train;
 pub mod watchdog;

@@ -30,6 +30,7 @@ use crate::metrics::PipelineStats;
 use crate::model::bundle::Bundle;
 use crate::prediction::VERSION_HEADER;
 use crate::scoring::ModelSource;
+use crate::spares::InputSpares;
 
 /// Batches the actor takes from its mailbox per wake-up.
 const BATCHES: usize = 16;
@@ -91,6 +92,8 @@ pub struct ActorContext {
     pub cancel: CancellationToken,
     /// Stores that get their own `partition` label on a counter (`per_partition_metrics`).
     pub labelled: Arc<std::collections::HashSet<String>>,
+    /// Where scored events' input buffers go back to, for the consumer loop to decode into.
+    pub spares: Arc<InputSpares>,
 }
 
 /// The handle the router holds: the actor's mailbox, which takes events in batches (one
@@ -132,6 +135,7 @@ impl PartitionHandle {
             ctx,
             buf: Vec::with_capacity(256),
             scored: Vec::with_capacity(crate::router::BATCH),
+            returned: Vec::with_capacity(crate::router::BATCH),
         };
         tasks.spawn(actor.run());
         PartitionHandle {
@@ -202,6 +206,9 @@ struct PartitionActor {
     /// When each job of the current batch was read and which model scored it, for the
     /// scoring-latency histogram once the batch is done; reused.
     scored: Vec<(std::time::Instant, ModelSource)>,
+    /// The input buffers of the current batch's scored events, handed back together once the
+    /// batch is done; reused.
+    returned: Vec<Vec<f64>>,
 }
 
 /// How many events ahead of the one it scores the actor starts loading an event's model
@@ -284,6 +291,7 @@ impl PartitionActor {
                             let seconds = now.saturating_duration_since(read_at).as_secs_f64();
                             self.ctx.stats.scored(source, seconds);
                         }
+                        self.ctx.spares.give_back(&mut self.returned);
                     }
                 }
             }
@@ -292,7 +300,7 @@ impl PartitionActor {
 
     /// Scores one job and hands its prediction to the producer; answers which model scored
     /// it, or `None` if it was dropped (its Kafka partition was revoked).
-    async fn score(&mut self, bundle: &Bundle, job: Job) -> Option<ModelSource> {
+    async fn score(&mut self, bundle: &Bundle, mut job: Job) -> Option<ModelSource> {
         if job.ack.is_revoked() {
             // Its Kafka partition moved to another instance, which scores it again.
             return None;
@@ -331,6 +339,7 @@ impl PartitionActor {
                 delivery,
             )
             .await;
+        self.returned.push(std::mem::take(&mut job.event.inputs));
         Some(source)
     }
 }

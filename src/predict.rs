@@ -385,7 +385,7 @@ fn predict_parquet(
             for (k, &slot) in slot_of.iter().enumerate() {
                 slots[slot] = batch.value(k, row).slot();
             }
-            let decoded = assemble(&mut slots, column, encoder);
+            let decoded = assemble(&mut slots, column, encoder, Vec::new());
             let n = batch.first_row + row as u64 + 1;
             if let Some((event, value, source)) =
                 tally.score(bundle, opts.unknown_partition, decoded, || {

@@ -220,6 +220,7 @@ mod tests {
             stats: stats.clone(),
             cancel: CancellationToken::new(),
             labelled: Default::default(),
+            spares: Default::default(),
         };
         let tracker = OffsetTracker::default();
         tracker.assign(0, None);

@@ -125,6 +125,7 @@ pub async fn run(
     for store in &config.metrics.per_partition_metrics {
         crate::metrics::partition_counter(store).increment(0);
     }
+    let spares = Arc::new(crate::spares::InputSpares::default());
     let router = Router::new(
         ActorContext {
             producer: producer.clone(),
@@ -140,6 +141,7 @@ pub async fn run(
                     .cloned()
                     .collect(),
             ),
+            spares: spares.clone(),
         },
         Router::default_shards(),
         config.pipeline.mailbox_capacity,
@@ -190,6 +192,7 @@ pub async fn run(
         router,
         mode,
         decoder,
+        spares: crate::spares::SpareStock::new(spares),
         awaiting: AwaitingSchema::default(),
         flow: Backpressure::new(&k.input_topic, config.pipeline.max_in_flight),
         watchdog: StallWatchdog::new(Duration::from_secs(config.pipeline.stall_timeout_secs)),

@@ -638,6 +638,18 @@ impl Plan {
         partition_column: &str,
         encoder: &FeatureEncoder,
     ) -> Result<Event, RecordError> {
+        self.decode_into(bytes, partition_column, encoder, Vec::new())
+    }
+
+    /// [`Plan::decode`] writing the event's inputs into `inputs`, a recycled buffer
+    /// ([`crate::spares`]).
+    pub fn decode_into(
+        &self,
+        bytes: &[u8],
+        partition_column: &str,
+        encoder: &FeatureEncoder,
+        inputs: Vec<f64>,
+    ) -> Result<Event, RecordError> {
         let mut slots = vec![Slot::Absent; slot_count(encoder)];
         let mut cur = Cursor { bytes, pos: 0 };
         for step in &self.steps {
@@ -666,7 +678,7 @@ impl Plan {
                 slots[i] = default.clone();
             }
         }
-        assemble(&mut slots, partition_column, encoder)
+        assemble(&mut slots, partition_column, encoder, inputs)
     }
 
     /// The length of the datum at the start of `bytes` (datums in a container file are not

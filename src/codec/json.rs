@@ -30,11 +30,27 @@ pub fn decode_json(
     partition_column: &str,
     encoder: &FeatureEncoder,
 ) -> Result<Event, RecordError> {
+    decode_json_into(bytes, partition_column, encoder, Vec::new())
+}
+
+/// [`decode_json`] writing the event's inputs into `inputs`, a recycled buffer
+/// ([`crate::spares`]).
+pub fn decode_json_into(
+    bytes: &[u8],
+    partition_column: &str,
+    encoder: &FeatureEncoder,
+    inputs: Vec<f64>,
+) -> Result<Event, RecordError> {
+    let mut inputs = Some(inputs);
     with_slots(slot_count(encoder), |slots| {
         flat_json::fill_slots(bytes, partition_column, encoder, slots)?;
-        Some(assemble(slots, partition_column, encoder))
+        let inputs = inputs.take().unwrap_or_default();
+        Some(assemble(slots, partition_column, encoder, inputs))
     })
-    .unwrap_or_else(|| decode_with_serde(bytes, partition_column, encoder))
+    .unwrap_or_else(|| {
+        let inputs = inputs.take().unwrap_or_default();
+        decode_with_serde(bytes, partition_column, encoder, inputs)
+    })
 }
 
 /// Decodes one JSON event with `serde_json`: any JSON, and the error message of any fault.
@@ -42,10 +58,11 @@ fn decode_with_serde(
     bytes: &[u8],
     partition_column: &str,
     encoder: &FeatureEncoder,
+    inputs: Vec<f64>,
 ) -> Result<Event, RecordError> {
     with_slots(slot_count(encoder), |slots| {
         fill_slots_with_serde(bytes, partition_column, encoder, slots)?;
-        assemble(slots, partition_column, encoder)
+        assemble(slots, partition_column, encoder, inputs)
     })
 }
 
@@ -261,7 +278,7 @@ pub(crate) mod tests {
                 slots[i] = Slot::Json(value);
             }
         }
-        assemble(&mut slots, "store_id", encoder)
+        assemble(&mut slots, "store_id", encoder, Vec::new())
     }
 
     #[test]
@@ -340,6 +357,10 @@ pub(crate) mod tests {
                 let event = format!("{{{}}}", parts.join(","));
                 let got = decode_json(event.as_bytes(), "store_id", &encoder);
                 assert_eq!(got, reference(&event, &encoder), "{event}");
+                // Into a recycled buffer still holding another event's inputs: the same.
+                let dirty = vec![7.0; checked % 50];
+                let again = decode_json_into(event.as_bytes(), "store_id", &encoder, dirty);
+                assert_eq!(again, got, "{event}");
                 checked += 1;
             }
         }
@@ -702,7 +723,7 @@ pub(crate) mod tests {
             let bytes = &case.bytes[..];
             let shown = String::from_utf8_lossy(bytes);
             let new = decode_json(bytes, "store_id", encoder);
-            let old = decode_with_serde(bytes, "store_id", encoder);
+            let old = decode_with_serde(bytes, "store_id", encoder, Vec::new());
             assert_eq!(new, old, "{shown}");
             // Debug tells -0.0 from 0.0, which `==` does not.
             assert_eq!(format!("{new:?}"), format!("{old:?}"), "{shown}");

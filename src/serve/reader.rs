@@ -27,6 +27,7 @@ use crate::model::bundle::Bundle;
 use crate::partition::{Job, ModelRef};
 use crate::router::Router;
 use crate::scoring;
+use crate::spares::SpareStock;
 use crate::watchdog::StallWatchdog;
 
 /// The consumer loop's state.
@@ -45,6 +46,8 @@ pub(super) struct Reader<'a> {
     pub(super) mode: Mode,
     /// Turns record bytes into events (`[input]`), built once.
     pub(super) decoder: Decoder,
+    /// Input buffers the actors handed back, to decode into.
+    pub(super) spares: SpareStock,
     /// Records set aside while the registry is asked for their writer schema.
     pub(super) awaiting: AwaitingSchema,
     /// Parked work and paused Kafka partitions.
@@ -326,10 +329,11 @@ impl Reader<'_> {
         let decoded = if let Err(e) = self.config.pipeline.check_record_size(bytes.len()) {
             Err(e)
         } else {
-            let decoded = self.decoder.decode(
+            let decoded = self.decoder.decode_into(
                 bytes,
                 &self.bundle.spec.partition_column,
                 self.bundle.encoder(),
+                self.spares.take(),
             );
             let decoded = match decoded {
                 Decoded::Done(d) => d,
