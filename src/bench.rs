@@ -500,6 +500,12 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     );
     let _ = writeln!(
         out,
+        "scoring's extra CPU over passthrough: {:.2} µs per event (the median of the {} side-by-side runs' differences; goal: at most 1.0)",
+        median(&extra_cpu(&cpu[0], &cpu[1])),
+        cpu[1].len()
+    );
+    let _ = writeln!(
+        out,
         "latency measured at {} events/s{} over the last {} of {} events (the first fifth warms up), from produce timestamp to acknowledgement",
         latency_rate,
         if opts.latency_rate == LatencyRate::HalfMax {
@@ -598,6 +604,17 @@ fn median(values: &[f64]) -> f64 {
         n if n % 2 == 1 => sorted[n / 2],
         n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
     }
+}
+
+/// Scoring's CPU per event minus the passthrough's, run by run: each scoring run is paired
+/// with the passthrough run just before it, so a change in the machine's speed between runs
+/// (large on a shared VM) falls mostly outside the difference.
+fn extra_cpu(passthrough: &[f64], scoring: &[f64]) -> Vec<f64> {
+    passthrough
+        .iter()
+        .zip(scoring)
+        .map(|(p, s)| s - p)
+        .collect()
 }
 
 /// Bytes of the `[actuals]` statistics with one row for every store of `bundle` (each

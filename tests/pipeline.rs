@@ -246,6 +246,10 @@ fn bench_against_a_real_broker_prints_both_pipelines_and_their_ratio() {
     }
     assert!(out.contains("scoring / passthrough throughput"), "{out}");
     assert!(
+        out.contains("scoring's extra CPU over passthrough"),
+        "prints the goal's figure: {out}"
+    );
+    assert!(
         out.contains("before the pipeline read the event"),
         "splits the latency at the read: {out}"
     );
