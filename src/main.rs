@@ -353,6 +353,7 @@ macro_rules! say {
     }};
 }
 fn main() -> ExitCode {
+    manymodel::memory::without_huge_pages();
     let cli = Cli::parse();
     init_logging(&cli.log_format);
     match run(cli.command) {
