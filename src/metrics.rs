@@ -605,12 +605,22 @@ impl PipelineStats {
         self.handles.consumed.increment(1);
     }
 
-    /// An event was scored `seconds` after it was read.
-    pub fn scored(&self, source: ModelSource, seconds: f64) {
-        self.handles.scoring_latency.record(seconds);
-        match source {
-            ModelSource::Partition => self.handles.scored_partition.increment(1),
-            ModelSource::Fallback => self.handles.scored_fallback.increment(1),
+    /// A batch of events was scored by `now`: each when it was read and which model scored
+    /// it. One sample per event goes to the scoring-latency histogram, but the counters move
+    /// once per batch, so the actors (one per core) do not contend for them event by event.
+    pub fn scored(&self, now: std::time::Instant, scored: &[(std::time::Instant, ModelSource)]) {
+        let mut own = 0;
+        for &(read_at, source) in scored {
+            let seconds = now.saturating_duration_since(read_at).as_secs_f64();
+            self.handles.scoring_latency.record(seconds);
+            own += u64::from(source == ModelSource::Partition);
+        }
+        let fallback = scored.len() as u64 - own;
+        if own > 0 {
+            self.handles.scored_partition.increment(own);
+        }
+        if fallback > 0 {
+            self.handles.scored_fallback.increment(fallback);
         }
     }
 
