@@ -498,11 +498,16 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         ratio,
         (1.0 - ratio).max(0.0) * 100.0
     );
+    let pairs = cpu[1].len();
     let _ = writeln!(
         out,
-        "scoring's extra CPU over passthrough: {:.2} µs per event (the median of the {} side-by-side runs' differences; goal: at most 1.0)",
+        "scoring's extra CPU over passthrough: {:.2} µs per event ({}; goal: at most 1.0)",
         median(&extra_cpu(&cpu[0], &cpu[1])),
-        cpu[1].len()
+        if pairs == 1 {
+            "one side-by-side run's difference: read it as a rough figure".to_owned()
+        } else {
+            format!("the median of the {pairs} side-by-side runs' differences")
+        }
     );
     let _ = writeln!(
         out,

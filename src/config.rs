@@ -213,9 +213,16 @@ fn default_max_bundle_bytes() -> usize {
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// Events one partition actor may hold before the consumer waits for it (backpressure).
-    /// Stores are spread over one actor per core, each store's events in order.
+    /// Stores are spread over the actors by id (see `actors`), each store's events in order.
     #[serde(default = "default_mailbox_capacity")]
     pub mailbox_capacity: usize,
+    /// Partition actors the stores are spread over. Default: one per core but one (at least
+    /// one), because the consumer loop, which reads and decodes every event, keeps a core
+    /// busy of its own, and a linear store's scoring is a small fraction of that work: more
+    /// actors only move events between cores. Raise it for costly models (large tree
+    /// ensembles) when `manymodel_mailbox_depth` stays near `mailbox_capacity` times `actors`.
+    #[serde(default)]
+    pub actors: Option<std::num::NonZeroUsize>,
     /// Records larger than this many bytes go to the dead-letter topic as `oversize`.
     #[serde(default = "default_max_record_bytes")]
     pub max_record_bytes: usize,
@@ -265,6 +272,17 @@ fn default_revoke_timeout_ms() -> u64 {
 }
 
 impl PipelineConfig {
+    /// The number of partition actors: `actors`, or one per core but one (at least one).
+    pub fn actors(&self) -> usize {
+        self.actors.map_or_else(
+            || {
+                let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+                cores.saturating_sub(1).max(1)
+            },
+            |n| n.get(),
+        )
+    }
+
     /// Refuses a record larger than `max_record_bytes` (a dead letter, `oversize`).
     pub fn check_record_size(&self, len: usize) -> std::result::Result<(), RecordError> {
         if len <= self.max_record_bytes {
@@ -299,6 +317,7 @@ impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
             mailbox_capacity: default_mailbox_capacity(),
+            actors: None,
             max_record_bytes: default_max_record_bytes(),
             max_key_bytes: default_max_key_bytes(),
             shutdown_timeout_secs: default_shutdown_timeout_secs(),

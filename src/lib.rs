@@ -38,7 +38,7 @@
 //! | [`config`] | the serve configuration |
 //! | [`control`] | hot reload: publishing bundles, the control topic, validation, the active version |
 //! | [`kafka`] | consumer, producer, offset tracking |
-//! | [`router`], [`partition`] | the partition actors: stores spread over one per core by id, each store in order |
+//! | [`router`], [`partition`] | the partition actors: stores spread over them by id (`[pipeline] actors`), each store in order |
 //! | [`spares`] | input buffers the actors hand back for the consumer loop to decode into again |
 //! | [`cache`] | cache hints: index slots, model weights and inputs loaded before they are read |
 //! | [`backpressure`] | parked work and paused Kafka partitions when a queue is full |

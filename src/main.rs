@@ -233,8 +233,8 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         stores: usize,
         /// Kafka partitions of the input topic. The run creates its topics (bench-in-*,
-        /// bench-out-*, bench-dlq-*, named with a timestamp); on a real broker they stay
-        /// behind, to be deleted afterwards. On the MockCluster it is raised so that no Kafka
+        /// bench-out-*, bench-live-*, bench-dlq-*, bench-control-*, named with a timestamp);
+        /// on a real broker they stay behind, to be deleted afterwards (all match `bench-.*`). On the MockCluster it is raised so that no Kafka
         /// partition holds more than the mock's 5 MB (10 for 200,000 events).
         #[arg(long, default_value_t = 6)]
         kafka_partitions: i32,

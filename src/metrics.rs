@@ -607,7 +607,7 @@ impl PipelineStats {
 
     /// A batch of events was scored by `now`: each when it was read and which model scored
     /// it. One sample per event goes to the scoring-latency histogram, but the counters move
-    /// once per batch, so the actors (one per core) do not contend for them event by event.
+    /// once per batch, so the actors do not contend for them event by event.
     pub fn scored(&self, now: std::time::Instant, scored: &[(std::time::Instant, ModelSource)]) {
         let mut own = 0;
         for &(read_at, source) in scored {

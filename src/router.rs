@@ -1,10 +1,11 @@
 //! Partition id → the actor of its shard.
 //!
-//! Stores are spread over a fixed number of shard actors (one per core by default) by a hash of
-//! their id, so every event of one store goes to the same actor and is scored in arrival order,
-//! while the number of tasks, queues and buffers does not grow with the number of stores: a
-//! store costs nothing here, whether it has a model of its own or is scored by the fallback,
-//! and a stream of never-seen ids cannot make the daemon keep anything for them.
+//! Stores are spread over a fixed number of shard actors (`[pipeline] actors`: by default one
+//! per core but one, which the consumer loop keeps busy) by a hash of their id, so every event
+//! of one store goes to the same actor and is scored in arrival order, while the number of
+//! tasks, queues and buffers does not grow with the number of stores: a store costs nothing
+//! here, whether it has a model of its own or is scored by the fallback, and a stream of
+//! never-seen ids cannot make the daemon keep anything for them.
 //!
 //! Events reach an actor in batches: the router collects each shard's events as the consumer
 //! loop reads them and hands a batch over when it holds [`BATCH`] events or when the loop has
@@ -63,11 +64,6 @@ impl Router {
             room,
             tasks,
         }
-    }
-
-    /// Shards by default: one per core the process may use.
-    pub fn default_shards() -> usize {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
     }
 
     /// Hands a job, to be scored by `bundle`, to its shard's actor at once, waiting while the

@@ -143,7 +143,7 @@ pub async fn run(
             ),
             spares: spares.clone(),
         },
-        Router::default_shards(),
+        config.pipeline.actors(),
         config.pipeline.mailbox_capacity,
     );
     tracing::info!(

@@ -51,3 +51,17 @@ fn a_misspelt_serve_option_is_refused() {
     .unwrap_err();
     assert!(err.contains("comit_interval_ms"), "{err}");
 }
+
+/// `[pipeline] actors` sets the number of partition actors; left out, it is one per core but
+/// one (at least one); zero is refused when the file is read.
+#[test]
+fn the_number_of_actors_is_set_or_follows_the_cores() {
+    let base = "[kafka]\nbrokers=\"b\"\ngroup_id=\"g\"\ninput_topic=\"i\"\noutput_topic=\"o\"\ndlq_topic=\"d\"\n[model]\nbundle=\"b.avro\"\n";
+    let set = ServeConfig::parse(&format!("{base}[pipeline]\nactors = 3\n")).unwrap();
+    assert_eq!(set.pipeline.actors(), 3);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let default = ServeConfig::parse(base).unwrap();
+    assert_eq!(default.pipeline.actors(), cores.saturating_sub(1).max(1));
+    let err = ServeConfig::parse(&format!("{base}[pipeline]\nactors = 0\n")).unwrap_err();
+    assert!(err.contains("actors"), "{err}");
+}
