@@ -44,18 +44,6 @@ impl Model {
         }
     }
 
-    /// Where the weights a prediction reads are in memory (address and length in bytes), for
-    /// a linear model; a tree ensemble's nodes are spread over many allocations.
-    pub fn weights_region(&self) -> Option<(usize, usize)> {
-        match self {
-            Model::Linear(m) => Some((
-                m.coefficients.as_ptr() as usize,
-                std::mem::size_of_val(&m.coefficients[..]),
-            )),
-            Model::Trees(_) => None,
-        }
-    }
-
     /// True when every number of the model is finite.
     pub fn is_finite(&self) -> bool {
         match self {

@@ -83,13 +83,6 @@ pub struct Bundle {
     encoder: FeatureEncoder,
 }
 
-/// A bundle whose models hold at least this many bytes asks for huge pages for them
-/// ([`crate::memory::huge_pages_for`]): with 4 KiB pages the processor's TLB covers a few MiB,
-/// so in a larger bundle nearly every store's weights cost a page walk besides the cache miss
-/// (at 1,000,000 stores, looking up and scoring one event after another took half the time
-/// with huge pages: `cargo bench --bench codec`).
-const HUGE_PAGES_FROM: usize = 16 << 20;
-
 impl Bundle {
     /// Assembles and validates a bundle from its parts.
     #[allow(clippy::too_many_arguments)]
@@ -170,7 +163,7 @@ impl Bundle {
         }
         let index = PartitionIndex::build(partitions.len(), |i| &partitions[i].partition)
             .map_err(|id| BundleError::Spec(format!("partition {id:?} appears twice")))?;
-        let bundle = Bundle {
+        Ok(Bundle {
             version,
             base_version,
             created_at_ms,
@@ -182,27 +175,7 @@ impl Bundle {
             partitions,
             index,
             encoder,
-        };
-        if bundle.memory_bytes() >= HUGE_PAGES_FROM {
-            crate::memory::huge_pages_for(bundle.memory_regions());
-        }
-        Ok(bundle)
-    }
-
-    /// Where what scoring reads is in memory (address and length): the models' entries, the
-    /// index and each linear model's weights.
-    fn memory_regions(&self) -> impl Iterator<Item = (usize, usize)> + '_ {
-        let entries = (
-            self.partitions.as_ptr() as usize,
-            self.partitions.capacity() * std::mem::size_of::<PartitionModel>(),
-        );
-        let weights = self
-            .partitions
-            .iter()
-            .filter_map(|m| m.model.weights_region());
-        [entries, self.index.memory_region()]
-            .into_iter()
-            .chain(weights)
+        })
     }
 
     /// False for an imported bundle without a fallback model: partitions without a model of

@@ -122,11 +122,6 @@ impl PartitionIndex {
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of_val(&*self.slots)
     }
-
-    /// Where the slots are in memory: their address and length in bytes.
-    pub fn memory_region(&self) -> (usize, usize) {
-        (self.slots.as_ptr() as usize, self.memory_bytes())
-    }
 }
 
 #[cfg(test)]
