@@ -2,7 +2,9 @@
 //! one core, apart from Kafka: decoding a JSON event and encoding its features (into a
 //! recycled buffer, as `serve` does), scoring it, and writing its prediction record. The events
 //! and the bundle are `manymodel bench`'s (generated history, 1,000 stores); each figure is
-//! the best of several passes over 20,000 events.
+//! the best of several passes over 20,000 events. Last, looking up and scoring again with
+//! 1,000,000 stores, where nearly every event's store is a cache miss: one event after
+//! another, with nothing overlapping the misses (the partition actor overlaps them).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -13,6 +15,8 @@ use manymodel::scoring::ModelSource;
 const PASSES: usize = 15;
 
 fn main() -> manymodel::Result<()> {
+    // As `main` does.
+    manymodel::memory::without_huge_pages();
     let work = manymodel::local::workload(1000, 14, 20_000, 11, "bench", Default::default())?;
     let bundle = work.bundle;
     let lines: Vec<&[u8]> = work.events.lines().map(str::as_bytes).collect();
@@ -61,6 +65,28 @@ fn main() -> manymodel::Result<()> {
     println!("decode and encode features: {decode:7.1} ns/event");
     println!("look up and score:          {score:7.1} ns/event");
     println!("write the prediction:       {write:7.1} ns/event");
+
+    let many = manymodel::local::workload(1_000_000, 3, 200_000, 11, "bench", Default::default())?;
+    let bundle = many.bundle;
+    let events: Vec<_> = many
+        .events
+        .lines()
+        .filter_map(|l| decode_json(l.as_bytes(), &column, bundle.encoder()).ok())
+        .collect();
+    let score = best_ns(events.len(), || {
+        for event in &events {
+            let model = bundle
+                .partition_index(&event.partition)
+                .and_then(|i| bundle.partitions.get(i))
+                .map_or(&bundle.fallback.model, |m| &m.model);
+            black_box(model.predict(black_box(&event.inputs)));
+        }
+    });
+    println!(
+        "look up and score, {} stores, {} events in random order: {score:7.1} ns/event",
+        bundle.partitions.len(),
+        events.len()
+    );
     Ok(())
 }
 
