@@ -47,7 +47,7 @@ pub const BUNDLE_LOADS: &str = "manymodel_bundle_loads_total";
 pub const BUNDLE_REJECTIONS: &str = "manymodel_bundle_rejections_total";
 /// How long the consumer loop paused for the last bundle swap.
 pub const BUNDLE_SWAP_PAUSE: &str = "manymodel_bundle_swap_pause_seconds";
-/// Live per-partition actors.
+/// Live partition actors (`[pipeline] actors`); the stores are spread over them by id.
 pub const ACTORS: &str = "manymodel_partition_actors";
 /// Events queued in partition mailboxes, all actors together.
 pub const MAILBOX_DEPTH: &str = "manymodel_mailbox_depth";
@@ -166,7 +166,11 @@ pub fn describe() {
         Unit::Seconds,
         "How long the consumer loop paused to swap in the last activated bundle."
     );
-    describe_gauge!(ACTORS, Unit::Count, "Live per-partition actors.");
+    describe_gauge!(
+        ACTORS,
+        Unit::Count,
+        "Live partition actors ([pipeline] actors); the stores are spread over them by id."
+    );
     describe_gauge!(
         MAILBOX_DEPTH,
         Unit::Count,
