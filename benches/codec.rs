@@ -10,6 +10,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use manymodel::codec::json::{decode_json, decode_json_into};
+use manymodel::event::Event;
+use manymodel::model::bundle::Bundle;
 use manymodel::scoring::ModelSource;
 
 const PASSES: usize = 15;
@@ -38,15 +40,7 @@ fn main() -> manymodel::Result<()> {
             }
         }
     });
-    let score = best_ns(events.len(), || {
-        for event in &events {
-            let model = bundle
-                .partition_index(&event.partition)
-                .and_then(|i| bundle.partitions.get(i))
-                .map_or(&bundle.fallback.model, |m| &m.model);
-            black_box(model.predict(black_box(&event.inputs)));
-        }
-    });
+    let score = best_ns(events.len(), || look_up_and_score(&bundle, &events));
     let mut buf = Vec::with_capacity(256);
     let write = best_ns(events.len(), || {
         for event in &events {
@@ -73,21 +67,24 @@ fn main() -> manymodel::Result<()> {
         .lines()
         .filter_map(|l| decode_json(l.as_bytes(), &column, bundle.encoder()).ok())
         .collect();
-    let score = best_ns(events.len(), || {
-        for event in &events {
-            let model = bundle
-                .partition_index(&event.partition)
-                .and_then(|i| bundle.partitions.get(i))
-                .map_or(&bundle.fallback.model, |m| &m.model);
-            black_box(model.predict(black_box(&event.inputs)));
-        }
-    });
+    let score = best_ns(events.len(), || look_up_and_score(&bundle, &events));
     println!(
         "look up and score, {} stores, {} events in random order: {score:7.1} ns/event",
         bundle.partitions.len(),
         events.len()
     );
     Ok(())
+}
+
+/// Looks each event's store up in `bundle` and scores it, one event after another.
+fn look_up_and_score(bundle: &Bundle, events: &[Event]) {
+    for event in events {
+        let model = bundle
+            .partition_index(&event.partition)
+            .and_then(|i| bundle.partitions.get(i))
+            .map_or(&bundle.fallback.model, |m| &m.model);
+        black_box(model.predict(black_box(&event.inputs)));
+    }
 }
 
 /// The fastest of [`PASSES`] runs of `pass`, in nanoseconds per item.

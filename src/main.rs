@@ -234,8 +234,9 @@ enum Command {
         stores: usize,
         /// Kafka partitions of the input topic. The run creates its topics (bench-in-*,
         /// bench-out-*, bench-live-*, bench-dlq-*, bench-control-*, named with a timestamp);
-        /// on a real broker they stay behind, to be deleted afterwards (all match `bench-.*`). On the MockCluster it is raised so that no Kafka
-        /// partition holds more than the mock's 5 MB (10 for 200,000 events).
+        /// on a real broker they stay behind, to be deleted afterwards (all match `bench-.*`).
+        /// On the MockCluster it is raised so that no Kafka partition holds more than the
+        /// mock's 5 MB (10 for 200,000 events).
         #[arg(long, default_value_t = 6)]
         kafka_partitions: i32,
         /// Events per second for the latency runs (5 s each), or `half`: half the scoring

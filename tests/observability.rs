@@ -119,9 +119,9 @@ async fn metrics_exist_and_move_and_health_says_why() {
     assert!(metric_sum(&text, "manymodel_events_scored_total{model=\"partition\"}") == 2000.0);
     assert!(metric_sum(&text, "manymodel_end_to_end_latency_seconds_count") >= 2000.0);
     assert!(metric_sum(&text, "manymodel_scoring_latency_seconds_count") >= 2000.0);
-    // Ten stores share the partition actors (one per core but one), whatever their number.
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let actors = cores.saturating_sub(1).max(1) as f64;
+    // Ten stores share the partition actors (by default one per core but one, as
+    // `tests/config_files.rs` checks), whatever their number.
+    let actors = manymodel::config::PipelineConfig::default().actors() as f64;
     assert_eq!(metric_sum(&text, "manymodel_partition_actors"), actors);
     assert!(
         metric_sum(
