@@ -9,6 +9,7 @@
 //!   latency is from its produce timestamp to its output being acknowledged (millisecond
 //!   resolution: Kafka timestamps are milliseconds).
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use crate::control::publish::{publish_bytes, PublishOptions, DEFAULT_CHUNK_BYTES
 use crate::control::reader::ControlOptions;
 use crate::control::ActiveBundle;
 use crate::error::{Error, Result};
+use crate::kafka::connection::Connection;
 use crate::local;
 use crate::memory;
 use crate::metrics::PipelineStats;
@@ -60,6 +62,10 @@ impl LatencyRate {
 pub struct BenchOptions {
     /// Bootstrap servers; `None` starts an in-process MockCluster.
     pub brokers: Option<String>,
+    /// librdkafka options for every client the run creates (the loader, the pipelines'
+    /// consumers and producers, the admin client, the control topic's publisher and reader):
+    /// TLS and SASL for a secured broker, or settings such as `linger.ms` to try.
+    pub kafka_options: BTreeMap<String, String>,
     /// Events for the throughput run.
     pub events: usize,
     /// Stores in the generated data.
@@ -103,7 +109,8 @@ pub struct Figures {
 }
 
 struct Setup<'a> {
-    brokers: &'a str,
+    /// The broker and the librdkafka options of every client.
+    connection: &'a Connection,
     bundle: Arc<Bundle>,
     run_id: i64,
     /// The `[input]` of every pipeline started.
@@ -130,13 +137,14 @@ impl Setup<'_> {
         let nth = self.started.fetch_add(1, Ordering::Relaxed);
         let name = format!("bench-{mode:?}-{input}-{}-{nth}", self.run_id).to_lowercase();
         let mut config = local::serve_config(
-            self.brokers,
+            &self.connection.brokers,
             &name,
             input,
             output,
             &format!("bench-dlq-{}", self.run_id),
         );
         config.input = self.input.clone();
+        config.kafka.librdkafka_options = self.connection.options.clone();
         // The one lock per event serve does not take: the in-process latency histogram
         // the bench prints quantiles from.
         let stats = Arc::new(PipelineStats::printing_latency());
@@ -242,17 +250,19 @@ fn wait_outputs(
 
 /// Produces `payloads` to `topic`, keyed by store, at `rate` events/s (or as fast as possible),
 /// `records_per_batch` records per batch (`None`: as librdkafka batches).
+/// The `-X` options win over the loader's own.
 async fn produce(
-    brokers: String,
+    connection: Connection,
     topic: String,
     payloads: Arc<Vec<Vec<u8>>>,
     rate: Option<u64>,
     records_per_batch: Option<u32>,
 ) -> Result<()> {
-    let options = records_per_batch
+    let mut options: Vec<(String, String)> = records_per_batch
         .map(|n| vec![("batch.num.messages".to_owned(), n.to_string())])
         .unwrap_or_default();
-    local::produce_events_with(&brokers, &topic, payloads, rate, options).await
+    options.extend(connection.options.clone());
+    local::produce_events_with(&connection.brokers, &topic, payloads, rate, options).await
 }
 
 /// Runs the benchmark and prints its table to `out`.
@@ -268,10 +278,13 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         ),
         Some(_) => None,
     };
-    let brokers = match (&mock, &opts.brokers) {
-        (Some(m), _) => m.bootstrap_servers(),
-        (None, Some(b)) => b.clone(),
-        (None, None) => unreachable!("one of the two is set above"),
+    let connection = Connection {
+        brokers: match (&mock, &opts.brokers) {
+            (Some(m), _) => m.bootstrap_servers(),
+            (None, Some(b)) => b.clone(),
+            (None, None) => unreachable!("one of the two is set above"),
+        },
+        options: opts.kafka_options.clone(),
     };
     // With a fixed rate the live events are known now; at half the measured maximum they are
     // the backlog's events again, as many as five seconds need.
@@ -288,7 +301,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         (t("dlq"), 1),
         (t("control"), 1),
     ];
-    create_topics(mock.as_ref(), &brokers, &topics).await?;
+    create_topics(mock.as_ref(), &connection, &topics).await?;
 
     let work = local::workload(
         opts.stores,
@@ -347,12 +360,19 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         if mock.is_some() {
             "MockCluster (in-process)".to_owned()
         } else {
-            brokers.clone()
+            connection.brokers.clone()
         }
     );
+    if !connection.options.is_empty() {
+        let _ = writeln!(
+            out,
+            "librdkafka options of every client (-X, --command-config): {}",
+            shown_options(&connection.options)
+        );
+    }
     let load = Instant::now();
     produce(
-        brokers.clone(),
+        connection.clone(),
         t("in"),
         backlog.clone(),
         None,
@@ -367,7 +387,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     );
 
     let setup = Setup {
-        brokers: &brokers,
+        connection: &connection,
         bundle,
         run_id,
         input,
@@ -403,7 +423,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         (t("live-reload"), live_partitions),
         (t("out-reload"), live_partitions),
     ];
-    create_topics(mock.as_ref(), &brokers, &live_topics).await?;
+    create_topics(mock.as_ref(), &connection, &live_topics).await?;
     let mut figures = Vec::new();
     for ((mode, output, live_in), (rates, cpu)) in modes.iter().zip(rates.iter().zip(&cpu)) {
         let mut f = Figures {
@@ -412,7 +432,8 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             ..Figures::default()
         };
         let (stats, stop, handle) = setup.start(*mode, live_in, output, None).await;
-        let latency = steady_latency(&stats, &brokers, live_in, &live, latency_rate, opts).await?;
+        let latency =
+            steady_latency(&stats, &connection, live_in, &live, latency_rate, opts).await?;
         (f.p50_ms, f.p99_ms, f.read_wait_ms) =
             (latency.p50_ms, latency.p99_ms, latency.read_wait_ms);
         f.steady_rss = memory::rss();
@@ -650,7 +671,7 @@ fn partitions_for(mock: bool, opts: &BenchOptions, events: usize) -> i32 {
 /// Creates `topics` (name, Kafka partitions) on the MockCluster or the broker.
 async fn create_topics(
     mock: Option<&MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
-    brokers: &str,
+    connection: &Connection,
     topics: &[(String, i32)],
 ) -> Result<()> {
     match mock {
@@ -663,9 +684,26 @@ async fn create_topics(
         }
         None => {
             let list: Vec<(&str, i32)> = topics.iter().map(|(n, p)| (n.as_str(), *p)).collect();
-            local::create_topics(brokers, &list).await
+            local::create_topics_with(connection, &list).await
         }
     }
+}
+
+/// `key=value, ...`, with the values of secrets (passwords, keys, tokens) left out.
+fn shown_options(options: &BTreeMap<String, String>) -> String {
+    let secret = |k: &str| {
+        ["password", "secret", "key", "token"]
+            .iter()
+            .any(|s| k.contains(s))
+    };
+    options
+        .iter()
+        .map(|(k, v)| match secret(k) {
+            true => format!("{k}=(hidden)"),
+            false => format!("{k}={v}"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The name a pipeline has in the bench's table.
@@ -689,14 +727,14 @@ struct Latency {
 /// up (fetch positions, connections) and is not measured.
 async fn steady_latency(
     stats: &Arc<PipelineStats>,
-    brokers: &str,
+    connection: &Connection,
     input: &str,
     live: &Arc<Vec<Vec<u8>>>,
     rate: u64,
     opts: &BenchOptions,
 ) -> Result<Latency> {
     let producing = tokio::spawn(produce(
-        brokers.to_owned(),
+        connection.clone(),
         input.to_owned(),
         live.clone(),
         Some(rate),
@@ -745,7 +783,7 @@ async fn reload_latency(
     }
     let publish = PublishOptions {
         bundle: Default::default(),
-        connection: crate::kafka::connection::Connection::plain(setup.brokers),
+        connection: setup.connection.clone(),
         control_topic: t("control"),
         signing_key: None,
         chunk_bytes: DEFAULT_CHUNK_BYTES,
@@ -758,9 +796,9 @@ async fn reload_latency(
     let cancel = CancellationToken::new();
     let (bundles, reader) = crate::control::reader::start(
         ControlOptions {
-            brokers: setup.brokers.to_owned(),
+            brokers: setup.connection.brokers.clone(),
             topic: t("control"),
-            librdkafka_options: Default::default(),
+            librdkafka_options: setup.connection.options.clone(),
             trusted: Default::default(),
             keep_versions: 4,
             max_bundle_bytes: 1 << 30,
@@ -804,8 +842,15 @@ async fn reload_latency(
             swaps
         })
     };
-    let Latency { p50_ms, p99_ms, .. } =
-        steady_latency(&stats, setup.brokers, &t("live-reload"), live, rate, opts).await?;
+    let Latency { p50_ms, p99_ms, .. } = steady_latency(
+        &stats,
+        setup.connection,
+        &t("live-reload"),
+        live,
+        rate,
+        opts,
+    )
+    .await?;
     stop.cancel();
     cancel.cancel();
     let swaps = reloading

@@ -16,11 +16,18 @@ use rdkafka::types::RDKafkaErrorCode as Code;
 use crate::clock::now_ms;
 use crate::config::{KafkaConfig, MetricsConfig, ModelConfig, PipelineConfig, ServeConfig};
 use crate::error::{Error, Result};
+use crate::kafka::connection::Connection;
 
 /// Creates topics with the given Kafka partition counts; existing topics are left as they are.
 pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    create_topics_with(&Connection::plain(brokers), topics).await
+}
+
+/// [`create_topics`] on a broker that needs librdkafka options (TLS, SASL).
+pub async fn create_topics_with(connection: &Connection, topics: &[(&str, i32)]) -> Result<()> {
+    let brokers = &connection.brokers;
+    let admin: AdminClient<DefaultClientContext> = connection
+        .client_config()
         .create()
         .map_err(|e| Error::Kafka(format!("admin client for {brokers}: {e}")))?;
     let new: Vec<NewTopic<'_>> = topics

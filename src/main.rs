@@ -226,6 +226,11 @@ enum Command {
         /// Bootstrap servers; by default an in-process MockCluster.
         #[arg(long)]
         brokers: Option<String>,
+        /// librdkafka options for every client of the run (loader, pipelines, admin, control
+        /// topic), on a real broker or the MockCluster: TLS and SASL, or settings to try such
+        /// as -X linger.ms=1.
+        #[command(flatten)]
+        kafka: KafkaOptionArgs,
         /// Events to load for the throughput run.
         #[arg(long, default_value_t = 200_000)]
         events: usize,
@@ -647,10 +652,14 @@ fn run(command: Command) -> manymodel::Result<()> {
             format,
             records_per_batch,
             repeat,
+            kafka,
             trees: None,
             ..
         } => runtime()?.block_on(manymodel::bench::run(
             &manymodel::bench::BenchOptions {
+                kafka_options: kafka
+                    .connection(brokers.as_deref().unwrap_or_default())?
+                    .options,
                 brokers,
                 events,
                 stores,

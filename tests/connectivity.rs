@@ -1,5 +1,5 @@
 //! Production connectivity against Apache Kafka: a `SASL_SSL` listener with SCRAM-SHA-512 and
-//! a test CA, which `serve`, `publish` and `generate` reach with the settings of
+//! a test CA, which `serve`, `publish`, `generate` and `bench` reach with the settings of
 //! config/serve-sasl-ssl.toml; wrong credentials make the daemon unready, never crash it; and
 //! input batches in every compression codec are scored.
 
@@ -29,7 +29,8 @@ fn sasl_config(dir: &Path, name: &str, kafka: &Kafka, password: &str, bundle: &P
 }
 
 #[test]
-fn serve_publish_and_generate_work_over_sasl_ssl_and_wrong_credentials_only_make_it_unready() {
+fn serve_publish_generate_and_bench_work_over_sasl_ssl_and_wrong_credentials_only_make_it_unready()
+{
     let dir = tempfile::tempdir().expect("temp dir");
     let kafka = Kafka::start_with(
         Some(dir.path()),
@@ -112,6 +113,35 @@ fn serve_publish_and_generate_work_over_sasl_ssl_and_wrong_credentials_only_make
         daemon.log_text()
     );
     assert!(daemon.terminate().success());
+
+    // The benchmark reaches the same broker with the same properties, for every client it
+    // creates, and prints the options without the password.
+    let bench = run_ok(&[
+        "bench",
+        "--brokers",
+        &sasl,
+        "--command-config",
+        props,
+        "-X",
+        "linger.ms=1",
+        "--stores",
+        "20",
+        "--events",
+        "2000",
+        "--repeat",
+        "1",
+        "--latency-rate",
+        "400",
+    ]);
+    assert!(bench.contains("\nscoring "), "a scoring row:\n{bench}");
+    assert!(
+        bench.contains("linger.ms=1") && bench.contains("sasl.password=(hidden)"),
+        "the options are printed:\n{bench}"
+    );
+    assert!(
+        !bench.contains(SCRAM_PASSWORD),
+        "never the password:\n{bench}"
+    );
 
     // The same daemon with a wrong password: it runs on, unready, and says why.
     let wrong = Daemon::start(&sasl_config(
