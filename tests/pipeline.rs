@@ -260,7 +260,7 @@ fn bench_against_a_real_broker_prints_both_pipelines_and_their_ratio() {
 /// the process grows by less than 50 MiB.
 #[tokio::test(flavor = "multi_thread")]
 async fn never_seen_store_ids_are_scored_by_the_fallback_and_leave_nothing_behind() {
-    const IDS: usize = 100_000;
+    const IDS: usize = 300_000;
     let Stack {
         daemon,
         broker,
