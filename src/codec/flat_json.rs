@@ -346,13 +346,28 @@ mod tests {
         ] {
             assert_eq!(scan(text), None, "{text}");
         }
+        // Invalid UTF-8 anywhere: in a value read or skipped, in a key, outside the strings,
+        // a sequence cut short by the closing quote.
         let encoder = encoder();
-        let mut slots = vec![Slot::Absent; 3];
-        let invalid_utf8 = b"{\"x\":\"\xff\"}";
-        assert_eq!(
-            fill_slots(invalid_utf8, "store_id", &encoder, &mut slots),
-            None
-        );
+        for invalid_utf8 in [
+            &b"{\"x\":\"\xff\"}"[..],
+            b"{\"store_id\":\"a\xc3\"}",
+            b"{\"store_id\":\"\xe2\x82\"}",
+            b"{\"\xc3\xa9\xff\":1}",
+            b"{\"price\":1\xff}",
+            b"\xef\xbb\xbf{\"price\":1}",
+        ] {
+            let mut slots = vec![Slot::Absent; 3];
+            assert_eq!(
+                fill_slots(invalid_utf8, "store_id", &encoder, &mut slots),
+                None,
+                "{invalid_utf8:?}"
+            );
+            assert!(serde_json::from_slice::<Value>(invalid_utf8).is_err());
+        }
+        // Valid multi-byte text in keys and values is read as it is.
+        let slots = scan(r#"{"store_id":"Zürich-€1","straße":"ü"}"#).unwrap();
+        assert_eq!(slots[0], Slot::Str("Zürich-€1".into()));
     }
 
     #[test]
