@@ -84,6 +84,10 @@ pub struct BenchOptions {
     /// starts inside a record batch with nothing, so a Kafka partition paused and resumed
     /// mid-batch would never be read again.
     pub records_per_batch: Option<u32>,
+    /// Replicas of each topic the run creates on a real broker (-1: the broker's
+    /// `default.replication.factor`). A cluster whose `min.insync.replicas` is above it
+    /// refuses the run's writes.
+    pub replication_factor: i32,
     /// Throughput runs per pipeline, alternating passthrough and scoring; the median is
     /// reported (one run's ratio on a shared 2-core machine varies by several points).
     pub repeat: usize,
@@ -216,15 +220,23 @@ fn wait_outputs(
         if now != last {
             (last, progressed) = (now, Instant::now());
         } else if progressed.elapsed() > NO_PROGRESS {
-            let hint = match one_per_batch {
-                true => "is the broker up, and does it acknowledge what the pipeline produces?",
-                false => {
+            let refused = stats.delivery_failures.load(Ordering::Relaxed);
+            let hint = match (refused, one_per_batch) {
+                (1.., _) => {
+                    "the broker refused outputs (see the log): if the cluster's \
+                     min.insync.replicas is above the topics' replicas, give \
+                     --replication-factor (-1 takes the broker's default)"
+                }
+                (0, true) => {
+                    "is the broker up, and does it acknowledge what the pipeline produces?"
+                }
+                (0, false) => {
                     "on tansu 0.6.0 run with --records-per-batch 1 (it cannot fetch from inside \
                      a record batch, so a Kafka partition resumed mid-batch is never read again)"
                 }
             };
             return Err(Error::Kafka(format!(
-                "no output acknowledged for {NO_PROGRESS:?} ({now} of {n}, {} read); {hint}",
+                "no output acknowledged for {NO_PROGRESS:?} ({now} of {n}, {} read, {refused} refused by the broker); {hint}",
                 stats.consumed.load(Ordering::Relaxed)
             )));
         }
@@ -301,7 +313,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         (t("dlq"), 1),
         (t("control"), 1),
     ];
-    create_topics(mock.as_ref(), &connection, &topics).await?;
+    create_topics(mock.as_ref(), &connection, &topics, opts.replication_factor).await?;
 
     let work = local::workload(
         opts.stores,
@@ -423,7 +435,13 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         (t("live-reload"), live_partitions),
         (t("out-reload"), live_partitions),
     ];
-    create_topics(mock.as_ref(), &connection, &live_topics).await?;
+    create_topics(
+        mock.as_ref(),
+        &connection,
+        &live_topics,
+        opts.replication_factor,
+    )
+    .await?;
     let mut figures = Vec::new();
     for ((mode, output, live_in), (rates, cpu)) in modes.iter().zip(rates.iter().zip(&cpu)) {
         let mut f = Figures {
@@ -673,6 +691,7 @@ async fn create_topics(
     mock: Option<&MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
     connection: &Connection,
     topics: &[(String, i32)],
+    replication: i32,
 ) -> Result<()> {
     match mock {
         Some(m) => {
@@ -684,7 +703,7 @@ async fn create_topics(
         }
         None => {
             let list: Vec<(&str, i32)> = topics.iter().map(|(n, p)| (n.as_str(), *p)).collect();
-            local::create_topics_with(connection, &list).await
+            local::create_topics_with(connection, &list, replication).await
         }
     }
 }

@@ -20,11 +20,16 @@ use crate::kafka::connection::Connection;
 
 /// Creates topics with the given Kafka partition counts; existing topics are left as they are.
 pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> {
-    create_topics_with(&Connection::plain(brokers), topics).await
+    create_topics_with(&Connection::plain(brokers), topics, 1).await
 }
 
-/// [`create_topics`] on a broker that needs librdkafka options (TLS, SASL).
-pub async fn create_topics_with(connection: &Connection, topics: &[(&str, i32)]) -> Result<()> {
+/// [`create_topics`] on a broker that needs librdkafka options (TLS, SASL), each topic
+/// replicated `replication` times (-1: the broker's `default.replication.factor`).
+pub async fn create_topics_with(
+    connection: &Connection,
+    topics: &[(&str, i32)],
+    replication: i32,
+) -> Result<()> {
     let brokers = &connection.brokers;
     let admin: AdminClient<DefaultClientContext> = connection
         .client_config()
@@ -32,7 +37,7 @@ pub async fn create_topics_with(connection: &Connection, topics: &[(&str, i32)])
         .map_err(|e| Error::Kafka(format!("admin client for {brokers}: {e}")))?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(1)))
+        .map(|(name, n)| NewTopic::new(name, *n, TopicReplication::Fixed(replication)))
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let results = admin

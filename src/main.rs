@@ -279,11 +279,26 @@ enum Command {
         /// further back (counted as read gaps), which slows the run.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
         records_per_batch: Option<u32>,
+        /// Replicas of each topic the run creates on a real broker; -1 takes the broker's
+        /// default.replication.factor. A cluster whose min.insync.replicas is above it refuses
+        /// the run's writes.
+        #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = replication_factor)]
+        replication_factor: i32,
         /// Throughput runs per pipeline, alternating passthrough and scoring; events/s and
         /// the ratio are the medians.
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
         repeat: u64,
     },
+}
+
+/// `--replication-factor`: -1 (the broker's default) or 1 to 32767.
+fn replication_factor(s: &str) -> Result<i32, String> {
+    match s.parse::<i32>() {
+        Ok(n) if n == -1 || (1..=i32::from(i16::MAX)).contains(&n) => Ok(n),
+        _ => Err(format!(
+            "{s:?}: give the replicas of each topic (1 to 32767), or -1 for the broker's default"
+        )),
+    }
 }
 
 /// Where a tool connects: the bootstrap servers and librdkafka options (TLS, SASL).
@@ -653,6 +668,7 @@ fn run(command: Command) -> manymodel::Result<()> {
             records_per_batch,
             repeat,
             kafka,
+            replication_factor,
             trees: None,
             ..
         } => runtime()?.block_on(manymodel::bench::run(
@@ -672,6 +688,7 @@ fn run(command: Command) -> manymodel::Result<()> {
                     manymodel::codec::Format::Json
                 },
                 records_per_batch,
+                replication_factor,
                 repeat: repeat as usize,
             },
             &mut std::io::stdout(),

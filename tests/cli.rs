@@ -217,3 +217,19 @@ fn refused(args: &[&str], needle: &str) {
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(stderr.contains(needle), "{args:?}: {stderr}");
 }
+
+/// `bench` refuses settings that cannot work before it starts anything: a topic needs at least
+/// one replica (or -1, the broker's default), and a librdkafka option is KEY=VALUE.
+#[test]
+fn bench_refuses_impossible_settings_before_it_starts() {
+    for bad in ["0", "-2", "32768", "two"] {
+        refused(
+            &["bench", "--replication-factor", bad],
+            "the replicas of each topic",
+        );
+    }
+    let r = run(&["bench", "-X", "linger.ms"]);
+    assert_eq!(r.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(stderr.contains("KEY=VALUE"), "{stderr}");
+}

@@ -124,6 +124,9 @@ fn serve_publish_generate_and_bench_work_over_sasl_ssl_and_wrong_credentials_onl
         props,
         "-X",
         "linger.ms=1",
+        // The broker's default.replication.factor (1 on this single node).
+        "--replication-factor",
+        "-1",
         "--stores",
         "20",
         "--events",
