@@ -232,7 +232,7 @@ enum Command {
         #[command(flatten)]
         kafka: KafkaOptionArgs,
         /// Events to load for the throughput run.
-        #[arg(long, default_value_t = 200_000)]
+        #[arg(long, default_value_t = 200_000, value_parser = at_least_one)]
         events: usize,
         /// Number of stores.
         #[arg(long, default_value_t = 1000)]
@@ -289,6 +289,14 @@ enum Command {
         #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
         repeat: u64,
     },
+}
+
+/// A count that must be at least 1.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?}: give a whole number, at least 1")),
+    }
 }
 
 /// `--replication-factor`: -1 (the broker's default) or 1 to 32767.

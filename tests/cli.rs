@@ -219,7 +219,8 @@ fn refused(args: &[&str], needle: &str) {
 }
 
 /// `bench` refuses settings that cannot work before it starts anything: a topic needs at least
-/// one replica (or -1, the broker's default), and a librdkafka option is KEY=VALUE.
+/// one replica (or -1, the broker's default), a run at least one event, and a librdkafka
+/// option is KEY=VALUE with a name and value librdkafka takes.
 #[test]
 fn bench_refuses_impossible_settings_before_it_starts() {
     for bad in ["0", "-2", "32768", "two"] {
@@ -228,8 +229,16 @@ fn bench_refuses_impossible_settings_before_it_starts() {
             "the replicas of each topic",
         );
     }
-    let r = run(&["bench", "-X", "linger.ms"]);
-    assert_eq!(r.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&r.stderr);
-    assert!(stderr.contains("KEY=VALUE"), "{stderr}");
+    refused(&["bench", "--events", "0"], "at least 1");
+    refused(&["bench", "-X", "linger.ms"], "KEY=VALUE");
+    refused(&["bench", "-X", "=5"], "the key is empty");
+    // librdkafka checks names and values before anything starts.
+    refused(
+        &["bench", "-X", "linger.ms=abc"],
+        "linger.ms=abc: Invalid value",
+    );
+    refused(
+        &["bench", "-X", "no.such.option=1"],
+        "No such configuration property",
+    );
 }

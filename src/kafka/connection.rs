@@ -52,8 +52,29 @@ impl Connection {
                     "-X takes KEY=VALUE (a librdkafka option), got {flag:?}"
                 ))
             })?;
+            if k.trim().is_empty() {
+                return Err(Error::Usage(format!(
+                    "-X takes KEY=VALUE (a librdkafka option), got {flag:?}: the key is empty"
+                )));
+            }
             options.insert(k.trim().to_owned(), v.trim().to_owned());
         }
+        // librdkafka checks every name and value now, before any client starts.
+        let mut check = ClientConfig::new();
+        for (k, v) in &options {
+            check.set(k, v);
+        }
+        check.create_native_config().map_err(|e| {
+            let what = match e {
+                rdkafka::error::KafkaError::ClientConfig(_, why, key, value) => {
+                    format!("{key}={value}: {why}")
+                }
+                other => other.to_string(),
+            };
+            Error::Usage(format!(
+                "-X or --command-config: {what} (librdkafka's CONFIGURATION.md lists the options)"
+            ))
+        })?;
         Ok(Connection {
             brokers: brokers.to_owned(),
             options,
@@ -82,7 +103,10 @@ pub fn parse_properties(
         if line.is_empty() || line.starts_with('#') || line.starts_with('!') {
             continue;
         }
-        let Some((k, v)) = line.split_once(['=', ':']) else {
+        let Some((k, v)) = line
+            .split_once(['=', ':'])
+            .filter(|(k, _)| !k.trim().is_empty())
+        else {
             return Err((i + 1, format!("expected key=value, got {line:?}")));
         };
         out.insert(k.trim().to_owned(), v.trim().to_owned());
@@ -122,5 +146,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("KEY=VALUE"), "{e}");
+        std::fs::write(&path, "linger.ms=1\n = 5\n").unwrap();
+        let e = Connection::new("b", Some(&path), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("c.properties:2"), "an empty key: {e}");
+    }
+
+    #[test]
+    fn librdkafka_refuses_an_unknown_option_or_a_bad_value_before_any_client_starts() {
+        for (flag, says) in [
+            ("no.such.option=1", "No such configuration property"),
+            ("linger.ms=soon", "linger.ms=soon: Invalid value"),
+        ] {
+            let e = Connection::new("b", None, &[flag.into()])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(says), "{flag}: {e}");
+        }
+        let ok = Connection::new("b", None, &["linger.ms=1".into()]).unwrap();
+        assert_eq!(ok.options["linger.ms"], "1");
     }
 }
