@@ -59,26 +59,26 @@ impl Connection {
             }
             options.insert(k.trim().to_owned(), v.trim().to_owned());
         }
-        // librdkafka checks every name and value now, before any client starts.
-        let mut check = ClientConfig::new();
-        for (k, v) in &options {
-            check.set(k, v);
-        }
-        check.create_native_config().map_err(|e| {
-            let what = match e {
-                rdkafka::error::KafkaError::ClientConfig(_, why, key, value) => {
-                    format!("{key}={value}: {why}")
-                }
-                other => other.to_string(),
-            };
-            Error::Usage(format!(
-                "-X or --command-config: {what} (librdkafka's CONFIGURATION.md lists the options)"
-            ))
-        })?;
-        Ok(Connection {
+        let connection = Connection {
             brokers: brokers.to_owned(),
             options,
-        })
+        };
+        // librdkafka checks every name and value now, before any client starts.
+        connection
+            .client_config()
+            .create_native_config()
+            .map_err(|e| {
+                let what = match e {
+                    rdkafka::error::KafkaError::ClientConfig(_, why, key, value) => {
+                        format!("{key}={value}: {why}")
+                    }
+                    other => other.to_string(),
+                };
+                Error::Usage(format!(
+                "-X or --command-config: {what} (librdkafka's CONFIGURATION.md lists the options)"
+            ))
+            })?;
+        Ok(connection)
     }
 
     /// A client configuration with the servers and every option set.
