@@ -329,6 +329,15 @@ pub fn install() -> Result<PrometheusHandle, String> {
     install_with_upkeep(UPKEEP_EVERY)
 }
 
+/// Runs of the upkeep thread that [`install_with_upkeep`] starts, so far.
+static UPKEEP_RUNS: AtomicU64 = AtomicU64::new(0);
+
+/// How many times the upkeep thread has folded the histograms' samples so far: a caller that
+/// sees it move by two knows that everything recorded before it looked has been folded.
+pub fn upkeep_runs() -> u64 {
+    UPKEEP_RUNS.load(Ordering::Acquire)
+}
+
 /// [`install`], folding histogram samples every `every`.
 ///
 /// Histogram samples are kept raw until they are folded into buckets, which a scrape does;
@@ -350,6 +359,7 @@ pub fn install_with_upkeep(every: std::time::Duration) -> Result<PrometheusHandl
         .spawn(move || loop {
             std::thread::sleep(every);
             upkeep.run_upkeep();
+            UPKEEP_RUNS.fetch_add(1, Ordering::Release);
         })
         .map_err(|e| format!("cannot start the metrics upkeep thread: {e}"))?;
     describe();

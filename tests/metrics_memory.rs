@@ -18,11 +18,20 @@ fn histogram_samples_do_not_pile_up_when_nobody_scrapes() {
     let _handle = manymodel::metrics::install_with_upkeep(Duration::from_millis(100)).unwrap();
     let histogram = metrics::histogram!("manymodel_end_to_end_latency_seconds");
     const SAMPLES: u64 = 2_000_000; // 32 MB a round if they were kept
+    const CHUNK: u64 = 500_000;
+    // Each chunk is followed by two runs of the upkeep thread, the first perhaps begun before
+    // the chunk ended: on a busy machine that thread runs late, and the test waits for it
+    // instead of guessing how long it takes.
     let round = || {
-        for i in 0..SAMPLES {
-            histogram.record((i % 1000) as f64 * 1e-5);
+        for chunk in 0..SAMPLES / CHUNK {
+            for i in 0..CHUNK {
+                histogram.record(((chunk * CHUNK + i) % 1000) as f64 * 1e-5);
+            }
+            let seen = manymodel::metrics::upkeep_runs();
+            common::wait_for(Duration::from_secs(60), "two upkeep runs", || {
+                manymodel::metrics::upkeep_runs() >= seen + 2
+            });
         }
-        std::thread::sleep(Duration::from_millis(500));
     };
     round();
     round();
