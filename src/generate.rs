@@ -397,14 +397,15 @@ pub fn stream(opts: &StreamOptions) -> Result<u64> {
     if let Some(path) = &opts.drift_report {
         std::fs::write(path, plan.to_json(opts.drift.after)).map_err(|e| Error::io(path, e))?;
     }
-    let started = std::time::Instant::now();
+    let pacer = crate::pacing::Pacer::new(opts.rate);
     let mut sent: u64 = 0;
-    let mut last_report = started;
+    let mut last_report = std::time::Instant::now();
     while opts.events.is_none_or(|n| (sent as usize) < n) {
-        let due = std::time::Duration::from_secs_f64(sent as f64 / opts.rate as f64);
-        if let Some(wait) = due.checked_sub(started.elapsed()) {
+        pacer.wait(sent, || producer.poll(std::time::Duration::ZERO));
+        if sent % 1024 == 0 {
+            // Delivery reports are served before each sleep; a stream that cannot keep up
+            // never sleeps, and must not fill the producer's queue with them.
             producer.poll(std::time::Duration::ZERO);
-            std::thread::sleep(wait);
         }
         let store = rng.random_range(0..population.stores.len());
         let ts = opening_hours(crate::clock::now_ms());

@@ -54,6 +54,7 @@
 //! | [`bench_trees`] | `bench --trees`: tree-ensemble predictions per second on one core |
 //! | [`bench_train`] | `bench --train`: rows and stores per second of `train`, and its peak RSS |
 //! | [`local`] | Kafka helpers for the demo, the benchmark and the tests |
+//! | [`pacing`] | sending at a steady rate (`generate --brokers`, the benchmark's loader) |
 //! | [`memory`] | the process's resident and peak memory, for the benchmarks; freed memory handed back |
 //! | [`clock`] | wall-clock milliseconds |
 //! | [`error`] | the error types |
@@ -84,6 +85,7 @@ pub mod local;
 pub mod memory;
 pub mod metrics;
 pub mod model;
+pub mod pacing;
 pub mod partition;
 pub mod predict;
 pub mod prediction;

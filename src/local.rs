@@ -2,7 +2,7 @@
 //! creation, loading events, reading a topic back. Never used by `serve`.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -55,12 +55,9 @@ pub async fn create_topics_with(
     Ok(())
 }
 
-/// How far ahead of its schedule a paced producer must be before it sleeps: the events due
-/// within it are sent together.
-const PACING_TICK: Duration = Duration::from_millis(1);
-
 /// Produces each payload to `topic` with the current time as its timestamp, keyed by
-/// `key(payload)`, at most `rate` per second when given; returns once all are acknowledged.
+/// `key(payload)`, at most `rate` per second when given (the events due within a
+/// [`crate::pacing::TICK`] go together); returns once all are acknowledged.
 pub fn produce(
     brokers: &str,
     topic: &str,
@@ -95,19 +92,10 @@ pub fn produce_with(
     // cost the machine no more than sending does, or it takes the CPU the pipeline it loads
     // is measured on.
     let keys: Vec<Option<Vec<u8>>> = payloads.iter().map(|p| key(p)).collect();
-    let started = Instant::now();
+    let pacer = rate.map(crate::pacing::Pacer::new);
     for (i, (payload, k)) in payloads.iter().zip(&keys).enumerate() {
-        if let Some(rate) = rate {
-            // Ahead of the schedule by at least a tick: sleep until this event is due. The
-            // events due within one tick go together, so the loader wakes up once a tick
-            // rather than once an event.
-            let due = Duration::from_secs_f64(i as f64 / rate as f64);
-            if let Some(wait) = due.checked_sub(started.elapsed()) {
-                if wait >= PACING_TICK {
-                    producer.poll(Duration::ZERO);
-                    std::thread::sleep(wait);
-                }
-            }
+        if let Some(pacer) = &pacer {
+            pacer.wait(i as u64, || producer.poll(Duration::ZERO));
         }
         let mut record = BaseRecord::<[u8], [u8]>::to(topic)
             .payload(payload.as_slice())
@@ -437,6 +425,7 @@ pub fn workload(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Instant;
 
     /// A paced load never runs ahead of its rate, although it sends the events due within a
     /// tick together, and every event keeps the key worked out for it before the clock
