@@ -63,14 +63,12 @@ mod tests {
         }
         let took = pacer.started.elapsed();
         assert!(took + TICK >= pacer.due(399), "took only {took:?}");
-        // One sleep per tick at most (200 ticks), and far fewer than one per event.
+        // A sleep ends when its event is due and the next starts only for an event due a
+        // tick later: at most one per tick of the schedule (200 of them), however busy the
+        // machine, where a sleep per event would be 400.
         assert!(
             sleeps <= 201,
             "{sleeps} sleeps for 400 events over 200 ticks"
-        );
-        assert!(
-            sleeps >= 20,
-            "only {sleeps} sleeps: the events were not paced"
         );
     }
 
