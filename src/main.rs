@@ -232,7 +232,7 @@ enum Command {
         #[command(flatten)]
         kafka: KafkaOptionArgs,
         /// Events to load for the throughput run.
-        #[arg(long, default_value_t = 200_000, value_parser = at_least_one)]
+        #[arg(long, default_value_t = 200_000, value_parser = at_least_one::<usize>)]
         events: usize,
         /// Number of stores.
         #[arg(long, default_value_t = 1000)]
@@ -277,7 +277,7 @@ enum Command {
         /// librdkafka batches. Use 1 against tansu 0.6.0, which cannot fetch from inside a
         /// record batch: a Kafka partition paused and resumed mid-batch is read again from
         /// further back (counted as read gaps), which slows the run.
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        #[arg(long, value_parser = at_least_one::<u32>)]
         records_per_batch: Option<u32>,
         /// Replicas of each topic the run creates on a real broker; -1 takes the broker's
         /// default.replication.factor. A cluster whose min.insync.replicas is above it refuses
@@ -286,15 +286,15 @@ enum Command {
         replication_factor: i32,
         /// Throughput runs per pipeline, alternating passthrough and scoring; events/s and
         /// the ratio are the medians.
-        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, default_value_t = 3, value_parser = at_least_one::<u64>)]
         repeat: u64,
     },
 }
 
-/// A count that must be at least 1.
-fn at_least_one(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
-        Ok(n) if n >= 1 => Ok(n),
+/// A count that must be at least 1 (`--events`, `--repeat`, `--records-per-batch`).
+fn at_least_one<T: std::str::FromStr + PartialOrd + From<u8>>(s: &str) -> Result<T, String> {
+    match s.parse::<T>() {
+        Ok(n) if n >= T::from(1) => Ok(n),
         _ => Err(format!("{s:?}: give a whole number, at least 1")),
     }
 }

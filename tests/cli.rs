@@ -219,8 +219,9 @@ fn refused(args: &[&str], needle: &str) {
 }
 
 /// `bench` refuses settings that cannot work before it starts anything: a topic needs at least
-/// one replica (or -1, the broker's default), a run at least one event, and a librdkafka
-/// option is KEY=VALUE with a name and value librdkafka takes.
+/// one replica (or -1, the broker's default), a run at least one event, one run per pipeline
+/// and one record per batch, and a librdkafka option is KEY=VALUE with a name and value
+/// librdkafka takes.
 #[test]
 fn bench_refuses_impossible_settings_before_it_starts() {
     for bad in ["0", "-2", "32768", "two"] {
@@ -229,7 +230,10 @@ fn bench_refuses_impossible_settings_before_it_starts() {
             "the replicas of each topic",
         );
     }
-    refused(&["bench", "--events", "0"], "at least 1");
+    for count in ["--events", "--repeat", "--records-per-batch"] {
+        refused(&["bench", count, "0"], "at least 1");
+        refused(&["bench", count, "1.5"], "at least 1");
+    }
     refused(&["bench", "-X", "linger.ms"], "KEY=VALUE");
     refused(&["bench", "-X", "=5"], "the key is empty");
     // librdkafka checks names and values before anything starts.
