@@ -659,6 +659,52 @@ async fn a_rollback_made_while_an_instance_was_down_wins_over_its_newer_local_bu
     assert!(daemon.terminate().success());
 }
 
+/// A daemon started on its local bundle, rolled back to it (or asked to activate it by name)
+/// after a publish, comes back on it after a restart, as a new instance with the same file
+/// does: the operator's last word holds however it named the local version.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_return_to_the_local_bundle_outlives_a_restart() {
+    let broker = Broker::start();
+    let brokers = broker.brokers();
+    for (t, n) in [("in", 1), ("out", 1), ("dlq", 1), ("control", 1)] {
+        broker.create_topic(t, n);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    generate(d, 5, 50);
+    let v1 = train(d, 2_000, "v1", None);
+    let v2 = train(d, 3_000, "v2", None);
+    let config = control_config(d, "local", &brokers, "out", Some(&v1), None);
+    let restarted_on = |expected: &str| {
+        let daemon = Daemon::start(&config);
+        daemon.wait_active(expected);
+        std::thread::sleep(Duration::from_secs(2));
+        daemon.wait_active(expected);
+        daemon
+    };
+
+    let daemon = restarted_on("v1");
+    publish(&brokers, &v2, None);
+    daemon.wait_active("v2");
+    control(&brokers, &["rollback"]);
+    daemon.wait_active("v1");
+    assert!(daemon.terminate().success());
+    let daemon = restarted_on("v1");
+
+    control(&brokers, &["activate", "--version", "v2"]);
+    daemon.wait_active("v2");
+    control(&brokers, &["activate", "--version", "v1"]);
+    daemon.wait_active("v1");
+    assert!(daemon.terminate().success());
+    let daemon = restarted_on("v1");
+    assert!(
+        !daemon.log_text().contains("no_previous"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(daemon.terminate().success());
+}
+
 /// The number after `field=` in the daemon's "control topic read" line.
 fn replay_field(daemon: &Daemon, field: &str) -> Option<usize> {
     daemon

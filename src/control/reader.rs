@@ -142,10 +142,15 @@ impl ControlReader {
             return;
         };
         let started = Instant::now();
+        // Held before the topic's first record, as it was on the daemon that ran before (or
+        // already, if it was served while the topic could not be read).
+        if let Some(l) = local {
+            self.add_local(l);
+        }
         if !self.bootstrap(&consumer, &cancel) {
             return;
         }
-        self.finish_bootstrap(local, started.elapsed(), &cancel);
+        self.finish_bootstrap(started.elapsed(), &cancel);
         while !cancel.is_cancelled() {
             match consumer.poll(Duration::from_millis(200)) {
                 None | Some(Err(KafkaError::PartitionEOF(_))) => {}
@@ -210,6 +215,9 @@ impl ControlReader {
                 self.handle(m, cancel);
                 true
             });
+        }
+        if let Some(local) = self.state.versions().active_version() {
+            plan.local_first(local);
         }
         let needed = plan.needed(self.options.keep_versions);
         tracing::info!(
@@ -323,15 +331,13 @@ impl ControlReader {
     }
 
     /// The replay reached the end of every Kafka partition: settle on a version. The
-    /// operator's last word wins: the control topic's active version, whatever the local
-    /// file holds; the local bundle is served only when the topic activated none.
-    fn finish_bootstrap(
-        &mut self,
-        local: Option<LocalBundle>,
-        took: Duration,
-        cancel: &CancellationToken,
-    ) {
+    /// operator's last word wins: the local bundle was held and active before the topic's
+    /// first record, so it is served when the topic activated nothing, or when its commands
+    /// returned to it; otherwise the topic's active version is, whatever the local file holds.
+    fn finish_bootstrap(&mut self, took: Duration, cancel: &CancellationToken) {
         self.live = true;
+        let local = self.state.versions().provisional().map(str::to_owned);
+        self.state.versions_mut().settle();
         self.skipped.clear();
         // The plan fetches the active version; but when that one was refused, the version
         // active before it may still be held on the topic only: fetch it now. One that does
@@ -345,11 +351,9 @@ impl ControlReader {
                 self.reject("bootstrap", Some(&v), r);
             }
         }
-        if let Some(l) = local {
-            if self.state.versions().active().is_none() {
-                self.add_local(l);
-            } else {
-                tracing::info!(local = %l.bundle.version, "the control topic has an active version: the local bundle is not served");
+        if let Some(local) = local {
+            if self.state.versions().active_version() != Some(local.as_str()) {
+                tracing::info!(%local, "the control topic has another active version: the local bundle is not served");
             }
         }
         self.release_inactive();
@@ -365,9 +369,9 @@ impl ControlReader {
         self.publish(active);
     }
 
-    /// Holds and activates the local bundle.
+    /// Holds and activates the local bundle, before the topic is replayed.
     fn add_local(&mut self, l: LocalBundle) {
-        match self.state.versions_mut().add(l.bundle, &l.sha256, true) {
+        match self.state.versions_mut().add_local(l.bundle, &l.sha256) {
             Ok(Some(b)) => tracing::info!(version = %b.version, "local bundle loaded"),
             Ok(None) => {}
             Err(r) => tracing::error!(rejection = %r, "local bundle refused"),
@@ -704,7 +708,7 @@ pub fn replay_active(
     if !reader.bootstrap(&consumer, cancel) {
         return Err("stopped before the control topic was read to its end".into());
     }
-    reader.finish_bootstrap(None, started.elapsed(), cancel);
+    reader.finish_bootstrap(started.elapsed(), cancel);
     Ok(reader.state.versions().active().cloned())
 }
 

@@ -11,6 +11,10 @@
 //! rest are skipped. So a restart reads the active bundle once, whatever the age of the topic
 //! and whatever `keep_versions` is.
 //!
+//! A daemon with a local bundle (`[model] bundle`) held it, active, before it read the topic's
+//! first record, so the plan starts with it ([`ReplayPlan::local_first`]): a rollback or an
+//! activation back to it on the topic then returns to it after a restart too.
+//!
 //! The plan over-approximates: [`super::versions::Versions`] still decides what is held,
 //! with the same rules as a full replay. A version the plan skips could not have been held
 //! at the end (it was evicted), so skipping it changes nothing a command can reach.
@@ -44,6 +48,9 @@ enum Entry {
     },
     Activate(String),
     Rollback,
+    /// The local bundle (`[model] bundle`), held and active before the topic's first record,
+    /// as on the daemon that was running: it is not on the topic, so nothing is fetched for it.
+    Local(String),
 }
 
 impl ReplayPlan {
@@ -55,6 +62,12 @@ impl ReplayPlan {
             base_version: m.base_version.clone(),
             activate: m.activate,
         });
+    }
+
+    /// Notes the local bundle's version, held and active before every record of the topic
+    /// (whenever it is noted).
+    pub fn local_first(&mut self, version: &str) {
+        self.entries.insert(0, Entry::Local(version.to_owned()));
     }
 
     /// Notes a control message (a manifest or a command).
@@ -96,6 +109,10 @@ impl ReplayPlan {
                     if *activate && activations.last() != Some(&version.as_str()) {
                         activations.push(version);
                     }
+                }
+                Entry::Local(version) => {
+                    published.push(version);
+                    activations.push(version);
                 }
                 Entry::Activate(v) => {
                     if published.contains(&v.as_str()) && activations.last() != Some(&v.as_str()) {
@@ -230,6 +247,32 @@ mod tests {
         let needs = plan.needed(2);
         assert_eq!(needs.fetch, ids(&["v49"]), "back to v49");
         assert_eq!(needs.hold, ids(&["v1", "v48"]), "v1 before it");
+    }
+
+    /// A daemon that started on its local bundle, then had v2 published and rolled back, is
+    /// back on the local bundle after a restart: nothing is fetched, and v2 is held on the
+    /// topic. Activating the local version by name works the same way.
+    #[test]
+    fn a_rollback_to_the_local_bundle_survives_a_restart() {
+        let mut plan = ReplayPlan::default();
+        manifest(&mut plan, "v2", None, true);
+        plan.entries.push(Entry::Rollback);
+        plan.local_first("v1");
+        let needs = plan.needed(3);
+        assert!(needs.fetch.is_empty(), "v1 is local: {needs:?}");
+        assert_eq!(needs.hold, ids(&["v2"]));
+
+        let mut plan = ReplayPlan::default();
+        manifest(&mut plan, "v2", None, true);
+        plan.entries.push(Entry::Activate("v1".into()));
+        plan.local_first("v1");
+        assert!(plan.needed(3).fetch.is_empty());
+
+        // Without a local bundle the rollback has nowhere to go: v2 stays active.
+        let mut plan = ReplayPlan::default();
+        manifest(&mut plan, "v2", None, true);
+        plan.entries.push(Entry::Rollback);
+        assert_eq!(plan.needed(3).fetch, ids(&["v2"]));
     }
 
     #[test]

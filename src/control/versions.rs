@@ -35,6 +35,11 @@ pub struct Versions {
     stored: Vec<Stored>,
     /// Versions in the order they were activated; the last is active.
     activations: Vec<String>,
+    /// The local bundle's version while a restart replays the control topic: held and active
+    /// before the topic's first record, as on the daemon that ran before, but a bundle the
+    /// topic publishes under the same version with other content replaces it (the control
+    /// topic's word wins over the local file). Cleared when the replay ends.
+    provisional: Option<String>,
 }
 
 impl Versions {
@@ -44,6 +49,41 @@ impl Versions {
             keep: keep.max(2),
             stored: Vec::new(),
             activations: Vec::new(),
+            provisional: None,
+        }
+    }
+
+    /// Holds and activates the local bundle (`[model] bundle`) before a restart replays the
+    /// control topic; see `provisional`.
+    pub fn add_local(
+        &mut self,
+        bundle: Bundle,
+        sha256: &str,
+    ) -> Result<Option<Arc<Bundle>>, Rejection> {
+        let version = bundle.version.clone();
+        let added = self.add(bundle, sha256, true)?;
+        self.provisional = Some(version);
+        Ok(added)
+    }
+
+    /// The local bundle's version while the replay runs, if it is still held that way.
+    pub fn provisional(&self) -> Option<&str> {
+        self.provisional.as_deref()
+    }
+
+    /// The replay has ended: the local bundle, if still held, is held as any other version.
+    pub fn settle(&mut self) {
+        self.provisional = None;
+    }
+
+    /// A version published on the topic with other content than the local bundle held under
+    /// the same name during the replay takes its place: the local one is dropped.
+    fn yield_local(&mut self, version: &str, sha256: &str) {
+        if self.provisional.as_deref() == Some(version)
+            && self.find(version).is_some_and(|s| s.sha256 != sha256)
+        {
+            self.stored.retain(|s| s.version != version);
+            self.provisional = None;
         }
     }
 
@@ -97,6 +137,7 @@ impl Versions {
         sha256: &str,
         activate: bool,
     ) -> Result<(), Rejection> {
+        self.yield_local(version, sha256);
         if let Some(known) = self.find(version) {
             if known.sha256 != sha256 {
                 return Err(duplicate(version));
@@ -192,6 +233,7 @@ impl Versions {
         sha256: &str,
         activate: bool,
     ) -> Result<Option<Arc<Bundle>>, Rejection> {
+        self.yield_local(&bundle.version, sha256);
         let on_topic = match self.find(&bundle.version) {
             Some(known) if known.sha256 != sha256 => return Err(duplicate(&bundle.version)),
             // The same bundle again (a republish): only the activation may be new.
@@ -348,6 +390,43 @@ mod tests {
 
     fn active(v: &Versions) -> &str {
         v.active().map(|b| b.version.as_str()).unwrap_or("none")
+    }
+
+    /// The local bundle held before a replay is a version like any other (a rollback returns
+    /// to it), but while the replay runs the topic's bundle of the same version with other
+    /// content takes its place; once the replay has ended, the same conflict is refused.
+    #[test]
+    fn the_local_bundle_is_held_first_and_gives_way_to_the_topics_own_version() {
+        let mut v = Versions::new(3);
+        v.add_local(bundle("v1", None, &["a"]), "local").unwrap();
+        v.add(bundle("v2", None, &["a"]), "2", true).unwrap();
+        v.rollback().unwrap();
+        assert_eq!(active(&v), "v1");
+        assert_eq!(v.provisional(), Some("v1"));
+
+        // The topic publishes its own v1, with two stores: it replaces the local file's.
+        let changed = v
+            .add(bundle("v1", None, &["a", "b"]), "topic", true)
+            .unwrap();
+        assert!(changed.is_none(), "v1 was already the active version");
+        assert_eq!(v.active().unwrap().partitions.len(), 2);
+        assert_eq!(v.provisional(), None);
+
+        // Held on the topic only, the same way.
+        let mut v = Versions::new(3);
+        v.add_local(bundle("v1", None, &["a"]), "local").unwrap();
+        v.add_on_topic("v1", None, "topic", true).unwrap();
+        assert!(v.on_topic("v1"), "the topic's v1, to be fetched");
+
+        // After the replay the local bundle is a held version like any other.
+        let mut v = Versions::new(3);
+        v.add_local(bundle("v1", None, &["a"]), "local").unwrap();
+        v.settle();
+        let dup = v
+            .add(bundle("v1", None, &["a"]), "topic", true)
+            .unwrap_err();
+        assert_eq!(dup.reason, Reason::DuplicateVersion);
+        assert_eq!(active(&v), "v1");
     }
 
     #[test]
