@@ -248,7 +248,8 @@ fn read_csv(
     let file_len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let mut reader = csv::ReaderBuilder::new()
         .flexible(true)
-        .from_reader(std::io::BufReader::with_capacity(1 << 20, file));
+        .buffer_capacity(1 << 20)
+        .from_reader(Lines::new(file));
     let headers = reader
         .headers()
         .map_err(|e| Error::Usage(format!("{}: cannot read the header: {e}", path.display())))?
@@ -280,7 +281,9 @@ fn read_csv(
     }
     let mut parser = RowParser::new(spec, |name| column_index[name], "line");
     // One thread splits records, this one parses them; batches go back to be refilled.
-    let (full_tx, full_rx) = mpsc::sync_channel::<(Vec<ByteRecord>, usize, Option<csv::Error>)>(2);
+    // A batch, its rows, and the error that ended it with the line it names.
+    type Split = (Vec<ByteRecord>, usize, Option<(csv::Error, u64)>);
+    let (full_tx, full_rx) = mpsc::sync_channel::<Split>(2);
     let (empty_tx, empty_rx) = mpsc::channel::<Vec<ByteRecord>>();
     for _ in 0..3 {
         let _ = empty_tx.send(vec![ByteRecord::new(); BATCH]);
@@ -295,16 +298,25 @@ fn read_csv(
                 let mut failure = None;
                 while n < batch.len() {
                     match reader.read_byte_record(&mut batch[n]) {
-                        Ok(true) => n += 1,
+                        Ok(true) => {
+                            if let Some(mut at) = batch[n].position().cloned() {
+                                at.set_line(reader.get_mut().line_at(at.byte()));
+                                batch[n].set_position(Some(at));
+                            }
+                            n += 1;
+                        }
                         Ok(false) => break,
                         Err(e) => {
-                            failure = Some(e);
+                            let line = e
+                                .position()
+                                .map_or(0, |p| reader.get_mut().line_at(p.byte()));
+                            failure = Some((e, line));
                             break;
                         }
                     }
                 }
                 let done = n < batch.len() && failure.is_none();
-                let fatal = failure.as_ref().is_some_and(|e| e.is_io_error());
+                let fatal = failure.as_ref().is_some_and(|(e, _)| e.is_io_error());
                 if full_tx.send((batch, n, failure)).is_err() || done || fatal {
                     return;
                 }
@@ -331,8 +343,7 @@ fn read_csv(
             }
             read += n as u64;
             on_rows(read);
-            if let Some(e) = failure {
-                let line = e.position().map(|p| p.line()).unwrap_or(0);
+            if let Some((e, line)) = failure {
                 if e.is_io_error() {
                     return Err(Error::Usage(format!("{}: {e}", path.display())));
                 }
@@ -355,6 +366,59 @@ fn read_csv(
     });
     parsed?;
     parser.finish(path, "has a header but no rows")
+}
+
+/// A CSV file read through a count of its lines, so that a row's line is the one an editor
+/// shows. The csv crate's own count stops short of the line end and the blank lines the reader
+/// skips before a record: one too low for every row after a CRLF line end, and after each blank
+/// line (BurntSushi/rust-csv#395).
+struct Lines<R> {
+    inner: R,
+    /// Bytes read and not yet passed over by [`Lines::line_at`]; the first is byte `start` of
+    /// the file. The reader asks for every record as soon as it has read it, so this holds
+    /// little more than the csv reader's buffer.
+    window: std::collections::VecDeque<u8>,
+    start: u64,
+    /// Line feeds before `start`.
+    line_feeds: u64,
+}
+
+impl<R> Lines<R> {
+    fn new(inner: R) -> Self {
+        Lines {
+            inner,
+            window: std::collections::VecDeque::new(),
+            start: 0,
+            line_feeds: 0,
+        }
+    }
+
+    /// The line (from 1) of a record the reader began at `byte`: of its first byte that ends
+    /// no line, past what is left of the line before and any blank lines.
+    fn line_at(&mut self, byte: u64) -> u64 {
+        let passed = (byte.saturating_sub(self.start) as usize).min(self.window.len());
+        let count = |bytes: &[u8]| bytes.iter().filter(|&&b| b == b'\n').count() as u64;
+        let (front, back) = self.window.as_slices();
+        let in_front = passed.min(front.len());
+        self.line_feeds += count(&front[..in_front]) + count(&back[..passed - in_front]);
+        self.window.drain(..passed);
+        self.start += passed as u64;
+        let blank = self
+            .window
+            .iter()
+            .take_while(|&&b| b == b'\r' || b == b'\n')
+            .filter(|&&b| b == b'\n')
+            .count() as u64;
+        1 + self.line_feeds + blank
+    }
+}
+
+impl<R: std::io::Read> std::io::Read for Lines<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.window.extend(&buf[..n]);
+        Ok(n)
+    }
 }
 
 /// One row of a history as [`RowParser`] reads it, whatever the file's format.
@@ -822,6 +886,38 @@ fn source_of(plans: &[Plan]) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A rejected row is reported at the line an editor shows it on, whatever ends the lines
+    /// (LF, CRLF, a last line without one) and with blank lines and a quoted line break before.
+    #[test]
+    fn rejected_rows_name_their_own_lines() {
+        let spec = TrainSpec::parse(
+            "partition_column = \"s\"\ntarget = \"y\"\n[[features]]\ncolumn = \"x\"\nkind = \"numeric\"\n",
+        )
+        .unwrap();
+        let lines = [
+            "s,x,y",
+            "A,1,2",
+            "",
+            "A,bad,2",
+            "\"A\nB\",1,2",
+            "A,also bad,2",
+            "",
+            "",
+            "A,3,4",
+            "A,worst,2",
+        ];
+        let file = tempfile::NamedTempFile::new().unwrap();
+        for end in ["\n", "\r\n"] {
+            std::fs::write(file.path(), lines.join(end)).unwrap();
+            let h = read(file.path(), &spec, false, &|_| {}).unwrap();
+            let at: Vec<u64> = h.rejected.examples.iter().map(|(line, _)| *line).collect();
+            // The quoted line break makes the row of line 5 two lines long.
+            assert_eq!(at, [4, 7, 11], "{end:?}");
+            let strict = read(file.path(), &spec, true, &|_| {}).unwrap_err();
+            assert!(strict.to_string().contains(" line 4"), "{end:?}: {strict}");
+        }
+    }
 
     #[test]
     fn every_row_of_a_history_longer_than_the_batches_in_flight_is_read() {
