@@ -705,6 +705,54 @@ async fn a_return_to_the_local_bundle_outlives_a_restart() {
     assert!(daemon.terminate().success());
 }
 
+/// A manifest without `chunks_at` whose chunks never came before it (written by hand, or by a
+/// hostile writer) is refused as incomplete; it does not make every restart replay the whole
+/// control topic, as a genuine older publish (its chunks in the control topic) still does.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forged_old_style_manifest_does_not_make_restarts_replay_everything() {
+    let broker = Broker::start();
+    let brokers = broker.brokers();
+    for (t, n) in [
+        ("in", 1),
+        ("out", 1),
+        ("dlq", 1),
+        ("control", 1),
+        ("control-chunks", 1),
+    ] {
+        broker.create_topic(t, n);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let d = dir.path();
+    generate(d, 5, 50);
+    let v1 = train(d, 2_000, "v1", None);
+    let v2 = train(d, 3_000, "v2", None);
+    publish(&brokers, &v1, None);
+    let sha = "00".repeat(32);
+    let forged = format!(
+        r#"{{"kind":"manifest","publish_id":"forged","version":"evil","size":10,"chunks":1,"sha256":"{sha}","activate":true,"published_at_ms":0}}"#
+    );
+    local::produce_events(
+        &brokers,
+        "control",
+        std::sync::Arc::new(vec![forged.into_bytes()]),
+        None,
+    )
+    .await
+    .expect("forged manifest written");
+    publish(&brokers, &v2, None);
+    let config = ServeConfigFile::new(&brokers, "forged")
+        .topics("in", "out", "dlq")
+        .kafka(r#"control_topic = "control""#)
+        .write(d, "forged");
+    let daemon = Daemon::start(&config);
+    daemon.wait_active("v2");
+    let log = daemon.log_text();
+    assert!(!log.contains("replaying it whole"), "{log}");
+    assert!(log.contains("reason=\"incomplete\""), "{log}");
+    assert_eq!(replay_field(&daemon, "publishes_fetched"), Some(1), "{log}");
+    assert!(daemon.terminate().success());
+}
+
 /// The number after `field=` in the daemon's "control topic read" line.
 fn replay_field(daemon: &Daemon, field: &str) -> Option<usize> {
     daemon

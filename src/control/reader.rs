@@ -175,17 +175,35 @@ impl ControlReader {
         let mut noted: Vec<Noted> = Vec::new();
         let mut plan = ReplayPlan::default();
         let mut passed_over = 0usize;
+        // The publishes whose chunks are in the control topic itself, up to a bound.
+        let mut chunked: HashSet<String> = HashSet::new();
+        let mut too_many_to_tell = false;
         let mut legacy = false;
         let ended = read_to_end(consumer, cancel, |m| {
             if is_chunk(m) {
                 passed_over += 1;
+                match publish_id(m) {
+                    Some(id) if chunked.len() < TRACKED_PUBLISHES => {
+                        chunked.insert(id.to_owned());
+                    }
+                    Some(id) if !chunked.contains(id) => too_many_to_tell = true,
+                    _ => {}
+                }
                 return true;
             }
             let at = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
             match serde_json::from_slice::<ControlMessage>(m.payload().unwrap_or_default()) {
                 Ok(ControlMessage::Manifest(x)) if x.chunks_at.is_none() => {
-                    legacy = true;
-                    return false;
+                    if too_many_to_tell || chunked.contains(&x.publish_id) {
+                        legacy = true;
+                        return false;
+                    }
+                    // Chunks come before their manifest, and none of this one's did: it can
+                    // never be assembled. Refused now (`incomplete`), it is no reason to
+                    // replay the whole topic at every restart.
+                    let outcome = self.state.record(m.key(), |_| None, m.payload());
+                    self.outcome(&at, outcome);
+                    return true;
                 }
                 Ok(message) => plan.message(&message),
                 Err(_) => {
@@ -748,6 +766,18 @@ fn read_to_end(
 }
 
 /// True when the record is a chunk (the test [`super::message::parse`] makes).
+/// The publish id a chunk record names in its header, if it names one in UTF-8.
+fn publish_id<'a>(m: &'a rdkafka::message::BorrowedMessage<'_>) -> Option<&'a str> {
+    m.headers()
+        .and_then(|h| h.iter().find(|x| x.key == PUBLISH_HEADER))
+        .and_then(|x| x.value)
+        .and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// The most publish ids a restart remembers from the chunk records in the control topic itself.
+/// Past it, any manifest without `chunks_at` is taken for an older publish's, as before.
+const TRACKED_PUBLISHES: usize = 4096;
+
 fn is_chunk(m: &rdkafka::message::BorrowedMessage<'_>) -> bool {
     m.headers()
         .and_then(|h| h.iter().find(|x| x.key == KIND_HEADER))
