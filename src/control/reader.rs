@@ -163,10 +163,11 @@ impl ControlReader {
     /// Replays the control topic to its end; false if stopped first.
     ///
     /// First pass: manifests and commands are noted, chunks in the control topic itself are
-    /// passed over. If a manifest without `chunks_at` turns up (a topic written by an older
-    /// `publish`), the topic is read again from its beginning record by record, as it was
-    /// always read. Otherwise the noted records are applied in order, fetching by offset the
-    /// chunks of only the publishes the [`ReplayPlan`] needs.
+    /// passed over. If a manifest without `chunks_at` turns up after chunks of its publish (a
+    /// topic written by an older `publish`), the topic is read again from its beginning record
+    /// by record, as it was always read; one with no chunk before it is refused. Otherwise the
+    /// noted records are applied in order after the local bundle, if the daemon holds one,
+    /// fetching by offset the chunks of only the publishes the [`ReplayPlan`] needs.
     fn bootstrap(
         &mut self,
         consumer: &BaseConsumer<ControlContext>,
@@ -234,7 +235,7 @@ impl ControlReader {
                 true
             });
         }
-        if let Some(local) = self.state.versions().active_version() {
+        if let Some(local) = self.state.versions().provisional() {
             plan.local_first(local);
         }
         let needed = plan.needed(self.options.keep_versions);
@@ -412,7 +413,6 @@ impl ControlReader {
     /// Applies one record read from the control topic.
     fn handle(&mut self, m: &rdkafka::message::BorrowedMessage<'_>, cancel: &CancellationToken) {
         let at = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
-        let headers = m.headers();
         let manifest = match is_chunk(m) {
             true => None,
             false => {
@@ -431,10 +431,9 @@ impl ControlReader {
                 return self.reject(&at, Some(&version), r);
             }
         }
-        let header = |name: &str| {
-            headers.and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
-        };
-        let outcome = self.state.record(m.key(), header, m.payload());
+        let outcome = self
+            .state
+            .record(m.key(), |name| header(m, name), m.payload());
         self.outcome(&at, outcome);
         self.release_inactive();
     }
@@ -628,17 +627,15 @@ impl ControlReader {
                     if m.offset() > location.last_offset {
                         break;
                     }
-                    let headers = m.headers();
-                    let header = |name: &str| {
-                        headers.and_then(|h| h.iter().find(|x| x.key == name).and_then(|x| x.value))
-                    };
-                    if header(PUBLISH_HEADER) != Some(publish_id.as_bytes()) {
+                    if header(&m, PUBLISH_HEADER) != Some(publish_id.as_bytes()) {
                         continue; // another publish's chunk, or not a chunk
                     }
                     read += 1;
                     bytes += m.payload().map_or(0, <[u8]>::len);
                     let at = format!("{}/{}@{}", m.topic(), m.partition(), m.offset());
-                    let outcome = self.state.record(m.key(), header, m.payload());
+                    let outcome = self
+                        .state
+                        .record(m.key(), |name| header(&m, name), m.payload());
                     self.outcome(&at, outcome);
                     if m.offset() == location.last_offset {
                         break;
@@ -765,24 +762,26 @@ fn read_to_end(
     false
 }
 
+/// The value of a record's header `name`, if it has one.
+fn header<'a>(m: &'a rdkafka::message::BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
+    m.headers()
+        .and_then(|h| h.iter().find(|x| x.key == name))
+        .and_then(|x| x.value)
+}
+
 /// True when the record is a chunk (the test [`super::message::parse`] makes).
+fn is_chunk(m: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+    header(m, KIND_HEADER) == Some(b"chunk".as_slice())
+}
+
 /// The publish id a chunk record names in its header, if it names one in UTF-8.
 fn publish_id<'a>(m: &'a rdkafka::message::BorrowedMessage<'_>) -> Option<&'a str> {
-    m.headers()
-        .and_then(|h| h.iter().find(|x| x.key == PUBLISH_HEADER))
-        .and_then(|x| x.value)
-        .and_then(|v| std::str::from_utf8(v).ok())
+    header(m, PUBLISH_HEADER).and_then(|v| std::str::from_utf8(v).ok())
 }
 
 /// The most publish ids a restart remembers from the chunk records in the control topic itself.
 /// Past it, any manifest without `chunks_at` is taken for an older publish's, as before.
 const TRACKED_PUBLISHES: usize = 4096;
-
-fn is_chunk(m: &rdkafka::message::BorrowedMessage<'_>) -> bool {
-    m.headers()
-        .and_then(|h| h.iter().find(|x| x.key == KIND_HEADER))
-        .is_some_and(|x| x.value == Some(b"chunk".as_slice()))
-}
 
 /// Assigns every Kafka partition of `topic` from its beginning.
 fn assign_from_beginning(
