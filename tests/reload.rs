@@ -19,6 +19,35 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+/// A broker with `topics` (kept alive by holding `broker`), and a folder holding a generated history (5 stores) and two bundles
+/// trained from it: v1 on its first 2,000 rows, v2 on 3,000.
+struct TwoVersions {
+    broker: Broker,
+    brokers: String,
+    dir: tempfile::TempDir,
+    v1: PathBuf,
+    v2: PathBuf,
+}
+
+fn two_versions(topics: &[(&str, i32)]) -> TwoVersions {
+    let broker = Broker::start();
+    let brokers = broker.brokers();
+    for &(t, n) in topics {
+        broker.create_topic(t, n);
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    generate(dir.path(), 5, 50);
+    let v1 = train(dir.path(), 2_000, "v1", None);
+    let v2 = train(dir.path(), 3_000, "v2", None);
+    TwoVersions {
+        broker,
+        brokers,
+        dir,
+        v1,
+        v2,
+    }
+}
+
 /// A serve config that takes its bundles from the control topic `control`.
 fn control_config(
     dir: &Path,
@@ -621,16 +650,14 @@ async fn a_bundle_of_100000_partitions_publishes_and_swaps_in() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rollback_made_while_an_instance_was_down_wins_over_its_newer_local_bundle() {
-    let broker = Broker::start();
-    let brokers = broker.brokers();
-    for (t, n) in [("in", 1), ("out", 1), ("dlq", 1), ("control", 1)] {
-        broker.create_topic(t, n);
-    }
-    let dir = tempfile::tempdir().expect("temp dir");
+    let TwoVersions {
+        broker,
+        brokers,
+        dir,
+        v1,
+        v2,
+    } = two_versions(&[("in", 1), ("out", 1), ("dlq", 1), ("control", 1)]);
     let d = dir.path();
-    generate(d, 5, 50);
-    let v1 = train(d, 2_000, "v1", None);
-    let v2 = train(d, 3_000, "v2", None);
     publish(&brokers, &v1, None);
     publish(&brokers, &v2, None);
     // The operator rolls back while this instance is down; its local file is the newer v2.
@@ -664,16 +691,14 @@ async fn a_rollback_made_while_an_instance_was_down_wins_over_its_newer_local_bu
 /// does: the operator's last word holds however it named the local version.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_return_to_the_local_bundle_outlives_a_restart() {
-    let broker = Broker::start();
-    let brokers = broker.brokers();
-    for (t, n) in [("in", 1), ("out", 1), ("dlq", 1), ("control", 1)] {
-        broker.create_topic(t, n);
-    }
-    let dir = tempfile::tempdir().expect("temp dir");
+    let TwoVersions {
+        broker: _broker,
+        brokers,
+        dir,
+        v1,
+        v2,
+    } = two_versions(&[("in", 1), ("out", 1), ("dlq", 1), ("control", 1)]);
     let d = dir.path();
-    generate(d, 5, 50);
-    let v1 = train(d, 2_000, "v1", None);
-    let v2 = train(d, 3_000, "v2", None);
     let config = control_config(d, "local", &brokers, "out", Some(&v1), None);
     let restarted_on = |expected: &str| {
         let daemon = Daemon::start(&config);
@@ -710,22 +735,20 @@ async fn a_return_to_the_local_bundle_outlives_a_restart() {
 /// control topic, as a genuine older publish (its chunks in the control topic) still does.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forged_old_style_manifest_does_not_make_restarts_replay_everything() {
-    let broker = Broker::start();
-    let brokers = broker.brokers();
-    for (t, n) in [
+    let TwoVersions {
+        broker: _broker,
+        brokers,
+        dir,
+        v1,
+        v2,
+    } = two_versions(&[
         ("in", 1),
         ("out", 1),
         ("dlq", 1),
         ("control", 1),
         ("control-chunks", 1),
-    ] {
-        broker.create_topic(t, n);
-    }
-    let dir = tempfile::tempdir().expect("temp dir");
+    ]);
     let d = dir.path();
-    generate(d, 5, 50);
-    let v1 = train(d, 2_000, "v1", None);
-    let v2 = train(d, 3_000, "v2", None);
     publish(&brokers, &v1, None);
     let sha = "00".repeat(32);
     let forged = format!(
