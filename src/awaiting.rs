@@ -13,11 +13,13 @@
 
 use std::collections::HashMap;
 
+use rdkafka::message::{Headers, OwnedHeaders};
+
 use crate::kafka::offsets::Ack;
 
 /// Records held at most.
 pub const MAX_RECORDS: usize = 4096;
-/// Payload and key bytes held at most (one record larger than this is still taken, alone).
+/// Payload, key and header bytes held at most (one record larger than this is still taken, alone).
 pub const MAX_BYTES: usize = 16 << 20;
 
 /// One record waiting for its writer schema.
@@ -26,6 +28,8 @@ pub struct Waiting {
     pub key: Option<Vec<u8>>,
     /// The record's value.
     pub payload: Vec<u8>,
+    /// The record's headers, for its dead letter if it becomes one.
+    pub headers: Option<OwnedHeaders>,
     /// The claim on its offset.
     pub ack: Ack,
     /// Its Kafka timestamp.
@@ -34,7 +38,11 @@ pub struct Waiting {
 
 impl Waiting {
     fn bytes(&self) -> usize {
-        self.payload.len() + self.key.as_ref().map_or(0, Vec::len)
+        let headers = self.headers.iter().flat_map(Headers::iter);
+        let header_bytes: usize = headers
+            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+            .sum();
+        self.payload.len() + self.key.as_ref().map_or(0, Vec::len) + header_bytes
     }
 }
 

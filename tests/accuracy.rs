@@ -150,7 +150,6 @@ fn actuals_give_each_store_its_error_and_flag_exactly_the_shifted_ones() {
     no_target.as_object_mut().expect("object").remove("sales");
     let mut text_target = first.clone();
     text_target["sales"] = Value::from("lots");
-    payloads.push(b"not json".to_vec());
     payloads.push(no_target.to_string().into_bytes());
     payloads.push(text_target.to_string().into_bytes());
     local::produce(
@@ -161,6 +160,11 @@ fn actuals_give_each_store_its_error_and_flag_exactly_the_shifted_ones() {
         None,
     )
     .expect("actuals produced");
+    // The last one carries headers of its own, which its dead letter keeps.
+    let sent = common::headers::producer_headers();
+    let not_json = (None, b"not json".to_vec());
+    common::headers::produce(&brokers, "acc-actuals", &[not_json], &sent);
+    payloads.push(b"not json".to_vec());
 
     let metrics = wait_for_metric(&addr, "manymodel_actuals_total", (good + 20) as f64);
     assert_eq!(
@@ -293,6 +297,17 @@ fn actuals_give_each_store_its_error_and_flag_exactly_the_shifted_ones() {
         ["invalid_json", "missing_feature", "wrong_type"].into()
     );
     assert!(dead.iter().any(|r| r.value == b"not json"));
+    let lists = common::headers::read(&brokers, "acc-dlq", dead.len(), Duration::from_secs(30));
+    let invalid_json = |list: &&common::headers::HeaderList| {
+        list.iter()
+            .any(|(k, v)| k == "error-kind" && v.as_deref() == Some(&b"invalid_json"[..]))
+    };
+    let names: Vec<String> = lists
+        .iter()
+        .find(invalid_json)
+        .map(|list| list.iter().map(|(k, _)| k.clone()).collect())
+        .unwrap_or_default();
+    assert_eq!(names, common::headers::expected_dead_letter_names(&sent));
 
     // Every actual's offset is committed at shutdown (dead letters included).
     assert!(daemon.terminate().success());

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use apache_avro::types::Value as A;
 use apache_avro::Schema;
-use common::{generate_and_train, run_ok, write_config, Broker, Daemon};
+use common::{generate_and_train, headers, run_ok, write_config, Broker, Daemon};
 use manymodel::codec::{avro_twin, SALES_EVENT_AVSC};
 use manymodel::local;
 use serde_json::{json, Value};
@@ -333,12 +333,15 @@ async fn confluent_records_of_three_writer_versions_from_a_registry_score_like_t
         reg.asked.load(Ordering::SeqCst) <= 6,
         "each writer schema is fetched once per instance, not per record"
     );
-    // An id the registry does not have is a dead letter.
-    produce(
-        &input,
-        vec![confluent(77, SALES_EVENT_AVSC, &data().events[0])],
-    )
-    .await;
+    // An id the registry does not have is a dead letter, which keeps the record's own
+    // headers although the record waited for the registry's answer.
+    let sent = headers::producer_headers();
+    let record = (
+        Some(b"S001".to_vec()),
+        confluent(77, SALES_EVENT_AVSC, &data().events[0]),
+    );
+    let brokers = Broker::shared().brokers();
+    headers::produce(&brokers, &input, &[record], &sent);
     let dead = local::read(
         &Broker::shared().brokers(),
         &dlq,
@@ -349,6 +352,10 @@ async fn confluent_records_of_three_writer_versions_from_a_registry_score_like_t
     .unwrap();
     assert_eq!(dead[0].headers["error-kind"], "unknown_schema");
     assert!(dead[0].headers["error-message"].contains("77"));
+    let lists = headers::read(&brokers, &dlq, 1, Duration::from_secs(30));
+    let names: Vec<String> = lists[0].iter().map(|(k, _)| k.clone()).collect();
+    assert_eq!(names, headers::expected_dead_letter_names(&sent));
+    assert_eq!(lists[0][..5], sent[..5], "the input's headers, in order");
     assert!(d.terminate().success());
 }
 

@@ -1,7 +1,7 @@
 //! Every kind of bad input becomes a dead letter, never a crash, a stall or a silent drop: one
 //! test per case against Apache Kafka. Each sends the bad records and then a good one to a daemon of
 //! its own, and checks that the dead letters carry their reason and source in headers with
-//! the original key and value untouched, that the reason's counter moved, that the good
+//! the original key, value and headers untouched, that the reason's counter moved, that the good
 //! record behind them is scored (no stall), and that the offsets of the dead letters are
 //! committed like any other (no poison pill loops).
 //!
@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use common::{generate_and_train, http_get, metric_sum, write_config, Broker, Daemon};
+use common::{generate_and_train, headers, http_get, metric_sum, write_config, Broker, Daemon};
 use manymodel::local;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -94,15 +94,12 @@ async fn check(case: Case<'_>) {
         .map(|(k, v)| (k.map(<[u8]>::to_vec), v.clone()))
         .collect();
     records.push((Some(b"S001".to_vec()), case.good.clone()));
+    let sent = headers::producer_headers();
     {
-        let (brokers, topic) = (broker.brokers(), input.clone());
-        tokio::task::spawn_blocking(move || {
-            for (key, value) in records {
-                local::produce(&brokers, &topic, &[value], |_| key.clone(), None).unwrap();
-            }
-        })
-        .await
-        .unwrap();
+        let (brokers, topic, sent) = (broker.brokers(), input.clone(), sent.clone());
+        tokio::task::spawn_blocking(move || headers::produce(&brokers, &topic, &records, &sent))
+            .await
+            .unwrap();
     }
 
     let n = case.records.len();
@@ -118,6 +115,21 @@ async fn check(case: Case<'_>) {
         assert_eq!(r.headers["source-offset"], i.to_string());
         assert_eq!(&r.value, value, "the original value, untouched");
         assert_eq!(r.key.as_deref(), *key, "the original key, untouched");
+    }
+    // The input record's own headers travel with it, in order, before manymodel's.
+    let lists = headers::read(&broker.brokers(), &dlq, n, Duration::from_secs(30));
+    assert_eq!(lists.len(), n);
+    let kept: Vec<_> = sent.iter().filter(|(k, _)| k != "error-kind").collect();
+    for list in &lists {
+        let names: Vec<&String> = list.iter().map(|(k, _)| k).collect();
+        assert_eq!(
+            names,
+            headers::expected_dead_letter_names(&sent)
+                .iter()
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(list[..kept.len()].iter().collect::<Vec<_>>(), kept);
+        assert_eq!(list[kept.len()].1.as_deref(), Some(case.kind.as_bytes()));
     }
     let scored = local::read(&broker.brokers(), &output, 1, Duration::from_secs(60))
         .await
@@ -417,4 +429,81 @@ async fn a_writer_schema_that_does_not_resolve_is_dead_lettered() {
         good: avro(1, GOOD),
     })
     .await;
+}
+
+/// README's snippet for replaying dead letters, run as it is written there (with `B`, the
+/// dead-letter topic and the target topic filled in): it copies back exactly the
+/// `unknown_partition` dead letters, with their keys, values and own headers, and stops at the
+/// end it saw when it started.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_readmes_replay_snippet_copies_back_the_unknown_partition_dead_letters() {
+    let python = common::python_with("confluent_kafka", &["confluent-kafka"]);
+    let broker = Broker::shared();
+    let (input, output, dlq, replayed) = ("in-replay", "out-replay", "dlq-replay", "replayed");
+    for (topic, partitions) in [(input, 1), (output, 1), (dlq, 2), (replayed, 1)] {
+        broker.create_topic(topic, partitions);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "replay",
+        &broker.brokers(),
+        (input, output, dlq),
+        bundle(),
+        "dlq",
+    );
+    let daemon = Daemon::start(&config);
+    daemon.wait_assigned();
+    let unknown = |store: &str| {
+        let value = GOOD.replace("S001", store).into_bytes();
+        (Some(store.as_bytes().to_vec()), value)
+    };
+    let records = vec![
+        unknown("NEW-1"),
+        (Some(b"S001".to_vec()), b"{not json".to_vec()),
+        unknown("NEW-2"),
+        (Some(b"S001".to_vec()), GOOD.as_bytes().to_vec()),
+    ];
+    let sent = headers::producer_headers();
+    headers::produce(&broker.brokers(), input, &records, &sent);
+    let dead = local::read(&broker.brokers(), dlq, 3, Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 3, "{}", daemon.log_text());
+    assert!(daemon.terminate().success());
+
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let start = readme
+        .find("```python\nfrom confluent_kafka import OFFSET_BEGINNING")
+        .expect("the replay snippet in README.md")
+        + "```python\n".len();
+    let end = start + readme[start..].find("```").unwrap();
+    let snippet = readme[start..end]
+        .replace("\"sales-dlq\"", &format!("{dlq:?}"))
+        .replace("\"sales\"", &format!("{replayed:?}"));
+    let script = format!("B = {:?}\n{snippet}", broker.brokers());
+    let status = std::process::Command::new(&python)
+        .args(["-c", &script])
+        .status()
+        .unwrap();
+    assert!(status.success(), "the snippet failed:\n{script}");
+
+    let copied = local::read(&broker.brokers(), replayed, 3, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut got: Vec<_> = copied
+        .iter()
+        .map(|r| (r.key.clone(), r.value.clone()))
+        .collect();
+    got.sort();
+    assert_eq!(got, vec![unknown("NEW-1"), unknown("NEW-2")]);
+    let own: Vec<_> = sent
+        .iter()
+        .filter(|(k, _)| k != "error-kind")
+        .cloned()
+        .collect();
+    for list in headers::read(&broker.brokers(), replayed, 2, Duration::from_secs(10)) {
+        assert_eq!(list, own, "the records' own headers, without manymodel's");
+    }
 }

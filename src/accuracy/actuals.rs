@@ -368,7 +368,8 @@ impl ActualsActor {
             }
             Err(error) => {
                 tracing::debug!(topic = %self.topic, kafka_partition = ack.partition(), offset = ack.offset(), %error, "dead-lettering actual");
-                let headers = OutputProducer::dead_letter_headers(&self.topic, &error, &ack);
+                let headers =
+                    OutputProducer::dead_letter_headers(&self.topic, &error, &ack, m.headers());
                 let delivery = Delivery::new(ack, Output::DeadLetter(error.kind), None);
                 self.producer
                     .send(

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{DeliveryResult, Header, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, DeliveryResult, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
@@ -397,32 +397,41 @@ impl OutputProducer {
         )
     }
 
-    /// The headers of a dead letter: the reason and the source position. The original key
-    /// and value travel untouched beside them.
-    pub fn dead_letter_headers(source_topic: &str, error: &RecordError, ack: &Ack) -> OwnedHeaders {
+    /// The headers of a dead letter: the input record's own headers, then the reason and the
+    /// source position. The original key and value travel untouched beside them.
+    ///
+    /// An input header named like one of the five this adds (a dead letter replayed with its
+    /// headers and refused again) is left out, so that each of the five appears once and
+    /// describes this refusal.
+    pub fn dead_letter_headers(
+        source_topic: &str,
+        error: &RecordError,
+        ack: &Ack,
+        input: Option<&BorrowedHeaders>,
+    ) -> OwnedHeaders {
         let partition = ack.partition().to_string();
         let offset = ack.offset().to_string();
-        OwnedHeaders::new_with_capacity(5)
-            .insert(Header {
-                key: "error-kind",
-                value: Some(error.kind.as_str()),
-            })
-            .insert(Header {
-                key: "error-message",
-                value: Some(error.message.as_str()),
-            })
-            .insert(Header {
-                key: "source-topic",
-                value: Some(source_topic),
-            })
-            .insert(Header {
-                key: "source-partition",
-                value: Some(partition.as_str()),
-            })
-            .insert(Header {
-                key: "source-offset",
-                value: Some(offset.as_str()),
-            })
+        let ours = [
+            ("error-kind", error.kind.as_str()),
+            ("error-message", error.message.as_str()),
+            ("source-topic", source_topic),
+            ("source-partition", partition.as_str()),
+            ("source-offset", offset.as_str()),
+        ];
+        let kept = input.map_or(0, Headers::count);
+        let mut headers = OwnedHeaders::new_with_capacity(kept + ours.len());
+        for header in input.into_iter().flat_map(Headers::iter) {
+            if !ours.iter().any(|(key, _)| *key == header.key) {
+                headers = headers.insert(header);
+            }
+        }
+        for (key, value) in ours {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        headers
     }
 
     /// Waits until every enqueued record is acknowledged or `timeout` passes.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
-use rdkafka::message::{Message, OwnedHeaders, Timestamp};
+use rdkafka::message::{BorrowedHeaders, Message, OwnedHeaders, Timestamp};
 use tokio_util::sync::CancellationToken;
 
 use super::Mode;
@@ -310,16 +310,18 @@ impl Reader<'_> {
             self.produce(consumer, &topic, m.key(), payload, None, delivery);
             return;
         }
-        self.route(consumer, m.key(), payload, ack, timestamp_ms);
+        self.route(consumer, m.key(), payload, m.headers(), ack, timestamp_ms);
     }
 
     /// Decodes a record read (or taken back from waiting for its writer schema) and hands it
-    /// on; `ack` is the claim on its offset.
+    /// on; `ack` is the claim on its offset. Its `headers` are only read if it is
+    /// dead-lettered.
     fn route(
         &mut self,
         consumer: &InputConsumer,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
+        headers: Option<&BorrowedHeaders>,
         ack: Ack,
         timestamp_ms: Option<i64>,
     ) {
@@ -341,6 +343,7 @@ impl Reader<'_> {
                     let waiting = Waiting {
                         key: key.map(<[u8]>::to_vec),
                         payload: bytes.to_vec(),
+                        headers: headers.map(BorrowedHeaders::detach),
                         ack,
                         timestamp_ms,
                     };
@@ -382,7 +385,8 @@ impl Reader<'_> {
                     %error,
                     "dead-lettering record"
                 );
-                let headers = OutputProducer::dead_letter_headers(&k.input_topic, &error, &ack);
+                let headers =
+                    OutputProducer::dead_letter_headers(&k.input_topic, &error, &ack, headers);
                 let delivery = Delivery::new(ack, Output::DeadLetter(error.kind), None);
                 let topic = k.dlq_topic.clone();
                 self.produce(consumer, &topic, key, payload, Some(headers), delivery);
@@ -408,13 +412,22 @@ impl Reader<'_> {
             let Waiting {
                 key,
                 payload,
+                headers,
                 ack,
                 timestamp_ms,
             } = waiting;
             if ack.is_revoked() {
                 continue; // another instance reads it now
             }
-            self.route(consumer, key.as_deref(), Some(&payload), ack, timestamp_ms);
+            let headers = headers.as_ref().map(OwnedHeaders::as_borrowed);
+            self.route(
+                consumer,
+                key.as_deref(),
+                Some(&payload),
+                headers,
+                ack,
+                timestamp_ms,
+            );
         }
         crate::metrics::awaiting_schema(self.awaiting.len());
     }

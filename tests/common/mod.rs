@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod chaos;
+pub mod headers;
 pub mod kafka;
 pub mod serve_config;
 
