@@ -57,6 +57,7 @@
 //! | [`pacing`] | sending at a steady rate (`generate --brokers`, the benchmark's loader) |
 //! | [`memory`] | the process's resident and peak memory, for the benchmarks; freed memory handed back |
 //! | [`clock`] | wall-clock milliseconds |
+//! | [`plural`] | counts in printed sentences (`1 partition`, `2 partitions`) |
 //! | [`error`] | the error types |
 
 pub mod accuracy;
@@ -87,6 +88,7 @@ pub mod metrics;
 pub mod model;
 pub mod pacing;
 pub mod partition;
+pub mod plural;
 pub mod predict;
 pub mod prediction;
 pub mod retrain;

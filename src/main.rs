@@ -630,8 +630,8 @@ fn run(command: Command) -> manymodel::Result<()> {
             if !r.drifted.is_empty() {
                 let shown = &r.drifted[..r.drifted.len().min(10)];
                 say!(
-                    "{} stores drift from event {}: {}{}",
-                    r.drifted.len(),
+                    "{} drift from event {}: {}{}",
+                    manymodel::plural::count(r.drifted.len(), "store"),
                     drift.after,
                     shown.join(", "),
                     if shown.len() < r.drifted.len() {

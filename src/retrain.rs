@@ -549,10 +549,10 @@ impl fmt::Display for RetrainReport {
         let kept = self.decisions.iter().filter(|d| d.kept()).count();
         writeln!(
             f,
-            "retrain on {} ({}): {} stores, {kept} kept, {} rejected ({:.2}s)",
+            "retrain on {} ({}): {}, {kept} kept, {} rejected ({:.2}s)",
             self.base_version,
             self.base,
-            self.decisions.len(),
+            crate::plural::count(self.decisions.len(), "store"),
             self.decisions.len() - kept,
             self.seconds
         )?;
@@ -576,10 +576,10 @@ impl fmt::Display for RetrainReport {
             }
             (Some(d), None) => writeln!(
                 f,
-                "dry run: delta {} of {} ({} partitions) not published{}",
+                "dry run: delta {} of {} ({}) not published{}",
                 d.version,
                 d.base_version,
-                d.partitions,
+                crate::plural::count(d.partitions, "partition"),
                 d.output
                     .as_ref()
                     .map(|o| format!("; written to {}", o.display()))

@@ -318,10 +318,10 @@ impl fmt::Display for TrainReport {
             None => writeln!(f, "bundle {} written to {}", b.version, self.output.display())?,
             Some(base) => writeln!(
                 f,
-                "delta bundle {} of base {base} written to {}: replaces {} partitions, keeps the rest and the fallback from {base}",
+                "delta bundle {} of base {base} written to {}: replaces {}, keeps the rest and the fallback from {base}",
                 b.version,
                 self.output.display(),
-                b.partitions.len()
+                crate::plural::count(b.partitions.len(), "partition")
             )?,
         }
         writeln!(

@@ -19,6 +19,7 @@ use super::signing::BundleSigner;
 use crate::error::{Error, Result};
 use crate::kafka::connection::Connection;
 use crate::model::bundle::Bundle;
+use crate::plural::count;
 
 /// The chunk size `publish` uses unless told otherwise: well below the 1 MB default message
 /// limit of Kafka brokers.
@@ -57,15 +58,15 @@ impl std::fmt::Display for Published {
         let m = &self.manifest;
         writeln!(
             f,
-            "published {}{} ({} partitions, {} bytes in {} chunks, sha256 {}{}) in {:.2}s{}",
+            "published {}{} ({}, {} bytes in {}, sha256 {}{}) in {:.2}s{}",
             m.version,
             m.base_version
                 .as_ref()
                 .map(|b| format!(", a delta of {b}"))
                 .unwrap_or_default(),
-            self.partitions,
+            count(self.partitions, "partition"),
             m.size,
-            m.chunks,
+            count(m.chunks as usize, "chunk"),
             m.sha256,
             if m.signature.is_some() {
                 ", signed"

@@ -32,6 +32,7 @@ use crate::generate::Drift;
 use crate::kafka::connection::Connection;
 use crate::local;
 use crate::metrics::PipelineStats;
+use crate::plural::count;
 use crate::retrain::config::{
     ActualsConfig as RefitActuals, RetrainKafka, RetrainModel, SourceConfig,
 };
@@ -453,11 +454,6 @@ impl fmt::Display for LoopReport<'_> {
         }
         Ok(())
     }
-}
-
-/// `1 store`, `2 stores`.
-fn count(n: usize, what: &str) -> String {
-    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
 /// `: a, b` for a few ids, nothing for none.
