@@ -1,6 +1,7 @@
 //! `manymodel train`: fit one model per partition and a global fallback, write a bundle.
 //!
-//! The history (CSV, or Parquet through [`parquet`]) is read and encoded by [`history`], the fits run on every core with rayon
+//! The history (CSV, or Parquet through [`parquet`]) is read and encoded by [`history`] (CSV
+//! line numbers by `csv_lines`), the fits run on every core with rayon
 //! (a progress bar on a terminal), and [`fit`] solves each one. Partitions below `min_rows` get
 //! no model of their own; their rows still train the fallback.
 //!
@@ -8,6 +9,7 @@
 //! asked for (or found in the history) are refitted, with the base's spec, and the fallback is
 //! the base's.
 
+mod csv_lines;
 pub mod fit;
 pub mod history;
 mod linalg;

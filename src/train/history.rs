@@ -22,6 +22,8 @@ use std::sync::mpsc;
 
 use csv::ByteRecord;
 
+use super::csv_lines::Lines;
+
 use crate::error::{Error, RecordError, RecordErrorKind, Result};
 use crate::features::{missing_feature, FeatureEncoder, FeatureValue};
 use crate::field::Field;
@@ -366,59 +368,6 @@ fn read_csv(
     });
     parsed?;
     parser.finish(path, "has a header but no rows")
-}
-
-/// A CSV file read through a count of its lines, so that a row's line is the one an editor
-/// shows. The csv crate's own count stops short of the line end and the blank lines the reader
-/// skips before a record: one too low for every row after a CRLF line end, and after each blank
-/// line (BurntSushi/rust-csv#395).
-struct Lines<R> {
-    inner: R,
-    /// Bytes read and not yet passed over by [`Lines::line_at`]; the first is byte `start` of
-    /// the file. The reader asks for every record as soon as it has read it, so this holds
-    /// little more than the csv reader's buffer.
-    window: std::collections::VecDeque<u8>,
-    start: u64,
-    /// Line feeds before `start`.
-    line_feeds: u64,
-}
-
-impl<R> Lines<R> {
-    fn new(inner: R) -> Self {
-        Lines {
-            inner,
-            window: std::collections::VecDeque::new(),
-            start: 0,
-            line_feeds: 0,
-        }
-    }
-
-    /// The line (from 1) of a record the reader began at `byte`: of its first byte that ends
-    /// no line, past what is left of the line before and any blank lines.
-    fn line_at(&mut self, byte: u64) -> u64 {
-        let passed = (byte.saturating_sub(self.start) as usize).min(self.window.len());
-        let count = |bytes: &[u8]| bytes.iter().filter(|&&b| b == b'\n').count() as u64;
-        let (front, back) = self.window.as_slices();
-        let in_front = passed.min(front.len());
-        self.line_feeds += count(&front[..in_front]) + count(&back[..passed - in_front]);
-        self.window.drain(..passed);
-        self.start += passed as u64;
-        let blank = self
-            .window
-            .iter()
-            .take_while(|&&b| b == b'\r' || b == b'\n')
-            .filter(|&&b| b == b'\n')
-            .count() as u64;
-        1 + self.line_feeds + blank
-    }
-}
-
-impl<R: std::io::Read> std::io::Read for Lines<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.window.extend(&buf[..n]);
-        Ok(n)
-    }
 }
 
 /// One row of a history as [`RowParser`] reads it, whatever the file's format.
