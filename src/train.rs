@@ -280,12 +280,17 @@ pub fn run(opts: &TrainOptions) -> Result<TrainReport> {
             "the delta would replace no partition: every partition asked for was skipped (see min_rows)".into(),
         ));
     }
+    // A delta's rows are those of the stores it refits; a full bundle's fallback used them all.
+    let rows_used = match &base {
+        Some(_) => models.iter().map(|m| m.rows).sum(),
+        None => history.rows_used,
+    };
     let bundle = Bundle::assemble(
         opts.version.clone().unwrap_or_else(default_version),
         base.as_ref().map(|b| b.version.clone()),
         chrono::Utc::now().timestamp_millis(),
         history.spec,
-        (history.rows_used, history.rejected.count),
+        (rows_used, history.rejected.count),
         fallback,
         models,
     )

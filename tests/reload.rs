@@ -498,6 +498,11 @@ fn a_delta_keeps_the_base_models_it_does_not_replace_and_is_refused_as_a_local_b
     let dl = Bundle::read(&delta).expect("delta");
     assert_eq!(dl.base_version.as_deref(), Some("base"));
     assert_eq!(dl.partitions.len(), 1);
+    assert_eq!(
+        dl.rows_used, dl.partitions[0].rows,
+        "a delta counts the rows of the stores it refits, not the whole history's"
+    );
+    assert!(dl.rows_used < b.rows_used);
     let full = manymodel::model::delta::apply(&b, &dl).expect("applies");
     assert_eq!(full.partitions.len(), b.partitions.len());
     for m in &full.partitions {
