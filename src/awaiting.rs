@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 
-use rdkafka::message::{Headers, OwnedHeaders};
+use rdkafka::message::OwnedHeaders;
 
 use crate::kafka::offsets::Ack;
 
@@ -38,10 +38,8 @@ pub struct Waiting {
 
 impl Waiting {
     fn bytes(&self) -> usize {
-        let headers = self.headers.iter().flat_map(Headers::iter);
-        let header_bytes: usize = headers
-            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
-            .sum();
+        let headers = self.headers.as_ref().map(OwnedHeaders::as_borrowed);
+        let header_bytes = headers.map_or(0, crate::kafka::headers::byte_size);
         self.payload.len() + self.key.as_ref().map_or(0, Vec::len) + header_bytes
     }
 }

@@ -6,6 +6,7 @@ pub mod client_log;
 pub mod commit;
 pub mod connection;
 pub mod consumer;
+pub mod headers;
 pub mod offsets;
 pub mod position;
 pub mod producer;

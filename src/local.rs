@@ -9,7 +9,7 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::types::RDKafkaErrorCode as Code;
 
@@ -203,20 +203,13 @@ pub async fn read(
             Err(_) => break,
             Ok(Err(e)) => tracing::debug!(error = %e, "reader error"),
             Ok(Ok(m)) => {
+                let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
                 let headers = m
                     .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                (
-                                    h.key.to_owned(),
-                                    String::from_utf8_lossy(h.value.unwrap_or_default())
-                                        .into_owned(),
-                                )
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                    .into_iter()
+                    .flat_map(crate::kafka::headers::each)
+                    .map(|h| (text(h.name), text(h.value.unwrap_or_default())))
+                    .collect();
                 out.push(Record {
                     partition: m.partition(),
                     offset: m.offset(),

@@ -14,7 +14,7 @@ use manymodel::local;
 use rand::SeedableRng;
 use rand_distr::{Distribution, Normal};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde_json::Value;
 
@@ -45,17 +45,13 @@ fn read_all(brokers: &str, topic: &str, partitions: i32, quiet: Duration) -> Vec
         match consumer.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => {
                 last = std::time::Instant::now();
+                let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
                 let headers = m
                     .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|h| {
-                                let v = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
-                                (h.key.to_owned(), v.unwrap_or_default())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                    .into_iter()
+                    .flat_map(manymodel::kafka::headers::each)
+                    .map(|h| (text(h.name), text(h.value.unwrap_or_default())))
+                    .collect();
                 out.push(Record {
                     key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
                     value: m.payload().unwrap_or_default().to_vec(),
@@ -300,9 +296,9 @@ fn actuals_give_each_store_its_error_and_flag_exactly_the_shifted_ones() {
     let lists = common::headers::read(&brokers, "acc-dlq", dead.len(), Duration::from_secs(30));
     let invalid_json = |list: &&common::headers::HeaderList| {
         list.iter()
-            .any(|(k, v)| k == "error-kind" && v.as_deref() == Some(&b"invalid_json"[..]))
+            .any(|(k, v)| k == b"error-kind" && v.as_deref() == Some(&b"invalid_json"[..]))
     };
-    let names: Vec<String> = lists
+    let names: Vec<Vec<u8>> = lists
         .iter()
         .find(invalid_json)
         .map(|list| list.iter().map(|(k, _)| k.clone()).collect())

@@ -353,9 +353,9 @@ async fn confluent_records_of_three_writer_versions_from_a_registry_score_like_t
     assert_eq!(dead[0].headers["error-kind"], "unknown_schema");
     assert!(dead[0].headers["error-message"].contains("77"));
     let lists = headers::read(&brokers, &dlq, 1, Duration::from_secs(30));
-    let names: Vec<String> = lists[0].iter().map(|(k, _)| k.clone()).collect();
+    let names: Vec<Vec<u8>> = lists[0].iter().map(|(k, _)| k.clone()).collect();
     assert_eq!(names, headers::expected_dead_letter_names(&sent));
-    assert_eq!(lists[0][..5], sent[..5], "the input's headers, in order");
+    assert_eq!(lists[0][..6], sent[..6], "the input's headers, in order");
     assert!(d.terminate().success());
 }
 

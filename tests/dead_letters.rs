@@ -119,15 +119,10 @@ async fn check(case: Case<'_>) {
     // The input record's own headers travel with it, in order, before manymodel's.
     let lists = headers::read(&broker.brokers(), &dlq, n, Duration::from_secs(30));
     assert_eq!(lists.len(), n);
-    let kept: Vec<_> = sent.iter().filter(|(k, _)| k != "error-kind").collect();
+    let kept: Vec<_> = sent.iter().filter(|(k, _)| k != b"error-kind").collect();
     for list in &lists {
-        let names: Vec<&String> = list.iter().map(|(k, _)| k).collect();
-        assert_eq!(
-            names,
-            headers::expected_dead_letter_names(&sent)
-                .iter()
-                .collect::<Vec<_>>()
-        );
+        let names: Vec<Vec<u8>> = list.iter().map(|(k, _)| k.clone()).collect();
+        assert_eq!(names, headers::expected_dead_letter_names(&sent));
         assert_eq!(list[..kept.len()].iter().collect::<Vec<_>>(), kept);
         assert_eq!(list[kept.len()].1.as_deref(), Some(case.kind.as_bytes()));
     }
@@ -464,7 +459,11 @@ async fn the_readmes_replay_snippet_copies_back_the_unknown_partition_dead_lette
         unknown("NEW-2"),
         (Some(b"S001".to_vec()), GOOD.as_bytes().to_vec()),
     ];
-    let sent = headers::producer_headers();
+    // confluent-kafka's Python client raises on a header name that is not UTF-8.
+    let sent: headers::HeaderList = headers::producer_headers()
+        .into_iter()
+        .filter(|(name, _)| std::str::from_utf8(name).is_ok())
+        .collect();
     headers::produce(&broker.brokers(), input, &records, &sent);
     let dead = local::read(&broker.brokers(), dlq, 3, Duration::from_secs(60))
         .await
@@ -500,7 +499,7 @@ async fn the_readmes_replay_snippet_copies_back_the_unknown_partition_dead_lette
     assert_eq!(got, vec![unknown("NEW-1"), unknown("NEW-2")]);
     let own: Vec<_> = sent
         .iter()
-        .filter(|(k, _)| k != "error-kind")
+        .filter(|(k, _)| k != b"error-kind")
         .cloned()
         .collect();
     for list in headers::read(&broker.brokers(), replayed, 2, Duration::from_secs(10)) {

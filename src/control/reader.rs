@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -764,9 +764,7 @@ fn read_to_end(
 
 /// The value of a record's header `name`, if it has one.
 fn header<'a>(m: &'a rdkafka::message::BorrowedMessage<'_>, name: &str) -> Option<&'a [u8]> {
-    m.headers()
-        .and_then(|h| h.iter().find(|x| x.key == name))
-        .and_then(|x| x.value)
+    crate::kafka::headers::value_of(m.headers(), name)
 }
 
 /// True when the record is a chunk (the test [`super::message::parse`] makes).

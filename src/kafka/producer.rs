@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedHeaders, DeliveryResult, Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{BorrowedHeaders, DeliveryResult, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::ClientContext;
 
@@ -418,20 +418,8 @@ impl OutputProducer {
             ("source-partition", partition.as_str()),
             ("source-offset", offset.as_str()),
         ];
-        let kept = input.map_or(0, Headers::count);
-        let mut headers = OwnedHeaders::new_with_capacity(kept + ours.len());
-        for header in input.into_iter().flat_map(Headers::iter) {
-            if !ours.iter().any(|(key, _)| *key == header.key) {
-                headers = headers.insert(header);
-            }
-        }
-        for (key, value) in ours {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
-        headers
+        let names = ours.map(|(name, _)| name);
+        crate::kafka::headers::copy_and_add(input, &names, &ours)
     }
 
     /// Waits until every enqueued record is acknowledged or `timeout` passes.
