@@ -364,6 +364,7 @@ impl ServeConfig {
             ("kafka.output_topic", &k.output_topic),
             ("kafka.dlq_topic", &k.dlq_topic),
         ])?;
+        check_librdkafka_options(&k.librdkafka_options)?;
         if k.input_topic == k.output_topic || k.input_topic == k.dlq_topic {
             return Err("kafka.input_topic must differ from output_topic and dlq_topic, or predictions would be read back as events".into());
         }
@@ -411,6 +412,43 @@ impl ServeConfig {
         }
         Ok(config)
     }
+}
+
+/// The librdkafka options manymodel sets itself, and where each is configured instead: set in
+/// `[kafka.librdkafka_options]` they would silently override what the delivery guarantees rest
+/// on (the group's commits, the producer's ordering).
+const MANAGED_OPTIONS: [(&str, &str); 6] = [
+    ("bootstrap.servers", "[kafka] brokers"),
+    ("group.id", "[kafka] group_id"),
+    ("transactional.id", "[kafka] transactional_id"),
+    (
+        "enable.auto.commit",
+        "nothing: manymodel commits offsets once outputs are acknowledged",
+    ),
+    (
+        "enable.auto.offset.store",
+        "nothing: manymodel stores offsets once outputs are acknowledged",
+    ),
+    (
+        "enable.idempotence",
+        "nothing: the producer is always idempotent, which keeps each store's predictions in order",
+    ),
+];
+
+/// Checks `[kafka.librdkafka_options]`: none of the [`MANAGED_OPTIONS`], and every name and
+/// value one librdkafka takes.
+fn check_librdkafka_options(
+    options: &std::collections::BTreeMap<String, String>,
+) -> std::result::Result<(), String> {
+    for (key, instead) in MANAGED_OPTIONS {
+        if options.contains_key(key) {
+            return Err(format!(
+                "[kafka.librdkafka_options] {key:?}: manymodel sets this itself; set {instead}"
+            ));
+        }
+    }
+    crate::kafka::connection::check_options(options)
+        .map_err(|what| format!("[kafka.librdkafka_options] {what}"))
 }
 
 /// Takes the trusted keys that are file paths (not 64 hex digits) relative to `dir`, the

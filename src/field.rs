@@ -51,6 +51,13 @@ fn wrong_type(column: &str, expected: &str, got: &Field<'_>) -> RecordError {
     )
 }
 
+/// The largest magnitude a number read for a feature may have (and, for linear models, a
+/// coefficient or intercept: [`crate::model::linear::MAX_WEIGHT`]). With both bounds a linear
+/// prediction is finite: `|b| + Σ|w·x| <= 1e150 + n·1e300`, far below `f64::MAX` (1.8e308)
+/// for any number of inputs a bundle can hold, so a finite input never becomes a prediction
+/// of infinity (which JSON cannot even spell).
+pub const MAX_MAGNITUDE: f64 = 1e150;
+
 impl Field<'_> {
     /// A short rendering of the value for error messages, cut at 40 characters.
     pub fn describe(&self) -> String {
@@ -104,8 +111,16 @@ impl Field<'_> {
                 return Err(wrong_type(column, "a number", self))
             }
         };
-        if x.is_finite() {
+        if x.abs() <= MAX_MAGNITUDE {
             Ok(x)
+        } else if x.is_finite() {
+            Err(RecordError::new(
+                RecordErrorKind::NotFinite,
+                format!(
+                    "{column}: {} is beyond ±1e150, where a prediction could overflow to infinity",
+                    self.describe()
+                ),
+            ))
         } else {
             Err(RecordError::new(
                 RecordErrorKind::NotFinite,
@@ -279,6 +294,42 @@ pub fn partition_id(value: &Value) -> Option<std::borrow::Cow<'_, str>> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Past ±1e150 a number is refused as `not_finite`, whatever its spelling, so that no
+    /// linear prediction overflows; up to it, it is read as it is.
+    #[test]
+    fn numbers_beyond_the_magnitude_bound_are_refused() {
+        for ok in ["1e150", "-1e150", "0", "123.5"] {
+            let x: f64 = ok.parse().unwrap();
+            assert_eq!(Field::Text(ok).number("price").unwrap(), x);
+            assert_eq!(Field::Json(&json!(x)).number("price").unwrap(), x);
+        }
+        for big in ["1e308", "-1.5e151", "1.7976931348623157e308"] {
+            let x: f64 = big.parse().unwrap();
+            for field in [Field::Text(big), Field::Float(x), Field::Json(&json!(x))] {
+                let e = field.number("price").unwrap_err();
+                assert_eq!(e.kind, RecordErrorKind::NotFinite, "{big}");
+                assert!(
+                    e.message.contains("price") && e.message.contains("1e150"),
+                    "{e}"
+                );
+            }
+        }
+        let e = Field::Float(f64::INFINITY).number("price").unwrap_err();
+        assert!(e.message.contains("not a finite number"), "{e}");
+        // The largest model a bundle may hold times the largest inputs stays finite.
+        let m = crate::model::linear::LinearModel {
+            intercept: -MAX_MAGNITUDE,
+            coefficients: vec![-MAX_MAGNITUDE; 100_000].into(),
+        };
+        assert!(m.is_finite());
+        assert!(m.predict(&vec![MAX_MAGNITUDE; 100_000]).is_finite());
+        let over = crate::model::linear::LinearModel {
+            intercept: 0.0,
+            coefficients: vec![1.01e150].into(),
+        };
+        assert!(!over.is_finite());
+    }
 
     #[test]
     fn timestamps_parse_as_rfc3339_or_epoch_millis_in_utc() {

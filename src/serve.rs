@@ -243,11 +243,17 @@ pub async fn run(
         hard_stop.cancel();
     }
     let positions = tracker.all_committable();
+    // At shutdown a transactional call is tried once: the next instance reads again whatever
+    // is not committed.
+    let once = crate::kafka::transaction::Retry::once();
     match transactions {
         // A transaction is all or nothing: with events undelivered, nothing of it commits.
-        Some(mut t) if !delivered => t.abort().await?,
+        Some(mut t) if !delivered => t.abort(once).await?,
         Some(mut t) => {
-            if t.commit(&consumer, &k.input_topic, &positions).await? == Outcome::Aborted {
+            let outcome = t
+                .commit(&consumer, &k.input_topic, &positions, once)
+                .await?;
+            if outcome == Outcome::Aborted {
                 return Err(Error::Kafka(
                     "the last transaction was aborted at shutdown; its events are read again by the next instance".into(),
                 ));

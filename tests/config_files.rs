@@ -65,3 +65,72 @@ fn the_number_of_actors_is_set_or_follows_the_cores() {
     let err = ServeConfig::parse(&format!("{base}[pipeline]\nactors = 0\n")).unwrap_err();
     assert!(err.contains("actors"), "{err}");
 }
+
+/// `[kafka.librdkafka_options]` is checked when the file is read: a name or value librdkafka
+/// refuses, and the options manymodel sets itself (which would silently undo its delivery
+/// guarantees), are refused with the option named, and `serve` exits 2 naming the file.
+#[test]
+fn librdkafka_options_are_checked_when_the_file_is_read() {
+    let base = "[kafka]\nbrokers=\"b\"\ngroup_id=\"g\"\ninput_topic=\"i\"\noutput_topic=\"o\"\ndlq_topic=\"d\"\n[model]\nbundle=\"b.avro\"\n[kafka.librdkafka_options]\n";
+    let with = |options: &str| ServeConfig::parse(&format!("{base}{options}\n"));
+    assert!(with("\"linger.ms\" = \"5\"\n\"security.protocol\" = \"SASL_SSL\"").is_ok());
+    for (options, names) in [
+        (
+            r#""security.protocol" = "SASL_SSLX""#,
+            &["security.protocol", "SASL_SSLX"][..],
+        ),
+        (r#""no.such.option" = "1""#, &["no.such.option"]),
+        (r#""group.id" = "other""#, &["group.id", "[kafka] group_id"]),
+        (r#""enable.auto.commit" = "true""#, &["enable.auto.commit"]),
+        (r#""enable.idempotence" = "false""#, &["enable.idempotence"]),
+        (r#""transactional.id" = "t""#, &["[kafka] transactional_id"]),
+    ] {
+        let err = with(options).unwrap_err();
+        assert!(err.contains("[kafka.librdkafka_options]"), "{err}");
+        for name in names {
+            assert!(err.contains(name), "{options}: {err}");
+        }
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        format!("{base}\"security.protocol\" = \"SASL_SSLX\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_manymodel"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml") && stderr.contains("security.protocol"),
+        "{stderr}"
+    );
+}
+
+/// A `[model] bundle` that is not there stops `serve` at once (exit 2) with an error naming the
+/// config file, the setting and the path.
+#[test]
+fn a_missing_local_bundle_is_named_with_its_setting() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("serve.toml");
+    std::fs::write(
+        &path,
+        "[kafka]\nbrokers=\"127.0.0.1:1\"\ngroup_id=\"g\"\ninput_topic=\"i\"\noutput_topic=\"o\"\ndlq_topic=\"d\"\n[model]\nbundle=\"nosuch.avro\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_manymodel"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for part in ["serve.toml", "[model] bundle", "nosuch.avro"] {
+        assert!(stderr.contains(part), "{part}: {stderr}");
+    }
+}

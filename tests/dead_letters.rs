@@ -287,6 +287,19 @@ async fn nan_and_infinity_are_dead_lettered() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_number_so_large_a_prediction_could_overflow_is_dead_lettered() {
+    check(json_case(
+        "too-large",
+        "not_finite",
+        &[
+            r#"{"store_id":"S001","ts":"2025-03-01T12:00:00Z","price":1e308,"promo":1,"temperature":9.5,"weather":"rainy"}"#,
+            r#"{"store_id":"S001","ts":"2025-03-01T12:00:00Z","price":5,"promo":1,"temperature":-2e151,"weather":"rainy"}"#,
+        ],
+    ))
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_timestamp_out_of_range_is_dead_lettered() {
     check(json_case(
         "ts-range",

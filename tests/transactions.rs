@@ -135,3 +135,58 @@ fn a_frozen_zombie_that_lost_its_kafka_partitions_commits_nothing_when_it_wakes(
         log.lines().rev().take(8).collect::<Vec<_>>().join("\n")
     );
 }
+
+/// A broker away for longer than the consumer session and the time-outs of the calls an abort
+/// makes: the daemon loses its Kafka partitions, aborts its (empty) transaction and waits for
+/// the broker to read its committed offsets and rewind, staying up and alive meanwhile (until
+/// this was fixed it exited, unable to read them); when the broker is back it takes the new
+/// events, exactly once.
+#[test]
+fn an_exactly_once_daemon_outlives_a_broker_outage_longer_than_its_session() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut kafka = Kafka::start_with(Some(dir.path()), Options::default());
+    let bundle = load(&kafka, dir.path());
+    let brokers = kafka.brokers();
+    let mut daemon = Daemon::start(&config(dir.path(), "outage", &brokers, "eos-o", &bundle));
+    wait_assigned(&mut daemon);
+    assert_exactly_once(&brokers, &[&daemon]);
+    kafka.kill();
+    let addr = daemon.metrics_addr();
+    let away = std::time::Instant::now();
+    while away.elapsed() < Duration::from_secs(45) {
+        std::thread::sleep(Duration::from_secs(2));
+        assert!(
+            daemon.child.try_wait().expect("status").is_none(),
+            "the daemon exited while the broker was away:\n{}",
+            daemon.log_text()
+        );
+        let (code, body) = common::http_get(&addr, "/healthz");
+        assert_eq!(code, 200, "alive while waiting for the broker: {body}");
+    }
+    kafka.resume();
+    // The same events again, under ids of their own.
+    let again: Vec<Vec<u8>> = std::fs::read_to_string(dir.path().join("events.jsonl"))
+        .expect("events")
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).expect("an event");
+            v["event_id"] = format!("{}-after", v["event_id"].as_str().expect("an id")).into();
+            v.to_string().into_bytes()
+        })
+        .collect();
+    local::produce(&brokers, "in", &again, |_| None, None).expect("input produced");
+    let mut out = TopicReader::read_committed(&brokers, "out");
+    let all = |r: &[common::chaos::Seen]| r.len() >= 2 * GOOD;
+    assert!(
+        out.read_until(Duration::from_secs(180), all),
+        "{} predictions committed\n{}",
+        out.records.len(),
+        daemon.log_text()
+    );
+    out.poll(Duration::from_secs(4));
+    let ids: std::collections::HashSet<&str> =
+        out.records.iter().map(|r| r.event_id.as_str()).collect();
+    assert_eq!(ids.len(), 2 * GOOD);
+    assert_eq!(out.records.len(), 2 * GOOD, "each committed once");
+    assert!(daemon.terminate().success());
+}

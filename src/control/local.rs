@@ -20,7 +20,7 @@ impl LocalBundle {
     pub fn read(config_path: &Path, path: &Path) -> Result<Self> {
         let usage =
             |e: String| Error::Usage(format!("{}: [model] bundle: {e}", config_path.display()));
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bytes = std::fs::read(path).map_err(|e| usage(format!("{}: {e}", path.display())))?;
         let bundle =
             Bundle::from_avro(&bytes).map_err(|e| usage(format!("{}: {e}", path.display())))?;
         if crate::model::delta::is_delta(&bundle) {

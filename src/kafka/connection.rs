@@ -63,21 +63,8 @@ impl Connection {
             brokers: brokers.to_owned(),
             options,
         };
-        // librdkafka checks every name and value now, before any client starts.
-        connection
-            .client_config()
-            .create_native_config()
-            .map_err(|e| {
-                let what = match e {
-                    rdkafka::error::KafkaError::ClientConfig(_, why, key, value) => {
-                        format!("{key}={value}: {why}")
-                    }
-                    other => other.to_string(),
-                };
-                Error::Usage(format!(
-                "-X or --command-config: {what} (librdkafka's CONFIGURATION.md lists the options)"
-            ))
-            })?;
+        check_options(&connection.options)
+            .map_err(|what| Error::Usage(format!("-X or --command-config: {what}")))?;
         Ok(connection)
     }
 
@@ -90,6 +77,24 @@ impl Connection {
         }
         config
     }
+}
+
+/// Checks librdkafka `options` before any client starts: librdkafka checks every name and
+/// value. An error names the option and says what is wrong.
+pub fn check_options(options: &BTreeMap<String, String>) -> std::result::Result<(), String> {
+    let mut config = ClientConfig::new();
+    for (k, v) in options {
+        config.set(k, v);
+    }
+    config.create_native_config().map(drop).map_err(|e| {
+        let what = match e {
+            rdkafka::error::KafkaError::ClientConfig(_, why, key, value) => {
+                format!("{key}={value}: {why}")
+            }
+            other => other.to_string(),
+        };
+        format!("{what} (librdkafka's CONFIGURATION.md lists the options)")
+    })
 }
 
 /// `key=value` lines (`key: value` too); blank lines and `#` or `!` comments are skipped.

@@ -320,9 +320,11 @@ pub fn create_for(
         exactly_once: subscription.transactional_offsets,
         primary: subscription.primary,
     };
-    let consumer: InputConsumer = client
-        .create_with_context(context)
-        .map_err(|e| Error::Kafka(format!("cannot create the consumer for {brokers}: {e}")))?;
+    let consumer: InputConsumer = client.create_with_context(context).map_err(|e| {
+        Error::Usage(format!(
+            "cannot create the consumer for {brokers}: {e} (check [kafka.librdkafka_options])"
+        ))
+    })?;
     consumer
         .subscribe(&[topic])
         .map_err(|e| Error::Kafka(format!("cannot subscribe to {topic}: {e}")))?;

@@ -281,7 +281,11 @@ impl OutputProducer {
                 retries: (!transactional).then_some(tx),
                 transaction_failed: Default::default(),
             })
-            .map_err(|e| Error::Kafka(format!("cannot create the producer: {e}")))?;
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "cannot create the producer: {e} (check the librdkafka options: [kafka.librdkafka_options], -X or --command-config)"
+                ))
+            })?;
         let producer = OutputProducer {
             producer: Arc::new(producer),
         };
@@ -319,12 +323,27 @@ impl OutputProducer {
                         tokio::time::sleep(Duration::from_millis(1)).await;
                         continue;
                     }
+                    if self.fatal_error().is_some() {
+                        // Nothing will be enqueued again: the record's offset stays
+                        // unfinished, and the consumer loop stops the daemon.
+                        return;
+                    }
                     tracing::warn!(topic, error = %e, "cannot enqueue output record; retrying in {:?}", pause);
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(5));
                 }
             }
         }
+    }
+
+    /// librdkafka's fatal error, once the producer has one: it can send nothing any more (an
+    /// idempotent or transactional producer whose sequence the broker lost, or one fenced by
+    /// a newer instance). Only a new instance recovers.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{reason} ({code:?})"))
     }
 
     /// Enqueues one record without waiting. When librdkafka cannot take it now, the record

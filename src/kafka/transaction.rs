@@ -16,12 +16,15 @@ use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
+use crate::health::Health;
 use crate::kafka::consumer::InputConsumer;
 use crate::kafka::producer::OutputProducer;
 
-/// How long one transactional call may take before it counts as failed.
+/// How long initialising transactions may take at start (the broker's transaction coordinator
+/// may still be loading).
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What became of a transaction.
@@ -59,16 +62,18 @@ impl Transactions {
     /// Sends `positions` (Kafka partition, next offset) of `topic` to the open transaction,
     /// commits it and opens the next one. Every output of the transaction must be
     /// acknowledged before this is called. An error that only dooms this transaction aborts
-    /// it; an error that dooms the producer (fenced by a newer instance) is returned.
+    /// it (see [`Transactions::abort`] for `retry`); an error that dooms the producer
+    /// (fenced by a newer instance) is returned.
     pub async fn commit(
         &mut self,
         consumer: &InputConsumer,
         topic: &str,
         positions: &[(i32, i64)],
+        retry: Retry<'_>,
     ) -> Result<Outcome> {
         if self.producer.take_transaction_failed() {
             tracing::warn!("an output of this transaction was refused by the broker; aborting it, its events are read again");
-            return self.abort().await.map(|()| Outcome::Aborted);
+            return self.abort(retry).await.map(|()| Outcome::Aborted);
         }
         let mut offsets = TopicPartitionList::with_capacity(positions.len());
         for &(p, o) in positions {
@@ -77,21 +82,25 @@ impl Transactions {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            retry.beat();
             let metadata = consumer.group_metadata();
             if offsets.count() > 0 && metadata.is_none() {
                 tracing::warn!(
                     "no consumer group metadata to commit offsets with; aborting the transaction"
                 );
-                return self.abort().await.map(|()| Outcome::Aborted);
+                return self.abort(retry).await.map(|()| Outcome::Aborted);
             }
             let p = self.producer.clone();
             let offsets = offsets.clone();
             let result = blocking(move || {
                 if let (true, Some(m)) = (offsets.count() > 0, &metadata) {
-                    p.transactional()
-                        .send_offsets_to_transaction(&offsets, m, CALL_TIMEOUT)?;
+                    p.transactional().send_offsets_to_transaction(
+                        &offsets,
+                        m,
+                        LOOP_CALL_TIMEOUT,
+                    )?;
                 }
-                p.transactional().commit_transaction(CALL_TIMEOUT)
+                p.transactional().commit_transaction(LOOP_CALL_TIMEOUT)
             })
             .await;
             match result {
@@ -106,7 +115,7 @@ impl Transactions {
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "committing the transaction failed; aborting it, its events are read again");
-                    return self.abort().await.map(|()| Outcome::Aborted);
+                    return self.abort(retry).await.map(|()| Outcome::Aborted);
                 }
             }
         }
@@ -118,19 +127,92 @@ impl Transactions {
         Ok(Outcome::Committed)
     }
 
-    /// Aborts the open transaction and opens the next one.
-    pub async fn abort(&mut self) -> Result<()> {
-        let p = self.producer.clone();
-        let result = blocking(move || {
-            p.transactional().abort_transaction(CALL_TIMEOUT)?;
-            p.transactional().begin_transaction()
-        })
-        .await;
+    /// Aborts the open transaction and opens the next one. While the broker is away the abort
+    /// is tried again as `retry` says, until it goes through; it fails only when the producer
+    /// was fenced or failed fatally, or when the retries end.
+    pub async fn abort(&mut self, retry: Retry<'_>) -> Result<()> {
+        let mut attempt = 0u32;
+        loop {
+            retry.beat();
+            let p = self.producer.clone();
+            let abort = move || p.transactional().abort_transaction(LOOP_CALL_TIMEOUT);
+            match blocking(abort).await {
+                Ok(()) => break,
+                Err(KafkaError::Transaction(e)) if e.is_fatal() => {
+                    return Err(Error::Kafka(format!(
+                        "aborting a transaction failed fatally ({e}); another instance with the same transactional.id took over, or the broker aborted the transaction (after transaction.timeout.ms, e.g. a longer outage); restart the instance: it reads again from the committed offsets"
+                    )));
+                }
+                Err(e) => {
+                    attempt += 1;
+                    let what = "aborting the transaction failed; trying again (the input is not read meanwhile)";
+                    if !retry.after(attempt, &e, what).await {
+                        return Err(Error::Kafka(format!("aborting a transaction failed: {e}")));
+                    }
+                }
+            }
+        }
         self.producer.take_transaction_failed();
         crate::metrics::transaction(false);
-        result.map_err(|e| Error::Kafka(format!("aborting a transaction failed: {e}")))
+        let p = self.producer.clone();
+        blocking(move || p.transactional().begin_transaction())
+            .await
+            .map_err(|e| Error::Kafka(format!("cannot open the next transaction: {e}")))
     }
 }
+
+/// How an abort or a rewind that fails while the broker is away tries again.
+#[derive(Clone, Copy)]
+pub struct Retry<'a> {
+    /// Until this is cancelled; `None`: one attempt only (at shutdown, where the next
+    /// instance reads again whatever is not committed).
+    pub until: Option<&'a CancellationToken>,
+    /// Told before every attempt that the waiting consumer loop is alive, so that a liveness
+    /// probe does not restart an instance that only waits for its broker.
+    pub health: Option<&'a Health>,
+}
+
+impl Retry<'_> {
+    /// One attempt, no retries.
+    pub fn once() -> Retry<'static> {
+        Retry {
+            until: None,
+            health: None,
+        }
+    }
+
+    /// Marks the consumer loop alive before an attempt.
+    fn beat(&self) {
+        if let Some(health) = self.health {
+            health.beat();
+        }
+    }
+
+    /// Waits before attempt `attempt + 1` of something that failed with `error` (1, 2, 4, 8,
+    /// then every 10 seconds), logging `what` on the first failure and every power of two
+    /// after it; false if there are no retries or they were cancelled.
+    async fn after(&self, attempt: u32, error: &KafkaError, what: &str) -> bool {
+        let Some(until) = self.until else {
+            return false;
+        };
+        if attempt.is_power_of_two() {
+            tracing::warn!(%error, attempt, "{what}");
+        }
+        let pause = Duration::from_secs(1 << attempt.saturating_sub(1).min(3)).min(MAX_PAUSE);
+        tokio::select! {
+            _ = until.cancelled() => false,
+            _ = tokio::time::sleep(pause) => true,
+        }
+    }
+}
+
+/// The longest pause between two attempts of [`Retry::after`].
+const MAX_PAUSE: Duration = Duration::from_secs(10);
+
+/// How long one call the consumer loop waits for (a commit, an abort, reading the committed
+/// offsets) may take: two of them, or one and a [`MAX_PAUSE`], stay inside the 30 s after
+/// which `/healthz` finds the loop stuck.
+const LOOP_CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs a blocking librdkafka call off the runtime.
 async fn blocking<T: Send + 'static>(
@@ -146,20 +228,36 @@ async fn blocking<T: Send + 'static>(
 
 /// Seeks each owned Kafka partition back to its committed offset after an abort (the log start
 /// when there is none); returns the offsets sought, to check the first records read there.
-pub fn rewind(
+///
+/// The committed offsets come from the broker: while it is away this is tried again as `retry`
+/// says, until it goes through (nothing may be read before, or the events since the last
+/// commit would be skipped); it fails only when the retries end.
+pub async fn rewind(
     consumer: &InputConsumer,
     topic: &str,
     partitions: &[i32],
+    retry: Retry<'_>,
 ) -> Result<Vec<(i32, i64)>> {
     let mut tpl = TopicPartitionList::with_capacity(partitions.len());
     for &p in partitions {
         tpl.add_partition(topic, p);
     }
-    let committed = consumer.committed_offsets(tpl, CALL_TIMEOUT).map_err(|e| {
-        Error::Kafka(format!(
-            "reading committed offsets to rewind after an abort: {e}"
-        ))
-    })?;
+    let mut attempt = 0u32;
+    let committed = loop {
+        retry.beat();
+        match consumer.committed_offsets(tpl.clone(), LOOP_CALL_TIMEOUT) {
+            Ok(committed) => break committed,
+            Err(e) => {
+                attempt += 1;
+                let what = "reading the committed offsets to rewind to after an abort failed; trying again (the input is not read meanwhile)";
+                if !retry.after(attempt, &e, what).await {
+                    return Err(Error::Kafka(format!(
+                        "reading committed offsets to rewind after an abort: {e}"
+                    )));
+                }
+            }
+        }
+    };
     let mut sought = Vec::new();
     for elem in committed.elements_for_topic(topic) {
         let to = match elem.offset() {
@@ -170,7 +268,7 @@ pub fn rewind(
             _ => Offset::Beginning,
         };
         consumer
-            .seek(topic, elem.partition(), to, CALL_TIMEOUT)
+            .seek(topic, elem.partition(), to, LOOP_CALL_TIMEOUT)
             .map_err(|e| {
                 Error::Kafka(format!(
                     "rewinding {topic} Kafka partition {} after an abort: {e}",

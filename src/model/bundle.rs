@@ -131,7 +131,7 @@ impl Bundle {
                 .map_err(|e| BundleError::Spec(format!("partition {:?} {e}", m.partition)))?;
             if !m.model.is_finite() {
                 return Err(BundleError::NotFinite(format!(
-                    "partition {:?} has a non-finite coefficient",
+                    "partition {:?} has a coefficient or intercept that is not finite or beyond ±1e150",
                     m.partition
                 )));
             }

@@ -15,6 +15,10 @@ pub struct LinearModel {
     pub coefficients: Arc<[f64]>,
 }
 
+/// The largest magnitude of a coefficient or an intercept: with inputs bounded as
+/// [`crate::field::MAX_MAGNITUDE`] says, every prediction is finite.
+pub const MAX_WEIGHT: f64 = crate::field::MAX_MAGNITUDE;
+
 impl LinearModel {
     /// Bytes held by the weights (with the count of their shared allocation).
     pub fn heap_bytes(&self) -> usize {
@@ -33,8 +37,9 @@ impl LinearModel {
                 .sum::<f64>()
     }
 
-    /// True when the intercept and every coefficient are finite.
+    /// True when the intercept and every coefficient are finite and within ±[`MAX_WEIGHT`].
     pub fn is_finite(&self) -> bool {
-        self.intercept.is_finite() && self.coefficients.iter().all(|c| c.is_finite())
+        let bounded = |w: &f64| w.abs() <= MAX_WEIGHT;
+        bounded(&self.intercept) && self.coefficients.iter().all(bounded)
     }
 }

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 use super::reader::Reader;
 use crate::error::Result;
 use crate::kafka::consumer::InputConsumer;
-use crate::kafka::transaction::Outcome;
+use crate::kafka::transaction::{Outcome, Retry};
+use crate::metrics::PipelineStats;
 
 /// How long exactly-once mode waits for a transaction's events to be acknowledged before it
 /// aborts the transaction.
@@ -38,7 +39,12 @@ impl Reader<'_> {
             }
         }
         self.flow.drain(&mut self.router, self.producer).await;
-        while self.tracker.in_flight() > 0 && Instant::now() < deadline {
+        // A producer that failed fatally acknowledges nothing more: abort at once (which fails,
+        // and says why).
+        while self.tracker.in_flight() > 0
+            && Instant::now() < deadline
+            && self.producer.fatal_error().is_none()
+        {
             if shutdown.is_cancelled() {
                 return Ok(()); // the shutdown path commits
             }
@@ -52,11 +58,12 @@ impl Reader<'_> {
                 in_flight = self.tracker.in_flight(),
                 "events of this transaction were not acknowledged in time; aborting it"
             );
-            return self.abort(consumer).await;
+            return self.abort(consumer, shutdown).await;
         }
         let positions = self.tracker.all_committable();
         let topic = &self.config.kafka.input_topic;
-        match t.commit(consumer, topic, &positions).await? {
+        let retry = retry(self.stats, shutdown);
+        match t.commit(consumer, topic, &positions, retry).await? {
             Outcome::Committed => {
                 tracing::debug!(?positions, "transaction committed");
                 self.stats.committed(true);
@@ -65,19 +72,26 @@ impl Reader<'_> {
             }
             Outcome::Aborted => {
                 self.forget();
-                self.rewind(consumer).await
+                self.rewind(consumer, shutdown).await
             }
         }
     }
 
-    /// Exactly-once: aborts the open transaction and rewinds to the committed offsets.
-    pub(super) async fn abort(&mut self, consumer: &InputConsumer) -> Result<()> {
+    /// Exactly-once: aborts the open transaction and rewinds to the committed offsets. While
+    /// the broker is away both are tried again until they go through (or `shutdown`): the
+    /// daemon stays up, reading nothing.
+    pub(super) async fn abort(
+        &mut self,
+        consumer: &InputConsumer,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
         // Outstanding work is dropped first, so nothing of it reaches the next transaction.
         self.forget();
+        let retry = retry(self.stats, shutdown);
         if let Some(t) = self.transactions.as_mut() {
-            t.abort().await?;
+            t.abort(retry).await?;
         }
-        self.rewind(consumer).await
+        self.rewind(consumer, shutdown).await
     }
 
     /// Exactly-once: drops every event read in the aborted transaction, wherever it is.
@@ -89,11 +103,16 @@ impl Reader<'_> {
 
     /// Exactly-once, after an abort and [`Reader::forget`]: every owned Kafka partition
     /// reads again from its committed offset.
-    async fn rewind(&mut self, consumer: &InputConsumer) -> Result<()> {
+    async fn rewind(
+        &mut self,
+        consumer: &InputConsumer,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
         self.revocations = self.tracker.revocations();
         let owned: Vec<i32> = self.tracker.owned().iter().map(|o| o.partition()).collect();
-        let sought =
-            crate::kafka::transaction::rewind(consumer, &self.config.kafka.input_topic, &owned)?;
+        let topic = &self.config.kafka.input_topic;
+        let retry = retry(self.stats, shutdown);
+        let sought = crate::kafka::transaction::rewind(consumer, topic, &owned, retry).await?;
         // Reading starts again at the committed offsets: checked like any other seek.
         for offsets in self.tracker.owned() {
             if let Some(&(_, at)) = sought.iter().find(|(p, _)| *p == offsets.partition()) {
@@ -102,5 +121,14 @@ impl Reader<'_> {
         }
         tracing::info!(kafka_partitions = ?owned, "transaction aborted; rewound to the committed offsets");
         Ok(())
+    }
+}
+
+/// Retries of an abort or a rewind while the broker is away: until `shutdown`, the consumer
+/// loop marked alive meanwhile.
+fn retry<'s>(stats: &'s PipelineStats, shutdown: &'s CancellationToken) -> Retry<'s> {
+    Retry {
+        until: Some(shutdown),
+        health: Some(&stats.health),
     }
 }

@@ -17,7 +17,7 @@ use crate::backpressure::{Backpressure, Work};
 use crate::codec::{Decoded, Decoder};
 use crate::config::ServeConfig;
 use crate::control::ActiveBundle;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::kafka::consumer::{self, InputConsumer};
 use crate::kafka::offsets::{Ack, Admission, OffsetTracker};
 use crate::kafka::producer::{Delivery, Output, OutputProducer, OwnedRecord};
@@ -90,14 +90,21 @@ impl Reader<'_> {
                     Ok(()) => self.swap(),
                     Err(_) => self.follow = false,
                 },
-                _ = tick.tick() => self.second(consumer),
+                _ = tick.tick() => {
+                    if let Some(fatal) = self.producer.fatal_error() {
+                        return Err(Error::Kafka(format!(
+                            "the output producer failed fatally: {fatal}; restart the instance: it reads again from the committed offsets"
+                        )));
+                    }
+                    self.second(consumer);
+                }
                 _ = relieve.tick() => {
                     self.flow.relieve(consumer, self.tracker, &mut self.router, self.producer);
                     if self.transactions.is_some() && self.tracker.revocations() != self.revocations {
                         // Outputs of a revoked Kafka partition sit in the open transaction
                         // without their offsets: discard them all and start over.
                         tracing::info!("Kafka partitions were revoked: aborting the open transaction");
-                        self.abort(consumer).await?;
+                        self.abort(consumer, shutdown).await?;
                     }
                 }
                 _ = transaction.tick(), if self.transactions.is_some() => {

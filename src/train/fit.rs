@@ -249,7 +249,7 @@ pub(super) fn model_from(
     };
     if !model.is_finite() {
         return Err(FitError(format!(
-            "the fit gave non-finite coefficients (rank {rank} of {p})"
+            "the fit gave coefficients that are not finite or beyond ±1e150 (rank {rank} of {p}): a feature is nearly constant, or its values are tiny"
         )));
     }
     Ok(model)
