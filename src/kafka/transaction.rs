@@ -8,7 +8,9 @@
 //! zombie instance that lost its Kafka partitions is fenced by the group generation) and
 //! commits. Anything that goes wrong before the commit aborts the transaction: its outputs are
 //! discarded for `read_committed` consumers, the loop rewinds every owned Kafka partition to
-//! its committed offset, and the events are scored again in the next transaction.
+//! its committed offset, and the events are scored again in the next transaction. While the
+//! broker is away the abort and the read of the committed offsets are tried again ([`Retry`])
+//! instead of ending the daemon; only a producer that failed fatally (fenced) does.
 
 use std::time::Duration;
 
