@@ -64,28 +64,25 @@ pub fn value_of<'a>(headers: Option<&'a BorrowedHeaders>, name: &str) -> Option<
         .and_then(|h| h.value)
 }
 
-/// A copy of `input` (the exact bytes of every name and value, in order) without the headers
-/// named in `without`, followed by `added`.
-pub fn copy_and_add(
-    input: Option<&BorrowedHeaders>,
-    without: &[&str],
-    added: &[(&str, &str)],
-) -> OwnedHeaders {
+/// A copy of `input` (the exact bytes of every name and value, in order) with `added` in place
+/// of any header of the same name: those of `input` are left out, `added` comes last.
+pub fn replacing(input: Option<&BorrowedHeaders>, added: &[(&str, &str)]) -> OwnedHeaders {
     let mut headers = match input {
-        Some(input) => input.detach(),
+        Some(input) => {
+            let copy = input.detach();
+            let ptr = native(copy.as_borrowed()).cast_mut();
+            for (name, _) in added {
+                let Ok(name) = CString::new(*name) else {
+                    continue;
+                };
+                // SAFETY: `copy` is this function's own, which nothing else refers to;
+                // removing a name that is absent only answers an error, ignored here.
+                unsafe { rd_kafka_header_remove(ptr, name.as_ptr()) };
+            }
+            copy
+        }
         None => OwnedHeaders::new_with_capacity(added.len()),
     };
-    if input.is_some() {
-        let ptr = native(headers.as_borrowed()).cast_mut();
-        for name in without {
-            let Ok(name) = CString::new(*name) else {
-                continue;
-            };
-            // SAFETY: `headers` is this function's own copy, which nothing else refers to;
-            // removing a name that is absent only answers an error, ignored here.
-            unsafe { rd_kafka_header_remove(ptr, name.as_ptr()) };
-        }
-    }
     for (key, value) in added {
         headers = headers.insert(Header {
             key,
@@ -167,11 +164,7 @@ mod tests {
     #[test]
     fn a_copy_keeps_every_header_but_the_replaced_names_and_adds_its_own_last() {
         let owned = hostile();
-        let copy = copy_and_add(
-            Some(owned.as_borrowed()),
-            &["error-kind"],
-            &[("error-kind", "invalid_json")],
-        );
+        let copy = replacing(Some(owned.as_borrowed()), &[("error-kind", "invalid_json")]);
         let names: Vec<&[u8]> = each(copy.as_borrowed()).map(|h| h.name).collect();
         assert_eq!(names, [&b"a"[..], b"\xffb", b"error-kind"]);
         assert_eq!(
@@ -180,7 +173,7 @@ mod tests {
         );
         // The input is untouched.
         assert_eq!(each(owned.as_borrowed()).count(), 3);
-        let fresh = copy_and_add(None, &["x"], &[("x", "y")]);
+        let fresh = replacing(None, &[("x", "y")]);
         assert_eq!(each(fresh.as_borrowed()).count(), 1);
     }
 }

@@ -437,8 +437,7 @@ impl OutputProducer {
             ("source-partition", partition.as_str()),
             ("source-offset", offset.as_str()),
         ];
-        let names = ours.map(|(name, _)| name);
-        crate::kafka::headers::copy_and_add(input, &names, &ours)
+        crate::kafka::headers::replacing(input, &ours)
     }
 
     /// Waits until every enqueued record is acknowledged or `timeout` passes.
