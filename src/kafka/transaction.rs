@@ -133,27 +133,18 @@ impl Transactions {
     /// is tried again as `retry` says, until it goes through; it fails only when the producer
     /// was fenced or failed fatally, or when the retries end.
     pub async fn abort(&mut self, retry: Retry<'_>) -> Result<()> {
-        let mut attempt = 0u32;
-        loop {
-            retry.beat();
+        let what =
+            "aborting the transaction failed; trying again (the input is not read meanwhile)";
+        let abort = || {
             let p = self.producer.clone();
-            let abort = move || p.transactional().abort_transaction(LOOP_CALL_TIMEOUT);
-            match blocking(abort).await {
-                Ok(()) => break,
-                Err(KafkaError::Transaction(e)) if e.is_fatal() => {
-                    return Err(Error::Kafka(format!(
-                        "aborting a transaction failed fatally ({e}); another instance with the same transactional.id took over, or the broker aborted the transaction (after transaction.timeout.ms, e.g. a longer outage); restart the instance: it reads again from the committed offsets"
-                    )));
-                }
-                Err(e) => {
-                    attempt += 1;
-                    let what = "aborting the transaction failed; trying again (the input is not read meanwhile)";
-                    if !retry.after(attempt, &e, what).await {
-                        return Err(Error::Kafka(format!("aborting a transaction failed: {e}")));
-                    }
-                }
-            }
-        }
+            blocking(move || p.transactional().abort_transaction(LOOP_CALL_TIMEOUT))
+        };
+        retry.until_done(what, abort).await.map_err(|e| match e {
+            KafkaError::Transaction(e) if e.is_fatal() => Error::Kafka(format!(
+                "aborting a transaction failed fatally ({e}); another instance with the same transactional.id took over, or the broker aborted the transaction (after transaction.timeout.ms, e.g. a longer outage); restart the instance: it reads again from the committed offsets"
+            )),
+            e => Error::Kafka(format!("aborting a transaction failed: {e}")),
+        })?;
         self.producer.take_transaction_failed();
         crate::metrics::transaction(false);
         let p = self.producer.clone();
@@ -190,25 +181,45 @@ impl Retry<'_> {
         }
     }
 
-    /// Waits before attempt `attempt + 1` of something that failed with `error` (1, 2, 4, 8,
-    /// then every 10 seconds), logging `what` on the first failure and every power of two
-    /// after it; false if there are no retries or they were cancelled.
-    async fn after(&self, attempt: u32, error: &KafkaError, what: &str) -> bool {
-        let Some(until) = self.until else {
-            return false;
-        };
-        if attempt.is_power_of_two() {
-            tracing::warn!(%error, attempt, "{what}");
-        }
-        let pause = Duration::from_secs(1 << attempt.saturating_sub(1).min(3)).min(MAX_PAUSE);
-        tokio::select! {
-            _ = until.cancelled() => false,
-            _ = tokio::time::sleep(pause) => true,
+    /// Calls `call` until it succeeds, marking the loop alive before each attempt and waiting
+    /// 1, 2, 4, 8, then every 10 seconds between them (logging `what` on the first failure and
+    /// every power of two after it). The last error comes back when there are no retries, when
+    /// they were cancelled, or when it is a fatal transactional error, which no retry mends.
+    async fn until_done<T, F>(
+        &self,
+        what: &str,
+        mut call: impl FnMut() -> F,
+    ) -> std::result::Result<T, KafkaError>
+    where
+        F: std::future::Future<Output = std::result::Result<T, KafkaError>>,
+    {
+        let mut attempt = 0u32;
+        loop {
+            self.beat();
+            let error = match call().await {
+                Ok(done) => return Ok(done),
+                Err(KafkaError::Transaction(e)) if e.is_fatal() => {
+                    return Err(KafkaError::Transaction(e))
+                }
+                Err(e) => e,
+            };
+            let Some(until) = self.until else {
+                return Err(error);
+            };
+            attempt += 1;
+            if attempt.is_power_of_two() {
+                tracing::warn!(%error, attempt, "{what}");
+            }
+            let pause = Duration::from_secs(1 << (attempt - 1).min(3)).min(MAX_PAUSE);
+            tokio::select! {
+                _ = until.cancelled() => return Err(error),
+                _ = tokio::time::sleep(pause) => {}
+            }
         }
     }
 }
 
-/// The longest pause between two attempts of [`Retry::after`].
+/// The longest pause between two attempts of [`Retry::until_done`].
 const MAX_PAUSE: Duration = Duration::from_secs(10);
 
 /// How long one call the consumer loop waits for (a commit, an abort, reading the committed
@@ -244,22 +255,13 @@ pub async fn rewind(
     for &p in partitions {
         tpl.add_partition(topic, p);
     }
-    let mut attempt = 0u32;
-    let committed = loop {
-        retry.beat();
-        match consumer.committed_offsets(tpl.clone(), LOOP_CALL_TIMEOUT) {
-            Ok(committed) => break committed,
-            Err(e) => {
-                attempt += 1;
-                let what = "reading the committed offsets to rewind to after an abort failed; trying again (the input is not read meanwhile)";
-                if !retry.after(attempt, &e, what).await {
-                    return Err(Error::Kafka(format!(
-                        "reading committed offsets to rewind after an abort: {e}"
-                    )));
-                }
-            }
-        }
-    };
+    let what = "reading the committed offsets to rewind to after an abort failed; trying again (the input is not read meanwhile)";
+    let read = || std::future::ready(consumer.committed_offsets(tpl.clone(), LOOP_CALL_TIMEOUT));
+    let committed = retry.until_done(what, read).await.map_err(|e| {
+        Error::Kafka(format!(
+            "reading committed offsets to rewind after an abort: {e}"
+        ))
+    })?;
     let mut sought = Vec::new();
     for elem in committed.elements_for_topic(topic) {
         let to = match elem.offset() {
