@@ -317,18 +317,25 @@ impl Reader<'_> {
             self.produce(consumer, &topic, m.key(), payload, None, delivery);
             return;
         }
-        self.route(consumer, m.key(), payload, m.headers(), ack, timestamp_ms);
+        self.route(
+            consumer,
+            m.key(),
+            payload,
+            || m.headers(),
+            ack,
+            timestamp_ms,
+        );
     }
 
     /// Decodes a record read (or taken back from waiting for its writer schema) and hands it
-    /// on; `ack` is the claim on its offset. Its `headers` are only read if it is
-    /// dead-lettered.
-    fn route(
+    /// on; `ack` is the claim on its offset. Its `headers` are looked up only if it waits for
+    /// its writer schema or is dead-lettered.
+    fn route<'h>(
         &mut self,
         consumer: &InputConsumer,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
-        headers: Option<&BorrowedHeaders>,
+        headers: impl FnOnce() -> Option<&'h BorrowedHeaders>,
         ack: Ack,
         timestamp_ms: Option<i64>,
     ) {
@@ -350,7 +357,7 @@ impl Reader<'_> {
                     let waiting = Waiting {
                         key: key.map(<[u8]>::to_vec),
                         payload: bytes.to_vec(),
-                        headers: headers.map(BorrowedHeaders::detach),
+                        headers: headers().map(BorrowedHeaders::detach),
                         ack,
                         timestamp_ms,
                     };
@@ -393,7 +400,7 @@ impl Reader<'_> {
                     "dead-lettering record"
                 );
                 let headers =
-                    OutputProducer::dead_letter_headers(&k.input_topic, &error, &ack, headers);
+                    OutputProducer::dead_letter_headers(&k.input_topic, &error, &ack, headers());
                 let delivery = Delivery::new(ack, Output::DeadLetter(error.kind), None);
                 let topic = k.dlq_topic.clone();
                 self.produce(consumer, &topic, key, payload, Some(headers), delivery);
@@ -426,7 +433,7 @@ impl Reader<'_> {
             if ack.is_revoked() {
                 continue; // another instance reads it now
             }
-            let headers = headers.as_ref().map(OwnedHeaders::as_borrowed);
+            let headers = || headers.as_ref().map(OwnedHeaders::as_borrowed);
             self.route(
                 consumer,
                 key.as_deref(),
