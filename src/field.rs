@@ -322,13 +322,13 @@ mod tests {
             intercept: -MAX_MAGNITUDE,
             coefficients: vec![-MAX_MAGNITUDE; 100_000].into(),
         };
-        assert!(m.is_finite());
+        assert!(m.is_bounded());
         assert!(m.predict(&vec![MAX_MAGNITUDE; 100_000]).is_finite());
         let over = crate::model::linear::LinearModel {
             intercept: 0.0,
             coefficients: vec![1.01e150].into(),
         };
-        assert!(!over.is_finite());
+        assert!(!over.is_bounded());
     }
 
     #[test]

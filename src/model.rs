@@ -44,10 +44,11 @@ impl Model {
         }
     }
 
-    /// True when every number of the model is finite.
-    pub fn is_finite(&self) -> bool {
+    /// True when every number of the model is finite, and a linear model's within ±1e150
+    /// ([`linear::MAX_WEIGHT`]).
+    pub fn is_bounded(&self) -> bool {
         match self {
-            Model::Linear(m) => m.is_finite(),
+            Model::Linear(m) => m.is_bounded(),
             // A TreeEnsemble is validated when built: finite leaves and base score.
             Model::Trees(_) => true,
         }

@@ -129,7 +129,7 @@ impl Bundle {
             m.model
                 .check_width(width)
                 .map_err(|e| BundleError::Spec(format!("partition {:?} {e}", m.partition)))?;
-            if !m.model.is_finite() {
+            if !m.model.is_bounded() {
                 return Err(BundleError::NotFinite(format!(
                     "partition {:?} has a coefficient or intercept that is not finite or beyond ±1e150",
                     m.partition

@@ -38,7 +38,7 @@ impl LinearModel {
     }
 
     /// True when the intercept and every coefficient are finite and within ±[`MAX_WEIGHT`].
-    pub fn is_finite(&self) -> bool {
+    pub fn is_bounded(&self) -> bool {
         let bounded = |w: &f64| w.abs() <= MAX_WEIGHT;
         bounded(&self.intercept) && self.coefficients.iter().all(bounded)
     }

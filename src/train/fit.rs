@@ -247,7 +247,7 @@ pub(super) fn model_from(
         intercept,
         coefficients: coefficients.into(),
     };
-    if !model.is_finite() {
+    if !model.is_bounded() {
         return Err(FitError(format!(
             "the fit gave coefficients that are not finite or beyond ±1e150 (rank {rank} of {p}): a feature is nearly constant, or its values are tiny"
         )));
