@@ -92,20 +92,11 @@ fn librdkafka_options_are_checked_when_the_file_is_read() {
         }
     }
 
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(
-        &path,
-        format!("{base}\"security.protocol\" = \"SASL_SSLX\"\n"),
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_manymodel"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = serve_with(
+        "bad.toml",
+        &format!("{base}\"security.protocol\" = \"SASL_SSLX\"\n"),
+    );
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("bad.toml") && stderr.contains("security.protocol"),
         "{stderr}"
@@ -116,21 +107,29 @@ fn librdkafka_options_are_checked_when_the_file_is_read() {
 /// config file, the setting and the path.
 #[test]
 fn a_missing_local_bundle_is_named_with_its_setting() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("serve.toml");
-    std::fs::write(
-        &path,
+    let (code, stderr) = serve_with(
+        "serve.toml",
         "[kafka]\nbrokers=\"127.0.0.1:1\"\ngroup_id=\"g\"\ninput_topic=\"i\"\noutput_topic=\"o\"\ndlq_topic=\"d\"\n[model]\nbundle=\"nosuch.avro\"\n",
-    )
-    .unwrap();
+    );
+    assert_eq!(code, Some(2), "{stderr}");
+    for part in ["serve.toml", "[model] bundle", "nosuch.avro"] {
+        assert!(stderr.contains(part), "{part}: {stderr}");
+    }
+}
+
+/// Runs `manymodel serve` on a config file `name` holding `text`, in a folder of its own, to
+/// its end: its exit code and what it wrote to stderr.
+fn serve_with(name: &str, text: &str) -> (Option<i32>, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_manymodel"))
         .args(["serve", "--config"])
         .arg(&path)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    for part in ["serve.toml", "[model] bundle", "nosuch.avro"] {
-        assert!(stderr.contains(part), "{part}: {stderr}");
-    }
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
