@@ -23,6 +23,7 @@
 
 pub mod avro;
 pub mod container;
+mod direct_json;
 pub mod flat_json;
 pub mod framing;
 pub mod json;

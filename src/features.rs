@@ -33,6 +33,8 @@ pub struct FeatureEncoder {
     columns: Vec<String>,
     /// The position of each of `columns`, looked up for every key of every decoded event.
     column_index: NameIndex,
+    /// How the features that read each of `columns` take its value.
+    column_reads: Vec<ColumnRead>,
     /// Whether a missing value is encoded (as NaN) instead of refused; see
     /// [`FeatureEncoder::missing_as_nan`].
     missing_as_nan: bool,
@@ -83,11 +85,21 @@ impl FeatureEncoder {
             });
         }
         let column_index = NameIndex::new(columns.iter().enumerate().map(|(i, c)| (c.as_str(), i)));
+        let mut column_reads: Vec<Option<ColumnRead>> = vec![None; columns.len()];
+        for e in &encodings {
+            let read = ColumnRead::of(e.kind);
+            let slot = &mut column_reads[e.column_at];
+            *slot = Some(match *slot {
+                Some(before) if before != read => ColumnRead::Mixed,
+                _ => read,
+            });
+        }
         Ok(FeatureEncoder {
             encodings,
             names,
             columns,
             column_index,
+            column_reads: column_reads.into_iter().flatten().collect(),
             missing_as_nan: false,
         })
     }
@@ -125,6 +137,35 @@ impl FeatureEncoder {
     #[inline]
     pub fn column_position(&self, name: &str) -> Option<usize> {
         self.column_index.get(name)
+    }
+
+    /// How the features take the value of the column at `at` in [`FeatureEncoder::columns`].
+    #[inline]
+    pub fn column_read(&self, at: usize) -> ColumnRead {
+        self.column_reads
+            .get(at)
+            .copied()
+            .unwrap_or(ColumnRead::Mixed)
+    }
+
+    /// Encodes a record whose columns were each read already as their features take them
+    /// (`values`, by position in [`FeatureEncoder::columns`]) into `out` (cleared first), as
+    /// [`FeatureEncoder::encode_columns`] encodes the same values. `None` if a column is
+    /// absent, for the caller to encode the record the general way, which decides what a
+    /// missing value means.
+    pub fn encode_read(&self, values: &[ColumnValue<'_>], out: &mut Vec<f64>) -> Option<()> {
+        out.clear();
+        out.resize(self.names.len(), 0.0);
+        for (i, e) in self.encodings.iter().enumerate() {
+            let value = match *values.get(e.column_at)? {
+                ColumnValue::Absent => return None,
+                ColumnValue::Number(x) => FeatureValue::Number(x),
+                ColumnValue::Category(label) => FeatureValue::Category(e.categories.get(label)),
+                ColumnValue::Time(ms) => FeatureValue::Time(ms),
+            };
+            self.place(i, value, out);
+        }
+        Some(())
     }
 
     /// Encodes one record into `out` (cleared first). `get` looks a column up; `None` or a
@@ -238,6 +279,49 @@ pub enum FeatureValue {
     Number(f64),
     /// A one-hot category's position in the resolved list; `None` for one never seen.
     Category(Option<usize>),
+    /// A timestamp in epoch milliseconds, already range-checked.
+    Time(i64),
+}
+
+/// How the features that read one column take its value. A column read by features of one
+/// kind can be read straight into that form ([`ColumnValue`]) as a record is decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnRead {
+    /// Numeric features: a number.
+    Number,
+    /// Bool features: a bool, as 1 or 0.
+    Bool,
+    /// One-hot features: a category label.
+    Category,
+    /// Time features (hour of day, day of week, month): a timestamp.
+    Time,
+    /// Features of more than one of these kinds.
+    Mixed,
+}
+
+impl ColumnRead {
+    fn of(kind: FeatureKind) -> Self {
+        match kind {
+            FeatureKind::Numeric => ColumnRead::Number,
+            FeatureKind::Bool => ColumnRead::Bool,
+            FeatureKind::OneHot => ColumnRead::Category,
+            FeatureKind::HourOfDay | FeatureKind::DayOfWeek | FeatureKind::Month => {
+                ColumnRead::Time
+            }
+        }
+    }
+}
+
+/// A column's value, read as its features take it ([`ColumnRead`]).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum ColumnValue<'a> {
+    /// Not read (yet).
+    #[default]
+    Absent,
+    /// A number within the bound of [`crate::field::MAX_MAGNITUDE`], or a bool as 1 or 0.
+    Number(f64),
+    /// A category label.
+    Category(&'a str),
     /// A timestamp in epoch milliseconds, already range-checked.
     Time(i64),
 }

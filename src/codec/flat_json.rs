@@ -25,8 +25,7 @@ pub fn fill_slots<'a>(
     slots: &mut [Slot<'a>],
 ) -> Option<()> {
     // Valid UTF-8 throughout, so every string between two ASCII quotes is a `&str`.
-    let text = std::str::from_utf8(bytes).ok()?;
-    let mut cursor = Cursor { text, pos: 0 };
+    let mut cursor = Cursor::new(bytes)?;
     cursor.ws();
     cursor.eat(b'{')?;
     cursor.ws();
@@ -54,7 +53,7 @@ pub fn fill_slots<'a>(
 
 /// A position in the record's text. Every method that reads something answers `None` when
 /// the text there is not what this scanner reads.
-struct Cursor<'a> {
+pub(super) struct Cursor<'a> {
     /// The whole record.
     text: &'a str,
     /// The byte offset of the next unread byte.
@@ -62,37 +61,44 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
+    /// The start of `bytes`, if they are valid UTF-8 throughout (so that every string
+    /// between two ASCII quotes is a `&str`).
+    pub(super) fn new(bytes: &'a [u8]) -> Option<Self> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        Some(Cursor { text, pos: 0 })
+    }
+
     /// The next byte, without reading it.
-    fn peek(&self) -> Option<u8> {
+    pub(super) fn peek(&self) -> Option<u8> {
         self.text.as_bytes().get(self.pos).copied()
     }
 
     /// Reads the next byte.
-    fn next(&mut self) -> Option<u8> {
+    pub(super) fn next(&mut self) -> Option<u8> {
         let b = self.peek()?;
         self.pos += 1;
         Some(b)
     }
 
     /// Reads the next byte if it is `expected`.
-    fn eat(&mut self, expected: u8) -> Option<()> {
+    pub(super) fn eat(&mut self, expected: u8) -> Option<()> {
         (self.peek()? == expected).then(|| self.pos += 1)
     }
 
     /// Whether the whole record has been read.
-    fn at_end(&self) -> bool {
+    pub(super) fn at_end(&self) -> bool {
         self.pos >= self.text.len()
     }
 
     /// Skips JSON whitespace: space, tab, line feed and carriage return.
-    fn ws(&mut self) {
+    pub(super) fn ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.peek() {
             self.pos += 1;
         }
     }
 
     /// Reads a string without escapes or control characters, borrowed from the record.
-    fn string(&mut self) -> Option<&'a str> {
+    pub(super) fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.pos;
         let end = start + first_special(self.text.as_bytes().get(start..)?)?;
@@ -103,7 +109,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reads `word` (`true`, `false` or `null`).
-    fn literal(&mut self, word: &str) -> Option<()> {
+    pub(super) fn literal(&mut self, word: &str) -> Option<()> {
         let end = self.pos.checked_add(word.len())?;
         (self.text.get(self.pos..end)? == word).then(|| self.pos = end)
     }
@@ -111,7 +117,7 @@ impl<'a> Cursor<'a> {
     /// Reads a number spelled as the JSON grammar allows,
     /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, and answers its text. What follows
     /// it (`01`, `1.5.`) is the caller's to check: only whitespace, `,` or `}` may.
-    fn number(&mut self) -> Option<&'a str> {
+    pub(super) fn number(&mut self) -> Option<&'a str> {
         let start = self.pos;
         if self.peek() == Some(b'-') {
             self.pos += 1;
@@ -150,7 +156,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reads a value scoring may read, as the slot `serde_json` would fill with it.
-    fn value(&mut self) -> Option<Slot<'a>> {
+    pub(super) fn value(&mut self) -> Option<Slot<'a>> {
         Some(match self.peek()? {
             b'"' => Slot::Str(self.string()?.into()),
             b'-' | b'0'..=b'9' => Slot::Json(number_value(self.number()?)?),
@@ -166,7 +172,7 @@ impl<'a> Cursor<'a> {
     }
 
     /// Reads a value no one reads: it is only checked.
-    fn skip_value(&mut self) -> Option<()> {
+    pub(super) fn skip_value(&mut self) -> Option<()> {
         match self.peek()? {
             b'"' => self.string().map(drop),
             b'-' | b'0'..=b'9' => self.number().map(drop),
@@ -218,18 +224,70 @@ const POW10: [f64; 23] = [
 /// The [`Value`] `serde_json` makes of `text`, a number [`Cursor::number`] read: worked out
 /// here when [`exact_number`] can, else by `serde_json` itself (`None` if it finds the number
 /// out of range).
-fn number_value(text: &str) -> Option<Value> {
+pub(super) fn number_value(text: &str) -> Option<Value> {
     exact_number(text).or_else(|| serde_json::from_str(text).ok())
 }
 
-/// The [`Value`] `serde_json` makes of `text`, for the numbers nearly every event has.
+/// The [`Value`] `serde_json` makes of `text`, for the numbers nearly every event has
+/// ([`exact`]); `None` for any other.
+fn exact_number(text: &str) -> Option<Value> {
+    Some(match exact(text)? {
+        Exact::Integer {
+            negative: false,
+            magnitude,
+        } => Value::from(magnitude),
+        Exact::Integer {
+            negative: true,
+            magnitude,
+        } => {
+            // As serde_json: -0 and integers below i64::MIN are floats.
+            let neg = (magnitude as i64).wrapping_neg();
+            if neg >= 0 {
+                float(-(magnitude as f64))
+            } else {
+                Value::from(neg)
+            }
+        }
+        Exact::Float(x) => float(x),
+    })
+}
+
+/// The `f64` that `serde_json`'s `as_f64` answers for the number `text`, as [`exact_number`]
+/// reads it; `None` where that does not. For an integer it is the nearest double, of either
+/// sign alike (-0 included), which is what `as_f64` of serde_json's integer or float is.
+pub(super) fn exact_f64(text: &str) -> Option<f64> {
+    Some(match exact(text)? {
+        Exact::Integer {
+            negative,
+            magnitude,
+        } => {
+            let x = magnitude as f64;
+            if negative {
+                -x
+            } else {
+                x
+            }
+        }
+        Exact::Float(x) => x,
+    })
+}
+
+/// A number as [`exact`] reads it.
+enum Exact {
+    /// Written without a fraction or an exponent.
+    Integer { negative: bool, magnitude: u64 },
+    /// Anything else, already rounded as `serde_json` rounds it.
+    Float(f64),
+}
+
+/// A number's value worked out as `serde_json` works it out.
 ///
 /// `serde_json` (built without `float_roundtrip` or `arbitrary_precision`, see Cargo.lock)
 /// reads every digit of a number into one `u64` significand, counts the power of ten, and
 /// makes a float of them with one multiplication or division by a power of ten from its
 /// table. While the significand fits a `u64` and the power of ten is within ±22 this does the
 /// very same operations; for anything else (more digits, a bigger exponent) it answers `None`.
-fn exact_number(text: &str) -> Option<Value> {
+fn exact(text: &str) -> Option<Exact> {
     let (negative, unsigned) = match text.strip_prefix('-') {
         Some(rest) => (true, rest),
         None => (false, text),
@@ -259,18 +317,10 @@ fn exact_number(text: &str) -> Option<Value> {
         Some(b'e' | b'E') => Some(unsigned.get(at + 1..)?.parse::<i32>().ok()?),
         Some(_) => return None,
     };
-    let integer = !fraction && written.is_none();
-    if integer {
-        return Some(if !negative {
-            Value::from(significand)
-        } else {
-            // As serde_json: -0 and integers below i64::MIN are floats.
-            let neg = (significand as i64).wrapping_neg();
-            if neg >= 0 {
-                float(-(significand as f64))
-            } else {
-                Value::from(neg)
-            }
+    if !fraction && written.is_none() {
+        return Some(Exact::Integer {
+            negative,
+            magnitude: significand,
         });
     }
     let exponent = exponent.checked_add(written.unwrap_or(0))?;
@@ -280,7 +330,7 @@ fn exact_number(text: &str) -> Option<Value> {
     } else {
         significand as f64 / pow
     };
-    Some(float(if negative { -magnitude } else { magnitude }))
+    Some(Exact::Float(if negative { -magnitude } else { magnitude }))
 }
 
 /// A float as `serde_json`'s value visitor keeps it: a non-finite one (which no number's text
