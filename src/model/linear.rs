@@ -26,15 +26,30 @@ impl LinearModel {
     }
 
     /// The prediction for one encoded input vector.
+    ///
+    /// The dot product keeps four running sums, one per input position modulo four, so that
+    /// its additions overlap instead of each waiting for the one before: for 37 inputs a
+    /// chain of about 10 additions instead of 37. The terms are those of one running sum in
+    /// another order, so a prediction may differ from it in the last bits only.
     #[inline]
     pub fn predict(&self, inputs: &[f64]) -> f64 {
-        self.intercept
-            + self
-                .coefficients
-                .iter()
-                .zip(inputs)
-                .map(|(w, x)| w * x)
-                .sum::<f64>()
+        let n = self.coefficients.len().min(inputs.len());
+        let (weights, inputs) = (&self.coefficients[..n], &inputs[..n]);
+        let mut sums = [0.0f64; 4];
+        let mut w4 = weights.chunks_exact(4);
+        let mut x4 = inputs.chunks_exact(4);
+        for (w, x) in (&mut w4).zip(&mut x4) {
+            for lane in 0..4 {
+                sums[lane] += w[lane] * x[lane];
+            }
+        }
+        let tail: f64 = w4
+            .remainder()
+            .iter()
+            .zip(x4.remainder())
+            .map(|(w, x)| w * x)
+            .sum();
+        self.intercept + ((sums[0] + sums[1]) + (sums[2] + sums[3]) + tail)
     }
 
     /// True when the intercept and every coefficient are finite and within ±[`MAX_WEIGHT`].
