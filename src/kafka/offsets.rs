@@ -33,6 +33,19 @@ struct Totals {
     revocations: AtomicU64,
 }
 
+/// A value alone on its cache line (128 bytes: x86 processors fetch lines in pairs).
+#[derive(Debug)]
+#[repr(align(128))]
+struct OwnLine<T>(T);
+
+impl<T> std::ops::Deref for OwnLine<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// The offsets of one assignment of one Kafka partition.
 #[derive(Debug)]
 pub struct PartitionOffsets {
@@ -42,10 +55,16 @@ pub struct PartitionOffsets {
     state: Mutex<State>,
     /// Set when the Kafka partition was revoked from this instance: its remaining work is
     /// dropped, and nothing of it is committed any more.
-    revoked: AtomicBool,
+    ///
+    /// This and `in_producer` each have a cache line of their own: for every event the
+    /// consumer loop and the delivery thread lock `state`, a partition actor reads `revoked`
+    /// and the actor and the delivery thread move `in_producer`. Sharing one line would pass
+    /// it between three cores per event, and `revoked`, written only at a revoke, would miss
+    /// the cache each time.
+    revoked: OwnLine<AtomicBool>,
     /// Outputs of this assignment handed to the producer and not yet acknowledged or failed;
     /// a revoke waits for them.
-    in_producer: AtomicUsize,
+    in_producer: OwnLine<AtomicUsize>,
     /// Outputs the broker refused and that are being retried; while any is, the Kafka
     /// partition stays paused.
     failing: AtomicUsize,
@@ -71,8 +90,8 @@ impl PartitionOffsets {
             partition,
             generation,
             state: Mutex::new(State::default()),
-            revoked: AtomicBool::new(false),
-            in_producer: AtomicUsize::new(0),
+            revoked: OwnLine(AtomicBool::new(false)),
+            in_producer: OwnLine(AtomicUsize::new(0)),
             failing: AtomicUsize::new(0),
             totals,
         }
