@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::event::Event;
 use crate::kafka::offsets::Ack;
-use crate::kafka::producer::{Delivery, Output, OutputProducer};
+use crate::kafka::producer::{Delivery, Output, OutputProducer, OwnedRecord};
 use crate::metrics::PipelineStats;
 use crate::model::bundle::Bundle;
 use crate::prediction::VERSION_HEADER;
@@ -280,8 +280,13 @@ impl PartitionActor {
                                 warm(bundle, later);
                             }
                             let read_at = job.read_at;
-                            if let Some(source) = self.score(bundle, job).await {
+                            let (source, refused) = self.score(bundle, job);
+                            if let Some(source) = source {
                                 self.scored.push((read_at, source));
+                            }
+                            if let Some(record) = refused {
+                                // librdkafka's queue is full: wait for room, keeping order.
+                                self.ctx.producer.send_owned(record).await;
                             }
                         }
                         // One clock read per batch: a batch is scored within microseconds,
@@ -295,12 +300,18 @@ impl PartitionActor {
         }
     }
 
-    /// Scores one job and hands its prediction to the producer; answers which model scored
-    /// it, or `None` if it was dropped (its Kafka partition was revoked).
-    async fn score(&mut self, bundle: &Bundle, mut job: Job) -> Option<ModelSource> {
+    /// Scores one job and offers its prediction to the producer, without waiting. Answers
+    /// which model scored it, or `None` if it was dropped (its Kafka partition was revoked);
+    /// and the prediction, as a record of its own, if the producer could not take it now, for
+    /// the caller to send once there is room.
+    fn score(
+        &mut self,
+        bundle: &Bundle,
+        mut job: Job,
+    ) -> (Option<ModelSource>, Option<OwnedRecord>) {
         if job.ack.is_revoked() {
             // Its Kafka partition moved to another instance, which scores it again.
-            return None;
+            return (None, None);
         }
         let (model, source) = match own_model(bundle, job.model) {
             Some(m) => (m, ModelSource::Partition),
@@ -326,18 +337,19 @@ impl PartitionActor {
             value: Some(bundle.version.as_str()),
         });
         let delivery = Delivery::new(job.ack, Output::Prediction(source), job.timestamp_ms);
-        self.ctx
+        let refused = self
+            .ctx
             .producer
-            .send(
+            .try_send(
                 &self.ctx.output_topic,
                 Some(job.event.partition.as_bytes()),
                 Some(&self.buf),
                 Some(headers),
                 delivery,
             )
-            .await;
+            .err();
         self.returned.push(std::mem::take(&mut job.event.inputs));
-        Some(source)
+        (Some(source), refused)
     }
 }
 
