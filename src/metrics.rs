@@ -621,13 +621,20 @@ impl PipelineStats {
 
     /// A batch of events was scored by `now`: each when it was read and which model scored
     /// it. One sample per event goes to the scoring-latency histogram, but the counters move
-    /// once per batch, so the actors do not contend for them event by event.
+    /// once per batch, so the actors do not contend for them event by event. Events read in
+    /// one turn of the consumer loop share their read time, so a run of them gives one
+    /// sample value, recorded once with its count.
     pub fn scored(&self, now: std::time::Instant, scored: &[(std::time::Instant, ModelSource)]) {
-        let mut own = 0;
-        for &(read_at, source) in scored {
+        let own = scored
+            .iter()
+            .filter(|(_, source)| *source == ModelSource::Partition)
+            .count() as u64;
+        for run in scored.chunk_by(|a, b| a.0 == b.0) {
+            let Some(&(read_at, _)) = run.first() else {
+                continue;
+            };
             let seconds = now.saturating_duration_since(read_at).as_secs_f64();
-            self.handles.scoring_latency.record(seconds);
-            own += u64::from(source == ModelSource::Partition);
+            self.handles.scoring_latency.record_many(seconds, run.len());
         }
         let fallback = scored.len() as u64 - own;
         if own > 0 {
