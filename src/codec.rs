@@ -7,8 +7,11 @@
 //! schema resolution. What the decoded fields mean (the key, the features) is decided in one
 //! place, [`crate::event::assemble`], for every format.
 //!
-//! A JSON event that is one flat object without escapes (nearly every one) is scanned by hand
-//! ([`flat_json`]); any other goes through `serde_json` ([`json`]), which names every fault.
+//! A JSON event that is one flat object of plain values, each of the kind its features read
+//! (nearly every one), is decoded straight into the model's inputs (`direct_json`); one
+//! that is flat without escapes is otherwise scanned by hand ([`flat_json`]); any other goes
+//! through `serde_json` ([`json`]), which names every fault. All three give the same event,
+//! or the same error, for the same record.
 //!
 //! A [`PredictionEncoder`] is built once from `[output]`; predictions carry the same fields in
 //! JSON and Avro (`schemas/prediction.avsc`).

@@ -29,7 +29,7 @@
 //! | [`train`] | `train`: history reading (CSV, or Parquet in [`train::parquet`]), per-partition fitting, the summary |
 //! | [`model`] | fitted linear models, tree ensembles and the Avro bundle format |
 //! | [`import`] | `import`: bundles from XGBoost and linear-JSON models trained elsewhere |
-//! | [`codec`] | input and output formats: JSON (flat objects scanned by hand in [`codec::flat_json`], the rest through serde_json), Avro (Confluent, single-object, raw framing, a schema registry client, container files), resolution planned once per writer schema; Parquet files read by column name in batches ([`codec::parquet`]) |
+//! | [`codec`] | input and output formats: JSON (the usual event decoded straight into model inputs, other flat objects scanned by hand in [`codec::flat_json`], the rest through serde_json), Avro (Confluent, single-object, raw framing, a schema registry client, container files), resolution planned once per writer schema; Parquet files read by column name in batches ([`codec::parquet`]) |
 //! | [`event`] | the decoded fields of a record → an event ready to score (one place for every format) |
 //! | [`scoring`] | which model scores an event (and [`scoring::ModelSource`]: its own or the fallback); unknown partitions |
 //! | [`prediction`] | the prediction record, in JSON, Avro and Parquet ([`prediction::parquet`]) |

@@ -3,9 +3,12 @@
 //! Only the fields scoring reads are materialised (the partition column, `event_id` and the
 //! feature columns); every other field is skipped without allocating. Keys are matched to
 //! their slot as they are read, without being copied, and a string value stays borrowed from
-//! the record unless it has escapes. The usual flat object without escapes is scanned by hand
+//! the record unless it has escapes. The usual event, a flat object of plain values of the
+//! kinds its features read, is decoded straight into the model's inputs
+//! (`super::direct_json`); another flat object without escapes is scanned by hand
 //! ([`super::flat_json`]); `serde_json` reads everything else and names every fault. What the
-//! fields mean is decided in [`crate::event::assemble`], never here.
+//! fields mean is decided in [`crate::event::assemble`], never here (the direct path only
+//! takes what it would accept, and the differential test below holds it to that).
 
 use std::borrow::Cow;
 use std::fmt;
@@ -23,8 +26,9 @@ const INLINE_SLOTS: usize = 16;
 
 /// Decodes one JSON event: an object holding the partition column and the features.
 ///
-/// A flat object without escapes is scanned by hand ([`flat_json`]); anything else goes
-/// through `serde_json`, which also names what is wrong with a record that is not JSON.
+/// The usual event is decoded straight into inputs (`direct_json`); another flat object
+/// without escapes is scanned by hand ([`flat_json`]); anything else goes through
+/// `serde_json`, which also names what is wrong with a record that is not JSON.
 pub fn decode_json(
     bytes: &[u8],
     partition_column: &str,
