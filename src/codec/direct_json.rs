@@ -65,7 +65,7 @@ struct KeyFields {
     event_id: Option<EventId>,
 }
 
-/// Scans a flat object, reading each feature column into `values`; `None` as soon as
+/// Walks a flat object, reading each feature column into `values`; `None` as soon as
 /// something is not what this path reads. Repeated keys: the last one wins, as in the
 /// general way.
 fn scan<'a>(
@@ -78,35 +78,19 @@ fn scan<'a>(
         partition: None,
         event_id: None,
     };
-    let mut cursor = Cursor::new(bytes)?;
-    cursor.ws();
-    cursor.eat(b'{')?;
-    cursor.ws();
-    if cursor.eat(b'}').is_none() {
-        loop {
-            let key = cursor.string()?;
-            cursor.ws();
-            cursor.eat(b':')?;
-            cursor.ws();
-            match slot_of(key, partition_column, encoder) {
-                Some(0) => fields.partition = Some(partition(&mut cursor)?),
-                Some(1) => fields.event_id = event_id(&mut cursor)?,
-                Some(slot) => {
-                    let at = slot - 2;
-                    *values.get_mut(at)? = column(&mut cursor, encoder.column_read(at))?;
-                }
-                None => cursor.skip_value()?,
+    flat_json::walk_object(bytes, |key, cursor| {
+        match slot_of(key, partition_column, encoder) {
+            Some(0) => fields.partition = Some(partition(cursor)?),
+            Some(1) => fields.event_id = event_id(cursor)?,
+            Some(slot) => {
+                let at = slot - 2;
+                *values.get_mut(at)? = column(cursor, encoder.column_read(at))?;
             }
-            cursor.ws();
-            match cursor.next()? {
-                b',' => cursor.ws(),
-                b'}' => break,
-                _ => return None,
-            }
+            None => cursor.skip_value()?,
         }
-    }
-    cursor.ws();
-    cursor.at_end().then_some(fields)
+        Some(())
+    })?;
+    Some(fields)
 }
 
 /// Reads a feature column's value as its features take it.

@@ -24,6 +24,23 @@ pub fn fill_slots<'a>(
     encoder: &FeatureEncoder,
     slots: &mut [Slot<'a>],
 ) -> Option<()> {
+    walk_object(bytes, |key, cursor| {
+        match slot_of(key, partition_column, encoder).and_then(|i| slots.get_mut(i)) {
+            Some(slot) => *slot = cursor.value()?,
+            None => cursor.skip_value()?,
+        }
+        Some(())
+    })
+}
+
+/// Walks `bytes` as one flat JSON object: for each field, `on_field` gets its key and the
+/// cursor at its value, and must read that value. `None` as soon as the text is not such an
+/// object (or `on_field` answers `None`); keys are handed over in the record's order, so
+/// the last of repeated keys comes last.
+pub(super) fn walk_object<'a>(
+    bytes: &'a [u8],
+    mut on_field: impl FnMut(&'a str, &mut Cursor<'a>) -> Option<()>,
+) -> Option<()> {
     // Valid UTF-8 throughout, so every string between two ASCII quotes is a `&str`.
     let mut cursor = Cursor::new(bytes)?;
     cursor.ws();
@@ -35,10 +52,7 @@ pub fn fill_slots<'a>(
             cursor.ws();
             cursor.eat(b':')?;
             cursor.ws();
-            match slot_of(key, partition_column, encoder).and_then(|i| slots.get_mut(i)) {
-                Some(slot) => *slot = cursor.value()?,
-                None => cursor.skip_value()?,
-            }
+            on_field(key, &mut cursor)?;
             cursor.ws();
             match cursor.next()? {
                 b',' => cursor.ws(),
