@@ -79,9 +79,28 @@ impl Connection {
     }
 }
 
+/// The SASL mechanisms this build of librdkafka has a provider for. librdkafka takes any
+/// `sasl.mechanism` value as it is set and refuses an unknown one only when a client starts,
+/// after first asking for credentials the mechanism may not even use.
+const SASL_MECHANISMS: [&str; 4] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
+
 /// Checks librdkafka `options` before any client starts: librdkafka checks every name and
-/// value. An error names the option and says what is wrong.
+/// value, and manymodel the SASL mechanism. An error names the option and says what is wrong.
 pub fn check_options(options: &BTreeMap<String, String>) -> std::result::Result<(), String> {
+    for key in ["sasl.mechanism", "sasl.mechanisms"] {
+        let Some(value) = options.get(key) else {
+            continue;
+        };
+        let why = match value.trim() {
+            v if SASL_MECHANISMS.contains(&v) => continue,
+            "GSSAPI" => "Kerberos needs Cyrus SASL, which this build of librdkafka leaves out",
+            _ => "not a SASL mechanism librdkafka knows",
+        };
+        return Err(format!(
+            "{key}={value}: {why}; use one of {} (as the broker's sasl.enabled.mechanisms spells it)",
+            SASL_MECHANISMS.join(", ")
+        ));
+    }
     let mut config = ClientConfig::new();
     for (k, v) in options {
         config.set(k, v);
@@ -163,6 +182,15 @@ mod tests {
         for (flag, says) in [
             ("no.such.option=1", "No such configuration property"),
             ("linger.ms=soon", "linger.ms=soon: Invalid value"),
+            (
+                "sasl.mechanism=SCRAM-SHA-999",
+                "sasl.mechanism=SCRAM-SHA-999: not a SASL mechanism",
+            ),
+            (
+                "sasl.mechanisms=scram-sha-256",
+                "use one of PLAIN, SCRAM-SHA-256",
+            ),
+            ("sasl.mechanism=GSSAPI", "Kerberos needs Cyrus SASL"),
         ] {
             let e = Connection::new("b", None, &[flag.into()])
                 .unwrap_err()
@@ -171,5 +199,12 @@ mod tests {
         }
         let ok = Connection::new("b", None, &["linger.ms=1".into()]).unwrap();
         assert_eq!(ok.options["linger.ms"], "1");
+        for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] {
+            let flag = format!("sasl.mechanism={mechanism}");
+            assert!(
+                Connection::new("b", None, &[flag.clone()]).is_ok(),
+                "{flag}"
+            );
+        }
     }
 }
