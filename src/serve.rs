@@ -94,14 +94,15 @@ pub async fn run(
     let exactly_once = k.processing == Processing::ExactlyOnce;
     let tracker = Arc::new(OffsetTracker::default());
     let mut client = producer_config(&k.brokers, &k.librdkafka_options);
+    let transactional_id = transactional_id(config);
     if exactly_once {
-        client.set("transactional.id", transactional_id(config));
+        client.set("transactional.id", &transactional_id);
     }
     let (producer, retries) = OutputProducer::new(&client, stats.clone())?;
     let transactions = match exactly_once {
         true => {
             crate::metrics::transactions_from_zero();
-            Some(Transactions::start(producer.clone()).await?)
+            Some(Transactions::start(producer.clone(), transactional_id).await?)
         }
         false => None,
     };

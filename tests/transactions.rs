@@ -1,8 +1,9 @@
 //! Exactly-once mode on Apache Kafka's transaction coordinator, with `manymodel serve`
 //! processes: a `read_committed` reader of the output sees exactly one prediction or dead
 //! letter per input record, across an instance killed (SIGKILL) between produce and commit,
-//! and across a zombie instance that was frozen while the group gave its Kafka partitions to
-//! another instance, then woke up.
+//! across a zombie instance that was frozen while the group gave its Kafka partitions to
+//! another instance, then woke up, and across an instance fenced by another that was given
+//! its `transactional_id`.
 
 mod common;
 
@@ -134,6 +135,48 @@ fn a_frozen_zombie_that_lost_its_kafka_partitions_commits_nothing_when_it_wakes(
         "zombie after waking:\n{}",
         log.lines().rev().take(8).collect::<Vec<_>>().join("\n")
     );
+}
+
+/// Two instances given one `transactional_id` (two on one host keep the default,
+/// `GROUP_ID-HOSTNAME`): the second fences the first, which exits and says which setting
+/// keeps instances apart, and the committed output still holds each record once.
+#[test]
+fn an_instance_fenced_by_another_with_its_transactional_id_exits_and_names_the_setting() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kafka = Kafka::start_with(Some(dir.path()), Options::default());
+    let bundle = load(&kafka, dir.path());
+    let brokers = kafka.brokers();
+    let mut first = Daemon::start(&config(dir.path(), "first", &brokers, "eos-twin", &bundle));
+    wait_assigned(&mut first);
+    let mut uncommitted = TopicReader::new(&brokers, "out");
+    assert!(uncommitted.read_until(Duration::from_secs(60), |r| r.len() >= 500));
+    let mut second = Daemon::start(&config(dir.path(), "second", &brokers, "eos-twin", &bundle));
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = first.child.try_wait().expect("status") {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the fenced instance still runs:\n{}",
+            first.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(!status.success(), "a fenced instance exits with an error");
+    let log = first.log_text();
+    for says in ["\"eos-twin\"", "[kafka] transactional_id"] {
+        assert!(
+            log.contains(says),
+            "{says} in the fenced instance's log:\n{log}"
+        );
+    }
+    println!(
+        "the fenced instance's last line:\n{}",
+        log.lines().last().unwrap_or_default()
+    );
+    wait_assigned(&mut second);
+    assert_exactly_once(&brokers, &[&first, &second]);
 }
 
 /// A broker away for longer than the consumer session and the time-outs of the calls an abort

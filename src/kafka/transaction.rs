@@ -41,12 +41,14 @@ pub enum Outcome {
 /// The transactional producer's state machine, driven by the consumer loop.
 pub struct Transactions {
     producer: OutputProducer,
+    /// The producer's `transactional.id`, for the messages that say who fenced it.
+    id: String,
 }
 
 impl Transactions {
     /// Initialises transactions (fencing any earlier producer with the same
-    /// `transactional.id`) and opens the first one.
-    pub async fn start(producer: OutputProducer) -> Result<Self> {
+    /// `transactional.id`, which is `id`) and opens the first one.
+    pub async fn start(producer: OutputProducer, id: String) -> Result<Self> {
         let p = producer.clone();
         blocking(move || {
             p.transactional().init_transactions(CALL_TIMEOUT)?;
@@ -55,10 +57,11 @@ impl Transactions {
         .await
         .map_err(|e| {
             Error::Kafka(format!(
-                "cannot start transactions (is the broker new enough, and the transactional.id unique to this instance?): {e}"
+                "cannot start transactions with transactional.id {id:?} (is the broker new enough, and the id unique to this instance?): {e}"
             ))
         })?;
-        Ok(Transactions { producer })
+        tracing::info!(transactional_id = %id, "exactly-once: transactions started; an instance that starts with the same transactional_id fences this one");
+        Ok(Transactions { producer, id })
     }
 
     /// Sends `positions` (Kafka partition, next offset) of `topic` to the open transaction,
@@ -109,7 +112,8 @@ impl Transactions {
                 Ok(()) => break,
                 Err(KafkaError::Transaction(e)) if e.is_fatal() => {
                     return Err(Error::Kafka(format!(
-                        "the transactional producer was fenced or failed fatally ({e}); another instance with the same transactional.id took over, or the broker lost the transaction"
+                        "the transactional producer was fenced or failed fatally ({e}); {}, or the broker lost the transaction",
+                        fenced_by(&self.id)
                     )));
                 }
                 Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < 3 => {
@@ -141,7 +145,8 @@ impl Transactions {
         };
         retry.until_done(what, abort).await.map_err(|e| match e {
             KafkaError::Transaction(e) if e.is_fatal() => Error::Kafka(format!(
-                "aborting a transaction failed fatally ({e}); another instance with the same transactional.id took over, or the broker aborted the transaction (after transaction.timeout.ms, e.g. a longer outage); restart the instance: it reads again from the committed offsets"
+                "aborting a transaction failed fatally ({e}); {}, or the broker aborted the transaction (after transaction.timeout.ms, e.g. a longer outage); restart the instance: it reads again from the committed offsets",
+                fenced_by(&self.id)
             )),
             e => Error::Kafka(format!("aborting a transaction failed: {e}")),
         })?;
@@ -152,6 +157,16 @@ impl Transactions {
             .await
             .map_err(|e| Error::Kafka(format!("cannot open the next transaction: {e}")))
     }
+}
+
+/// Who fences a transactional producer, and how to keep two instances from doing it to each
+/// other.
+fn fenced_by(id: &str) -> String {
+    format!(
+        "another instance with transactional.id {id:?} took over (each instance needs its own \
+         [kafka] transactional_id; the default, GROUP_ID-HOSTNAME, is the same for instances \
+         of one group on one host)"
+    )
 }
 
 /// How an abort or a rewind that fails while the broker is away tries again.
