@@ -202,7 +202,7 @@ mod tests {
         for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] {
             let flag = format!("sasl.mechanism={mechanism}");
             assert!(
-                Connection::new("b", None, &[flag.clone()]).is_ok(),
+                Connection::new("b", None, std::slice::from_ref(&flag)).is_ok(),
                 "{flag}"
             );
         }
