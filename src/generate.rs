@@ -401,12 +401,7 @@ pub fn stream(opts: &StreamOptions) -> Result<u64> {
     let mut sent: u64 = 0;
     let mut last_report = std::time::Instant::now();
     while opts.events.is_none_or(|n| (sent as usize) < n) {
-        pacer.wait(sent, || producer.poll(std::time::Duration::ZERO));
-        if sent % 1024 == 0 {
-            // Delivery reports are served before each sleep; a stream that cannot keep up
-            // never sleeps, and must not fill the producer's queue with them.
-            producer.poll(std::time::Duration::ZERO);
-        }
+        pacer.wait_serving(sent, || producer.poll(std::time::Duration::ZERO));
         let store = rng.random_range(0..population.stores.len());
         let ts = opening_hours(crate::clock::now_ms());
         let id = format!("gen-{}-{sent}", opts.seed);

@@ -94,8 +94,10 @@ pub fn produce_with(
     let keys: Vec<Option<Vec<u8>>> = payloads.iter().map(|p| key(p)).collect();
     let pacer = rate.map(crate::pacing::Pacer::new);
     for (i, (payload, k)) in payloads.iter().zip(&keys).enumerate() {
-        if let Some(pacer) = &pacer {
-            pacer.wait(i as u64, || producer.poll(Duration::ZERO));
+        match &pacer {
+            Some(pacer) => pacer.wait_serving(i as u64, || producer.poll(Duration::ZERO)),
+            // As fast as possible: delivery reports are served after every event.
+            None => producer.poll(Duration::ZERO),
         }
         let mut record = BaseRecord::<[u8], [u8]>::to(topic)
             .payload(payload.as_slice())
@@ -112,11 +114,6 @@ pub fn produce_with(
                 }
                 Err((e, _)) => return Err(Error::Kafka(format!("producing to {topic}: {e}"))),
             }
-        }
-        // Serves delivery reports: after every event when loading as fast as possible,
-        // and at least every 1,024 when paced (besides before each sleep).
-        if rate.is_none() || i % 1024 == 0 {
-            producer.poll(Duration::ZERO);
         }
     }
     producer

@@ -47,6 +47,22 @@ impl Pacer {
     }
 }
 
+/// How many events a paced producer sends at most between two servings of its delivery
+/// reports, when it is behind its schedule and never sleeps.
+pub const SERVE_EVERY: u64 = 1024;
+
+impl Pacer {
+    /// [`Pacer::wait`] for a producer: `serve` (serving its delivery reports) runs before
+    /// each sleep and before every [`SERVE_EVERY`]-th event, so a sender that cannot keep up
+    /// and never sleeps does not fill the producer's queue with unserved reports.
+    pub fn wait_serving(&self, n: u64, mut serve: impl FnMut()) {
+        if n % SERVE_EVERY == 0 {
+            serve();
+        }
+        self.wait(n, serve);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +98,21 @@ mod tests {
             pacer.wait(n, || sleeps += 1);
         }
         assert_eq!(sleeps, 0);
+    }
+
+    /// A producer behind its schedule never sleeps, yet serves its delivery reports before
+    /// every [`SERVE_EVERY`]-th event.
+    #[test]
+    fn a_late_producer_still_serves_its_reports() {
+        // A billion a second: every event is due by the time it is sent.
+        let late = Pacer::new(1_000_000_000);
+        std::thread::sleep(Duration::from_millis(20));
+        let mut served = Vec::new();
+        for n in 0..20 {
+            let event = n * SERVE_EVERY / 4;
+            late.wait_serving(event, || served.push(event));
+        }
+        let every = SERVE_EVERY;
+        assert_eq!(served, [0, every, 2 * every, 3 * every, 4 * every]);
     }
 }
