@@ -96,7 +96,7 @@ pub fn produce_with(
     for (i, (payload, k)) in payloads.iter().zip(&keys).enumerate() {
         match &pacer {
             Some(pacer) => pacer.wait_serving(i as u64, || producer.poll(Duration::ZERO)),
-            // As fast as possible: delivery reports are served after every event.
+            // As fast as possible: delivery reports are served before every event.
             None => producer.poll(Duration::ZERO),
         }
         let mut record = BaseRecord::<[u8], [u8]>::to(topic)
