@@ -295,6 +295,13 @@ async fn first_bundle(
 /// Loads the config and bundle and serves until SIGINT or SIGTERM.
 pub async fn serve(config_path: &std::path::Path) -> Result<()> {
     let config = ServeConfig::load(config_path)?;
+    // Before any client starts: librdkafka would name neither the option nor the path.
+    crate::kafka::connection::check_files(&config.kafka.librdkafka_options).map_err(|what| {
+        Error::Usage(format!(
+            "{}: [kafka.librdkafka_options] {what}",
+            config_path.display()
+        ))
+    })?;
     let local = match &config.model.bundle {
         None => None,
         Some(path) => Some(LocalBundle::read(config_path, path)?),

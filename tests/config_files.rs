@@ -117,6 +117,35 @@ fn a_missing_local_bundle_is_named_with_its_setting() {
     }
 }
 
+/// A TLS file that is not there stops `serve` at once (exit 2), before any client starts, with
+/// an error naming the option and the path (librdkafka's own is an OpenSSL string naming
+/// neither); a SASL mechanism in the wrong case is refused with the right spelling.
+#[test]
+fn a_missing_tls_file_and_a_misspelt_sasl_mechanism_are_named() {
+    let kafka = "[kafka]\nbrokers=\"127.0.0.1:1\"\ngroup_id=\"g\"\ninput_topic=\"i\"\noutput_topic=\"o\"\ndlq_topic=\"d\"\n";
+    // Checked before the bundle, which is not there either.
+    let model = "[model]\nbundle=\"nosuch.avro\"\n";
+    for (name, options, says) in [
+        (
+            "tls.toml",
+            "\"security.protocol\"=\"SSL\"\n\"ssl.ca.location\"=\"/no/such/ca.pem\"",
+            "ssl.ca.location=/no/such/ca.pem: no such file",
+        ),
+        (
+            "sasl.toml",
+            "\"security.protocol\"=\"SASL_SSL\"\n\"sasl.mechanism\"=\"scram-sha-512\"",
+            "did you mean SCRAM-SHA-512?",
+        ),
+    ] {
+        let text = format!("{kafka}[kafka.librdkafka_options]\n{options}\n{model}");
+        let (code, stderr) = serve_with(name, &text);
+        assert_eq!(code, Some(2), "{stderr}");
+        for part in [name, says] {
+            assert!(stderr.contains(part), "{part}: {stderr}");
+        }
+    }
+}
+
 /// Runs `manymodel serve` on a config file `name` holding `text`, in a folder of its own, to
 /// its end: its exit code and what it wrote to stderr.
 fn serve_with(name: &str, text: &str) -> (Option<i32>, String) {

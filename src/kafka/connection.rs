@@ -64,6 +64,7 @@ impl Connection {
             options,
         };
         check_options(&connection.options)
+            .and_then(|()| check_files(&connection.options))
             .map_err(|what| Error::Usage(format!("-X or --command-config: {what}")))?;
         Ok(connection)
     }
@@ -84,23 +85,39 @@ impl Connection {
 /// after first asking for credentials the mechanism may not even use.
 const SASL_MECHANISMS: [&str; 4] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
 
+/// The librdkafka options that name a file (`ssl.ca.location` a folder too, or `probe`).
+/// librdkafka reports a missing one only when a client starts, as an OpenSSL error that names
+/// neither the option nor the path.
+const FILE_OPTIONS: [&str; 5] = [
+    "ssl.ca.location",
+    "ssl.certificate.location",
+    "ssl.key.location",
+    "ssl.keystore.location",
+    "ssl.crl.location",
+];
+
+/// Checks that the files the TLS options name exist here, as a client about to start needs
+/// them (a config file is checked on its own by [`check_options`], wherever it is read). An
+/// error names the option and the path.
+pub fn check_files(options: &BTreeMap<String, String>) -> std::result::Result<(), String> {
+    for key in FILE_OPTIONS {
+        let Some(path) = options.get(key).map(|v| v.trim()) else {
+            continue;
+        };
+        if path != "probe" && !std::path::Path::new(path).exists() {
+            return Err(format!(
+                "{key}={path}: no such file (a relative path is taken from the folder the \
+                 process runs in)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Checks librdkafka `options` before any client starts: librdkafka checks every name and
 /// value, and manymodel the SASL mechanism. An error names the option and says what is wrong.
 pub fn check_options(options: &BTreeMap<String, String>) -> std::result::Result<(), String> {
-    for key in ["sasl.mechanism", "sasl.mechanisms"] {
-        let Some(value) = options.get(key) else {
-            continue;
-        };
-        let why = match value.trim() {
-            v if SASL_MECHANISMS.contains(&v) => continue,
-            "GSSAPI" => "Kerberos needs Cyrus SASL, which this build of librdkafka leaves out",
-            _ => "not a SASL mechanism librdkafka knows",
-        };
-        return Err(format!(
-            "{key}={value}: {why}; use one of {} (as the broker's sasl.enabled.mechanisms spells it)",
-            SASL_MECHANISMS.join(", ")
-        ));
-    }
+    check_sasl_mechanism(options)?;
     let mut config = ClientConfig::new();
     for (k, v) in options {
         config.set(k, v);
@@ -114,6 +131,32 @@ pub fn check_options(options: &BTreeMap<String, String>) -> std::result::Result<
         };
         format!("{what} (librdkafka's CONFIGURATION.md lists the options)")
     })
+}
+
+/// Refuses a `sasl.mechanism` this build of librdkafka has no provider for, with the ones it has.
+fn check_sasl_mechanism(options: &BTreeMap<String, String>) -> std::result::Result<(), String> {
+    for key in ["sasl.mechanism", "sasl.mechanisms"] {
+        let Some(value) = options.get(key) else {
+            continue;
+        };
+        let value = value.trim();
+        let why = match SASL_MECHANISMS
+            .iter()
+            .find(|m| m.eq_ignore_ascii_case(value))
+        {
+            Some(m) if *m == value => continue,
+            Some(m) => format!("mechanism names are case-sensitive: did you mean {m}?"),
+            None if value.eq_ignore_ascii_case("GSSAPI") => {
+                "Kerberos needs Cyrus SASL, which this build of librdkafka leaves out".into()
+            }
+            None => "not a SASL mechanism librdkafka knows".into(),
+        };
+        return Err(format!(
+            "{key}={value}: {why}; use one of {} (as the broker's sasl.enabled.mechanisms spells it)",
+            SASL_MECHANISMS.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// `key=value` lines (`key: value` too); blank lines and `#` or `!` comments are skipped.
@@ -188,8 +231,13 @@ mod tests {
             ),
             (
                 "sasl.mechanisms=scram-sha-256",
-                "use one of PLAIN, SCRAM-SHA-256",
+                "case-sensitive: did you mean SCRAM-SHA-256?",
             ),
+            (
+                "ssl.ca.location=/no/such/ca.pem",
+                "ssl.ca.location=/no/such/ca.pem: no such file",
+            ),
+            ("ssl.key.location=missing.key", "missing.key: no such file"),
             ("sasl.mechanism=GSSAPI", "Kerberos needs Cyrus SASL"),
         ] {
             let e = Connection::new("b", None, &[flag.into()])
