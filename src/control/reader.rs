@@ -300,7 +300,7 @@ impl ControlReader {
                         self.publish(self.state.versions().active().cloned());
                     }
                     if warned.is_none_or(|w| w.elapsed() > Duration::from_secs(30)) {
-                        tracing::warn!(topic, error = %e, "control topic not readable yet; retrying (create it with 1 Kafka partition)");
+                        tracing::warn!(topic, error = %e, "control topic not readable yet; retrying");
                         warned = Some(Instant::now());
                     }
                     std::thread::sleep(RETRY);
@@ -315,8 +315,12 @@ impl ControlReader {
         let consumer: BaseConsumer<ControlContext> = self
             .client_config()
             .create_with_context(ControlContext::default())
-            .map_err(|e| e.to_string())?;
-        assign_from_beginning(&consumer, topic)?;
+            .map_err(|e| {
+                format!("{e} (check the librdkafka options: [kafka.librdkafka_options])")
+            })?;
+        assign_from_beginning(&consumer, topic).map_err(|e| {
+            format!("{e} (create the topic with 1 Kafka partition if it is missing)")
+        })?;
         Ok(consumer)
     }
 
