@@ -64,6 +64,16 @@ impl Transactions {
         Ok(Transactions { producer, id })
     }
 
+    /// Who fences this producer, and how to keep two instances from doing it to each other.
+    pub fn fenced_by(&self) -> String {
+        format!(
+            "another instance with transactional.id {:?} took over (each instance needs its \
+             own [kafka] transactional_id; the default, GROUP_ID-HOSTNAME, is the same for \
+             instances of one group on one host)",
+            self.id
+        )
+    }
+
     /// Sends `positions` (Kafka partition, next offset) of `topic` to the open transaction,
     /// commits it and opens the next one. Every output of the transaction must be
     /// acknowledged before this is called. An error that only dooms this transaction aborts
@@ -113,7 +123,7 @@ impl Transactions {
                 Err(KafkaError::Transaction(e)) if e.is_fatal() => {
                     return Err(Error::Kafka(format!(
                         "the transactional producer was fenced or failed fatally ({e}); {}, or the broker lost the transaction",
-                        fenced_by(&self.id)
+                        self.fenced_by()
                     )));
                 }
                 Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < 3 => {
@@ -146,7 +156,7 @@ impl Transactions {
         retry.until_done(what, abort).await.map_err(|e| match e {
             KafkaError::Transaction(e) if e.is_fatal() => Error::Kafka(format!(
                 "aborting a transaction failed fatally ({e}); {}, or the broker aborted the transaction (after transaction.timeout.ms, e.g. a longer outage); restart the instance: it reads again from the committed offsets",
-                fenced_by(&self.id)
+                self.fenced_by()
             )),
             e => Error::Kafka(format!("aborting a transaction failed: {e}")),
         })?;
@@ -157,16 +167,6 @@ impl Transactions {
             .await
             .map_err(|e| Error::Kafka(format!("cannot open the next transaction: {e}")))
     }
-}
-
-/// Who fences a transactional producer, and how to keep two instances from doing it to each
-/// other.
-fn fenced_by(id: &str) -> String {
-    format!(
-        "another instance with transactional.id {id:?} took over (each instance needs its own \
-         [kafka] transactional_id; the default, GROUP_ID-HOSTNAME, is the same for instances \
-         of one group on one host)"
-    )
 }
 
 /// How an abort or a rewind that fails while the broker is away tries again.

@@ -92,8 +92,12 @@ impl Reader<'_> {
                 },
                 _ = tick.tick() => {
                     if let Some(fatal) = self.producer.fatal_error() {
+                        let fenced = match &self.transactions {
+                            Some(t) => format!(" (if fenced: {})", t.fenced_by()),
+                            None => String::new(),
+                        };
                         return Err(Error::Kafka(format!(
-                            "the output producer failed fatally: {fatal}; restart the instance: it reads again from the committed offsets"
+                            "the output producer failed fatally: {fatal}{fenced}; restart the instance: it reads again from the committed offsets"
                         )));
                     }
                     self.second(consumer);
