@@ -95,10 +95,15 @@ async fn metrics_exist_and_move_and_health_says_why() {
         .collect();
     payloads.extend((0..7).map(|_| b"{broken".to_vec()));
     let brokers = broker.brokers();
-    tokio::task::spawn_blocking(move || local::produce(&brokers, "in", &payloads, |_| None, None))
-        .await
-        .unwrap()
-        .unwrap();
+    // Keyed by store, so both Kafka partitions get events: keyless records all go to one
+    // partition while librdkafka's sticky partitioner holds it (10 ms), and a Kafka partition
+    // that never had a record reports no lag.
+    tokio::task::spawn_blocking(move || {
+        local::produce(&brokers, "in", &payloads, local::json_key("store_id"), None)
+    })
+    .await
+    .unwrap()
+    .unwrap();
 
     let text = eventually(&addr, "all events handled and lag reported", |t| {
         metric_sum(t, "manymodel_predictions_produced_total") >= 2000.0
