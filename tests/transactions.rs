@@ -41,6 +41,32 @@ fn load(kafka: &Kafka, dir: &Path) -> PathBuf {
     bundle
 }
 
+/// A broker of its own, in a folder of its own, with the input loaded: the folder, the broker,
+/// the trained bundle and the broker's address.
+fn loaded_broker() -> (tempfile::TempDir, Kafka, PathBuf, String) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kafka = Kafka::start_with(Some(dir.path()), Options::default());
+    let bundle = load(&kafka, dir.path());
+    let brokers = kafka.brokers();
+    (dir, kafka, bundle, brokers)
+}
+
+/// Starts instance `name` with `transactional_id` and waits until it is assigned and has
+/// written outputs: 500 of them, with a transaction cut every second not all committed.
+fn start_mid_work(
+    dir: &Path,
+    name: &str,
+    brokers: &str,
+    transactional_id: &str,
+    bundle: &Path,
+) -> Daemon {
+    let mut daemon = Daemon::start(&config(dir, name, brokers, transactional_id, bundle));
+    wait_assigned(&mut daemon);
+    let mut uncommitted = TopicReader::new(brokers, "out");
+    assert!(uncommitted.read_until(Duration::from_secs(60), |r| r.len() >= 500));
+    daemon
+}
+
 fn config(dir: &Path, name: &str, brokers: &str, transactional_id: &str, bundle: &Path) -> PathBuf {
     ServeConfigFile::new(brokers, "eos")
         .kafka(r#"processing = "exactly_once""#)
@@ -96,15 +122,8 @@ fn assert_exactly_once(brokers: &str, logs: &[&Daemon], bad: usize) {
 
 #[test]
 fn a_sigkill_between_produce_and_commit_leaves_exactly_one_committed_output_per_record() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let kafka = Kafka::start_with(Some(dir.path()), Options::default());
-    let bundle = load(&kafka, dir.path());
-    let brokers = kafka.brokers();
-    let mut first = Daemon::start(&config(dir.path(), "first", &brokers, "eos-0", &bundle));
-    wait_assigned(&mut first);
-    // Outputs written but, with a transaction cut every second, not all committed.
-    let mut uncommitted = TopicReader::new(&brokers, "out");
-    assert!(uncommitted.read_until(Duration::from_secs(60), |r| r.len() >= 500));
+    let (dir, _kafka, bundle, brokers) = loaded_broker();
+    let mut first = start_mid_work(dir.path(), "first", &brokers, "eos-0", &bundle);
     signal(first.child.id(), "KILL");
     let _ = first.child.wait();
     // The restarted instance, with the same transactional.id, fences the dead one's open
@@ -116,14 +135,8 @@ fn a_sigkill_between_produce_and_commit_leaves_exactly_one_committed_output_per_
 
 #[test]
 fn a_frozen_zombie_that_lost_its_kafka_partitions_commits_nothing_when_it_wakes() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let kafka = Kafka::start_with(Some(dir.path()), Options::default());
-    let bundle = load(&kafka, dir.path());
-    let brokers = kafka.brokers();
-    let mut zombie = Daemon::start(&config(dir.path(), "zombie", &brokers, "eos-a", &bundle));
-    wait_assigned(&mut zombie);
-    let mut uncommitted = TopicReader::new(&brokers, "out");
-    assert!(uncommitted.read_until(Duration::from_secs(60), |r| r.len() >= 500));
+    let (dir, _kafka, bundle, brokers) = loaded_broker();
+    let zombie = start_mid_work(dir.path(), "zombie", &brokers, "eos-a", &bundle);
     // Frozen mid-transaction: no heartbeats, so the group moves its Kafka partitions to the
     // other instance (its own transactional.id: only the group generation fences the zombie).
     signal(zombie.child.id(), "STOP");
@@ -145,14 +158,8 @@ fn a_frozen_zombie_that_lost_its_kafka_partitions_commits_nothing_when_it_wakes(
 /// keeps instances apart, and the committed output still holds each record once.
 #[test]
 fn an_instance_fenced_by_another_with_its_transactional_id_exits_and_names_the_setting() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let kafka = Kafka::start_with(Some(dir.path()), Options::default());
-    let bundle = load(&kafka, dir.path());
-    let brokers = kafka.brokers();
-    let mut first = Daemon::start(&config(dir.path(), "first", &brokers, "eos-twin", &bundle));
-    wait_assigned(&mut first);
-    let mut uncommitted = TopicReader::new(&brokers, "out");
-    assert!(uncommitted.read_until(Duration::from_secs(60), |r| r.len() >= 500));
+    let (dir, _kafka, bundle, brokers) = loaded_broker();
+    let mut first = start_mid_work(dir.path(), "first", &brokers, "eos-twin", &bundle);
     let mut second = Daemon::start(&config(dir.path(), "second", &brokers, "eos-twin", &bundle));
     // Assigned, the second has started its transactions and fenced the first, which finds out
     // at its next transactional call: new input, keyed over every Kafka partition, makes one.
@@ -196,10 +203,7 @@ fn an_instance_fenced_by_another_with_its_transactional_id_exits_and_names_the_s
 /// events, exactly once.
 #[test]
 fn an_exactly_once_daemon_outlives_a_broker_outage_longer_than_its_session() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let mut kafka = Kafka::start_with(Some(dir.path()), Options::default());
-    let bundle = load(&kafka, dir.path());
-    let brokers = kafka.brokers();
+    let (dir, mut kafka, bundle, brokers) = loaded_broker();
     let mut daemon = Daemon::start(&config(dir.path(), "outage", &brokers, "eos-o", &bundle));
     wait_assigned(&mut daemon);
     assert_exactly_once(&brokers, &[&daemon], BAD);
