@@ -94,17 +94,17 @@ pub async fn run(
     let exactly_once = k.processing == Processing::ExactlyOnce;
     let tracker = Arc::new(OffsetTracker::default());
     let mut client = producer_config(&k.brokers, &k.librdkafka_options);
-    let transactional_id = transactional_id(config);
-    if exactly_once {
-        client.set("transactional.id", &transactional_id);
+    let transactional_id = exactly_once.then(|| transactional_id(config));
+    if let Some(id) = &transactional_id {
+        client.set("transactional.id", id);
     }
     let (producer, retries) = OutputProducer::new(&client, stats.clone())?;
-    let transactions = match exactly_once {
-        true => {
+    let transactions = match transactional_id {
+        Some(id) => {
             crate::metrics::transactions_from_zero();
-            Some(Transactions::start(producer.clone(), transactional_id).await?)
+            Some(Transactions::start(producer.clone(), id).await?)
         }
-        false => None,
+        None => None,
     };
     let consumer = Arc::new(consumer::create(config, tracker.clone(), stats.clone())?);
     let hard_stop = CancellationToken::new();
