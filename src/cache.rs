@@ -13,10 +13,10 @@ const LINE: usize = 64;
 pub fn prefetch<T: ?Sized>(value: &T) {
     let start = (value as *const T).cast::<u8>();
     let len = std::mem::size_of_val(value);
-    let mut offset = 0;
-    while offset < len.max(1) {
-        line(start.wrapping_add(offset));
-        offset += LINE;
+    // Every line the bytes touch, the last included when they do not start on a line.
+    let lines = ((start as usize % LINE) + len.max(1)).div_ceil(LINE);
+    for i in 0..lines {
+        line(start.wrapping_add(i * LINE));
     }
 }
 
