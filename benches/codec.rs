@@ -101,8 +101,8 @@ fn as_the_actor_does(bundle: &Bundle, events: &[(u64, Event)]) {
                 .map_or(&bundle.fallback.model, |m| &m.model)
         }));
         for (i, ((_, event), model)) in batch.iter().zip(&models).enumerate() {
-            if let (Some((_, later)), Some(m)) = (batch.get(i + AHEAD), models.get(i + AHEAD)) {
-                m.prefetch();
+            if let Some(later) = models.get(i + AHEAD) {
+                later.prefetch();
             }
             black_box(model.predict(black_box(&event.inputs)));
         }
