@@ -13,6 +13,7 @@ use std::time::Instant;
 use manymodel::codec::json::{decode_json, decode_json_into};
 use manymodel::event::Event;
 use manymodel::model::bundle::Bundle;
+use manymodel::model::Model;
 use manymodel::scoring::ModelSource;
 
 const PASSES: usize = 15;
@@ -95,10 +96,10 @@ fn as_the_actor_does(bundle: &Bundle, events: &[(u64, Event)]) {
         }
         models.clear();
         models.extend(batch.iter().map(|(hash, event)| {
-            bundle
-                .partition_index_hashed(*hash, &event.partition)
-                .and_then(|i| bundle.partitions.get(i))
-                .map_or(&bundle.fallback.model, |m| &m.model)
+            model_at(
+                bundle,
+                bundle.partition_index_hashed(*hash, &event.partition),
+            )
         }));
         for (i, ((_, event), model)) in batch.iter().zip(&models).enumerate() {
             if let Some(later) = models.get(i + AHEAD) {
@@ -112,12 +113,16 @@ fn as_the_actor_does(bundle: &Bundle, events: &[(u64, Event)]) {
 /// Looks each event's store up in `bundle` and scores it, one event after another.
 fn look_up_and_score(bundle: &Bundle, events: &[Event]) {
     for event in events {
-        let model = bundle
-            .partition_index(&event.partition)
-            .and_then(|i| bundle.partitions.get(i))
-            .map_or(&bundle.fallback.model, |m| &m.model);
+        let model = model_at(bundle, bundle.partition_index(&event.partition));
         black_box(model.predict(black_box(&event.inputs)));
     }
+}
+
+/// The model at `position` in `bundle`, or its fallback for a store without one.
+fn model_at(bundle: &Bundle, position: Option<usize>) -> &Model {
+    position
+        .and_then(|i| bundle.partitions.get(i))
+        .map_or(&bundle.fallback.model, |m| &m.model)
 }
 
 /// The fastest of [`PASSES`] runs of `pass`, in nanoseconds per item.

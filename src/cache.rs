@@ -13,11 +13,16 @@ const LINE: usize = 64;
 pub fn prefetch<T: ?Sized>(value: &T) {
     let start = (value as *const T).cast::<u8>();
     let len = std::mem::size_of_val(value);
-    // Every line the bytes touch, the last included when they do not start on a line.
-    let lines = ((start as usize % LINE) + len.max(1)).div_ceil(LINE);
-    for i in 0..lines {
+    for i in 0..lines_touched(start as usize, len) {
         line(start.wrapping_add(i * LINE));
     }
+}
+
+/// The cache lines that `len` bytes from `start` touch (one for none): the last one included
+/// when they do not start on a line.
+#[inline]
+fn lines_touched(start: usize, len: usize) -> usize {
+    ((start % LINE) + len.max(1)).div_ceil(LINE)
 }
 
 /// Hints that the cache line holding `address` will be read soon.
@@ -45,5 +50,18 @@ mod tests {
         prefetch(&weights);
         prefetch("");
         assert_eq!(weights.iter().sum::<f64>(), 666.0);
+    }
+
+    /// A linear store's 37 weights (296 bytes) take five lines from a line's start and six
+    /// from 48 bytes into one; a hint covers them all.
+    #[test]
+    fn a_hint_covers_every_line_the_bytes_touch() {
+        assert_eq!(lines_touched(0, 296), 5);
+        assert_eq!(lines_touched(16, 296), 5);
+        assert_eq!(lines_touched(48, 296), 6);
+        assert_eq!(lines_touched(64 * 7 + 63, 2), 2);
+        assert_eq!(lines_touched(5, 0), 1);
+        assert_eq!(lines_touched(0, 64), 1);
+        assert_eq!(lines_touched(1, 64), 2);
     }
 }
