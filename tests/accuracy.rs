@@ -126,7 +126,7 @@ fn actuals_give_each_store_its_error_and_flag_exactly_the_shifted_ones() {
         .actuals("min_actuals = 20")
         .actuals("max_fallback_stores = 5")
         .write(dir.path(), "serve");
-    let daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&config);
     daemon.wait_assigned();
     let addr = daemon.metrics_addr();
 
@@ -365,7 +365,7 @@ fn avro_actuals_are_read_with_the_actuals_reader_schema() {
         );
     let config = dir.path().join("serve.toml");
     std::fs::write(&config, text).expect("config");
-    let daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&config);
     daemon.wait_assigned();
     let addr = daemon.metrics_addr();
 

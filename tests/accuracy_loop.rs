@@ -163,7 +163,7 @@ fn drifted_stores_are_flagged_refitted_and_back_at_the_noise_floor() {
         .actuals(r#"drift_topic = "loop-drift""#)
         .actuals("min_actuals = 30")
         .write(d, "serve");
-    let daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&config);
     daemon.wait_assigned();
     let addr = daemon.metrics_addr();
 

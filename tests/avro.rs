@@ -223,7 +223,7 @@ fn daemon(name: &str, extra: &str, dir: &Path) -> (Daemon, [String; 3]) {
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(extra);
     std::fs::write(&config, text).unwrap();
-    let d = Daemon::start(&config);
+    let mut d = Daemon::start(&config);
     d.wait_assigned();
     (d, topics)
 }

@@ -69,7 +69,7 @@ fn serve_publish_generate_and_bench_work_over_sasl_ssl_and_wrong_credentials_onl
     ]);
     assert!(published.contains("v-sasl-1"), "{published}");
 
-    let daemon = Daemon::start(&sasl_config(
+    let mut daemon = Daemon::start(&sasl_config(
         dir.path(),
         "sasl",
         &kafka,
@@ -191,7 +191,7 @@ async fn input_batches_in_every_compression_codec_are_scored() {
         &bundle,
         "fallback",
     );
-    let daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&config);
     daemon.wait_assigned();
     let codecs: [&'static str; 4] = ["gzip", "snappy", "lz4", "zstd"];
     for (i, codec) in codecs.into_iter().enumerate() {

@@ -516,7 +516,7 @@ async fn a_daemon_attacked_on_its_control_topic_keeps_serving_its_signed_bundle_
             .model(&format!("max_bundle_bytes = {DAEMON_MAX_BUNDLE}"))
             .write(d, output)
     };
-    let daemon = Daemon::start(&config("out"));
+    let mut daemon = Daemon::start(&config("out"));
     wait_ready_on(&daemon, "v1", Duration::from_secs(60));
     daemon.wait_assigned();
     let (baseline_kib, _) = common::chaos::memory_kib(daemon.child.id());
@@ -638,7 +638,7 @@ async fn a_daemon_attacked_on_its_control_topic_keeps_serving_its_signed_bundle_
 
     // A restart replays every record above and comes up on the same signed bundle.
     let started = Instant::now();
-    let daemon = Daemon::start(&config("out-2"));
+    let mut daemon = Daemon::start(&config("out-2"));
     wait_ready_on(&daemon, "v1", Duration::from_secs(180));
     let (_, hwm_kib) = common::chaos::memory_kib(daemon.child.id());
     eprintln!(

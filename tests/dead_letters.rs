@@ -85,7 +85,7 @@ async fn check(case: Case<'_>) {
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(&case.extra);
     std::fs::write(&config, text).unwrap();
-    let daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&config);
     daemon.wait_assigned();
 
     let mut records: Vec<(Option<Vec<u8>>, Vec<u8>)> = case
@@ -460,7 +460,7 @@ async fn the_readmes_replay_snippet_copies_back_the_unknown_partition_dead_lette
         bundle(),
         "dlq",
     );
-    let daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&config);
     daemon.wait_assigned();
     let unknown = |store: &str| {
         let value = GOOD.replace("S001", store).into_bytes();

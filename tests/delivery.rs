@@ -15,8 +15,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use common::chaos::{
-    assignments, committed_offsets, input_positions, memory_kib, wait_assigned, watermarks,
-    ProduceThrottle, Seen, Storage, Tansu, Throttle, TopicReader,
+    assignments, committed_offsets, input_positions, memory_kib, watermarks, ProduceThrottle, Seen,
+    Storage, Tansu, Throttle, TopicReader,
 };
 use common::kafka::{Kafka, Options};
 use common::{generate_and_train, http_get, metric_sum, wait_for, Daemon, ServeConfigFile};
@@ -278,7 +278,7 @@ fn a_fleet_losing_one_instance_and_gaining_one_predicts_every_event_with_bounded
     let mut b = start("b");
     let mut c = start("c");
     for d in [&mut a, &mut b, &mut c] {
-        wait_assigned(d);
+        d.wait_assigned();
     }
     // The group settles: the latest assignments of the three split the Kafka partitions.
     wait_for(Duration::from_secs(60), "the group to settle", || {
@@ -306,7 +306,7 @@ fn a_fleet_losing_one_instance_and_gaining_one_predicts_every_event_with_bounded
     let _ = c.child.wait();
     assert!(out.read_until(Duration::from_secs(120), progress(FLEET_EVENTS * 6 / 10)));
     let mut d = start("d");
-    wait_assigned(&mut d);
+    d.wait_assigned();
     let _ = out.read_until(Duration::from_secs(240), |r| distinct(r) >= FLEET_EVENTS);
     producer.join().expect("producer thread");
 
@@ -393,7 +393,7 @@ fn after_a_sigterm_a_restarted_instance_repeats_nothing_the_first_one_committed(
         kafka,
         "",
     ));
-    wait_assigned(&mut first);
+    first.wait_assigned();
     // Ten seconds of input, so the stop comes mid-stream.
     let producer = produce_in_background(&broker.brokers(), &w.events, Some(2_000));
     let mut out = TopicReader::new(&broker.brokers(), "out");
@@ -419,7 +419,7 @@ fn after_a_sigterm_a_restarted_instance_repeats_nothing_the_first_one_committed(
         kafka,
         "",
     ));
-    wait_assigned(&mut second);
+    second.wait_assigned();
     producer.join().expect("producer thread");
     let _ = out.read_until(Duration::from_secs(120), |r| distinct(r) >= EVENTS);
     let second_log = second.log_text();
@@ -473,7 +473,7 @@ fn a_broker_restart_mid_stream_makes_the_daemon_unready_and_loses_nothing() {
         "commit_interval_ms = 200",
         "",
     ));
-    wait_assigned(&mut daemon);
+    daemon.wait_assigned();
     let addr = daemon.metrics_addr();
     // Twenty seconds of input: it keeps coming (into the producer's queue) while the broker
     // is down.
@@ -584,7 +584,7 @@ fn a_slow_output_pauses_reading_and_keeps_memory_bounded_then_everything_arrives
         "commit_interval_ms = 200",
         &format!("max_in_flight = {SLOW_MAX_IN_FLIGHT}"),
     ));
-    wait_assigned(&mut daemon);
+    daemon.wait_assigned();
     let addr = daemon.metrics_addr();
     let pid = daemon.child.id();
     let mut max_in_flight: Option<f64> = None;
@@ -675,12 +675,12 @@ fn cooperative_sticky_assignment_loses_nothing_when_instances_join_and_leave() {
         ))
     };
     let mut first = start("coop-first");
-    wait_assigned(&mut first);
+    first.wait_assigned();
     let producer = produce_in_background(&broker.brokers(), &w.events, Some(2_000));
     let mut out = TopicReader::new(&broker.brokers(), "out");
     assert!(out.read_until(Duration::from_secs(120), |r| r.len() >= EVENTS * 3 / 10));
     let mut second = start("coop-second");
-    wait_assigned(&mut second);
+    second.wait_assigned();
     assert!(out.read_until(Duration::from_secs(120), |r| r.len() >= EVENTS * 6 / 10));
     let first_log = first.log_text();
     let status = first.terminate();
@@ -742,7 +742,7 @@ fn a_pipeline_that_cannot_write_reports_stalled_on_healthz_and_recovers() {
         "commit_interval_ms = 200",
         "max_in_flight = 1000\nstall_timeout_secs = 5",
     ));
-    wait_assigned(&mut daemon);
+    daemon.wait_assigned();
     let addr = daemon.metrics_addr();
     let mut stalled = String::new();
     wait_for(Duration::from_secs(60), "/healthz to answer 503", || {
@@ -802,7 +802,7 @@ fn backlog_run(brokers: &str, create: impl Fn(&str, i32), dir: &Path, who: &str)
         "commit_interval_ms = 200",
         "max_in_flight = 1000",
     ));
-    wait_assigned(&mut daemon);
+    daemon.wait_assigned();
     let mut out = TopicReader::new(brokers, "out");
     // Against tansu every resume lands inside a record batch, and finding the batch's start
     // again takes the daemon several seconds a step: on a busy machine the whole run takes

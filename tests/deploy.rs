@@ -69,6 +69,32 @@ fn the_compose_stack_agrees_with_its_configs() {
         dockerfile.matches("\nFROM ").count() + usize::from(dockerfile.starts_with("FROM ")) >= 2,
         "multi-stage"
     );
+    // The binary copied out of the build stage is the one its `cargo build` made, with a
+    // profile Cargo.toml defines.
+    let build = dockerfile
+        .lines()
+        .find(|l| l.starts_with("RUN cargo build"))
+        .expect("the build stage runs cargo build");
+    let words: Vec<&str> = build.split_whitespace().collect();
+    let profile = match words.iter().position(|w| *w == "--profile") {
+        Some(i) => words[i + 1],
+        None if words.contains(&"--release") => "release",
+        None => "debug",
+    };
+    if !["release", "debug"].contains(&profile) {
+        let manifest = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+        assert!(
+            manifest.contains(&format!("[profile.{profile}]")),
+            "the Dockerfile builds with profile {profile}, which Cargo.toml does not define"
+        );
+    }
+    let binary = format!("/src/target/{profile}/manymodel ");
+    assert!(
+        dockerfile
+            .lines()
+            .any(|l| l.starts_with("COPY --from=build ") && l.contains(&binary)),
+        "the Dockerfile does not copy {binary}out of its build stage"
+    );
     for line in dockerfile
         .lines()
         .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))

@@ -120,7 +120,7 @@ async fn fastavro_twins_score_like_their_json_events() {
         schema.display()
     ));
     std::fs::write(&config, text).unwrap();
-    let daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&config);
     daemon.wait_assigned();
     let records: Vec<Vec<u8>> = std::fs::read_to_string(d.join("confluent.hex"))
         .unwrap()

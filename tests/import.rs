@@ -421,7 +421,7 @@ async fn an_imported_bundle_is_served_over_kafka_as_predict_scores_it() {
         &bundle,
         "fallback",
     );
-    let daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&config);
     daemon.wait_assigned();
     local::produce_events(
         &broker.brokers(),
@@ -480,7 +480,7 @@ async fn an_imported_trees_only_bundle_hot_reloads_scores_missing_values_and_dea
         .kafka(r#"control_topic = "control""#)
         .bundle(&mixed)
         .write(d, "reload");
-    let daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&config);
     daemon.wait_active("imp-1");
     run_ok(&[
         "publish",

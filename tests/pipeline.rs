@@ -68,7 +68,7 @@ async fn every_event_gets_one_prediction_equal_to_offline_predict_in_store_order
         &bundle,
         "fallback",
     );
-    let daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&config);
     daemon.wait_assigned();
     produce(
         &broker.brokers(),
@@ -156,7 +156,7 @@ async fn unknown_stores_get_the_fallback_or_the_dlq_as_configured() {
     let dir = tempfile::tempdir().expect("temp dir");
     let bundle = generate_and_train(dir.path(), 5, 10, "v-unknown");
 
-    let fb = Daemon::start(&write_config(
+    let mut fb = Daemon::start(&write_config(
         dir.path(),
         "fb",
         &broker.brokers(),
@@ -164,7 +164,7 @@ async fn unknown_stores_get_the_fallback_or_the_dlq_as_configured() {
         &bundle,
         "fallback",
     ));
-    let dl = Daemon::start(&write_config(
+    let mut dl = Daemon::start(&write_config(
         dir.path(),
         "dl",
         &broker.brokers(),

@@ -56,7 +56,7 @@ async fn every_dashboard_query_parses_and_returns_data() {
         .actuals(r#"drift_topic = "drift""#)
         .actuals("min_actuals = 10")
         .write(dir.path(), "prom");
-    let daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&config);
     daemon.wait_assigned();
     let metrics_addr = daemon.metrics_addr();
 

@@ -279,7 +279,7 @@ async fn bundles_swap_in_while_events_stream_and_bad_ones_are_rejected() {
         None,
         Some(&key.with_extension("key.pub")),
     );
-    let daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&config);
     daemon.wait_assigned();
     daemon.wait_active("v01");
 
@@ -444,7 +444,7 @@ async fn a_daemon_without_a_local_bundle_comes_up_on_the_control_topics_version(
     assert!(daemon.terminate().success());
 
     // Restarted with no local bundle: the control topic's version.
-    let daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&config);
     daemon.wait_active("v1");
     daemon.wait_assigned();
     let payloads = events(d);
@@ -601,7 +601,7 @@ async fn a_bundle_of_100000_partitions_publishes_and_swaps_in() {
     let size = std::fs::metadata(&big_path).expect("size").len();
 
     let config = control_config(d, "big", &brokers, "out", Some(&small), None);
-    let daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&config);
     daemon.wait_assigned();
     let started = Instant::now();
     let said = publish(&brokers, &big_path, None);
@@ -820,7 +820,7 @@ async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
         .kafka(r#"control_topic = "control""#)
         .model("keep_versions = 2")
         .write(d, "held");
-    let daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&config);
     daemon.wait_active("v5");
     assert_eq!(
         replay_field(&daemon, "records"),
@@ -872,7 +872,7 @@ async fn a_restart_fetches_only_the_chunks_of_the_versions_it_holds() {
         .kafka(r#"control_topic = "control""#)
         .model("keep_versions = 4")
         .write(d, "held4");
-    let daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&config);
     daemon.wait_active("v4");
     assert_eq!(replay_field(&daemon, "publishes_fetched"), Some(1));
     assert_eq!(replay_field(&daemon, "publishes_held_on_topic"), Some(3));
@@ -957,7 +957,7 @@ async fn a_held_version_whose_chunks_are_gone_is_refused_and_the_active_one_keep
         .topics("in", "out", "dlq")
         .kafka(r#"control_topic = "control""#)
         .write(d, "gone");
-    let daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&config);
     daemon.wait_active("v3");
     assert_eq!(replay_field(&daemon, "publishes_held_on_topic"), Some(2));
 

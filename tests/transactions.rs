@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::chaos::{signal, wait_assigned, TopicReader};
+use common::chaos::{signal, TopicReader};
 use common::kafka::{Kafka, Options};
 use common::{generate_and_train, Daemon, ServeConfigFile};
 use manymodel::local;
@@ -61,7 +61,7 @@ fn start_mid_work(
     bundle: &Path,
 ) -> Daemon {
     let mut daemon = Daemon::start(&config(dir, name, brokers, transactional_id, bundle));
-    wait_assigned(&mut daemon);
+    daemon.wait_assigned();
     let mut uncommitted = TopicReader::new(brokers, "out");
     assert!(uncommitted.read_until(Duration::from_secs(60), |r| r.len() >= 500));
     daemon
@@ -129,7 +129,7 @@ fn a_sigkill_between_produce_and_commit_leaves_exactly_one_committed_output_per_
     // The restarted instance, with the same transactional.id, fences the dead one's open
     // transaction and starts from the committed offsets.
     let mut second = Daemon::start(&config(dir.path(), "second", &brokers, "eos-0", &bundle));
-    wait_assigned(&mut second);
+    second.wait_assigned();
     assert_exactly_once(&brokers, &[&first, &second], BAD);
 }
 
@@ -141,7 +141,7 @@ fn a_frozen_zombie_that_lost_its_kafka_partitions_commits_nothing_when_it_wakes(
     // other instance (its own transactional.id: only the group generation fences the zombie).
     signal(zombie.child.id(), "STOP");
     let mut other = Daemon::start(&config(dir.path(), "other", &brokers, "eos-b", &bundle));
-    wait_assigned(&mut other);
+    other.wait_assigned();
     let mut committed = TopicReader::read_committed(&brokers, "out");
     assert!(committed.read_until(Duration::from_secs(120), |r| r.len() >= GOOD / 2));
     signal(zombie.child.id(), "CONT");
@@ -163,7 +163,7 @@ fn an_instance_fenced_by_another_with_its_transactional_id_exits_and_names_the_s
     let mut second = Daemon::start(&config(dir.path(), "second", &brokers, "eos-twin", &bundle));
     // Assigned, the second has started its transactions and fenced the first, which finds out
     // at its next transactional call: new input, keyed over every Kafka partition, makes one.
-    wait_assigned(&mut second);
+    second.wait_assigned();
     let late: Vec<Vec<u8>> = (0..LATE)
         .map(|i| format!("late {i}").into_bytes())
         .collect();
@@ -205,7 +205,7 @@ fn an_instance_fenced_by_another_with_its_transactional_id_exits_and_names_the_s
 fn an_exactly_once_daemon_outlives_a_broker_outage_longer_than_its_session() {
     let (dir, mut kafka, bundle, brokers) = loaded_broker();
     let mut daemon = Daemon::start(&config(dir.path(), "outage", &brokers, "eos-o", &bundle));
-    wait_assigned(&mut daemon);
+    daemon.wait_assigned();
     assert_exactly_once(&brokers, &[&daemon], BAD);
     kafka.kill();
     let addr = daemon.metrics_addr();

@@ -45,7 +45,7 @@ async fn a_refused_dead_letter_pauses_its_kafka_partition_and_is_retried_until_d
         .librdkafka("topic.metadata.propagation.max.ms", "100")
         .bundle(&bundle)
         .write(dir.path(), "dlqdown");
-    let daemon = Daemon::start(&config);
+    let mut daemon = Daemon::start(&config);
     daemon.wait_assigned();
     let addr = daemon.metrics_addr();
 

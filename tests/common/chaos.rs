@@ -495,26 +495,6 @@ pub fn signal(pid: u32, signal: &str) {
     assert!(status.success(), "kill -{signal} {pid}");
 }
 
-/// Waits until the daemon logs an assignment, failing at once (with its log) if it exits
-/// first, e.g. on a config it refuses.
-pub fn wait_assigned(daemon: &mut super::Daemon) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let text = daemon.log_text();
-        if text.contains("Kafka partitions assigned") {
-            return;
-        }
-        if let Ok(Some(status)) = daemon.child.try_wait() {
-            panic!("the daemon exited ({status}) before any assignment:\n{text}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "daemon never got an assignment:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 /// The (low, high) watermarks of `topic`'s Kafka partitions `0..partitions`.
 pub fn watermarks(brokers: &str, topic: &str, partitions: i32) -> Vec<(i64, i64)> {
     let consumer: BaseConsumer = ClientConfig::new()

@@ -80,13 +80,17 @@ impl Daemon {
         Daemon { child, log }
     }
 
-    /// Waits until the daemon logs that it has Kafka partitions assigned.
-    pub fn wait_assigned(&self) {
+    /// Waits until the daemon logs that it has Kafka partitions assigned, failing at once
+    /// (with its log) if it exits first, e.g. on a config it refuses.
+    pub fn wait_assigned(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let text = self.log_text();
             if text.contains("Kafka partitions assigned") {
                 return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("the daemon exited ({status}) before any assignment:\n{text}");
             }
             assert!(
                 Instant::now() < deadline,
@@ -333,7 +337,7 @@ impl Stack {
             &bundle,
             "fallback",
         );
-        let daemon = Daemon::start(&config);
+        let mut daemon = Daemon::start(&config);
         daemon.wait_assigned();
         Stack {
             daemon,
