@@ -270,6 +270,9 @@ pub async fn run(
             tracker.in_flight()
         )));
     }
+    // Leave the group before saying so: closing the consumer revokes its Kafka partitions (and
+    // logs it), which would otherwise come after the last line, when the consumer is dropped.
+    drop(consumer);
     tracing::info!(actors, committed = ?positions, "stopped cleanly");
     Ok(())
 }

@@ -406,6 +406,18 @@ fn after_a_sigterm_a_restarted_instance_repeats_nothing_the_first_one_committed(
         first_log.contains("stopped cleanly"),
         "a clean stop is logged:\n{first_log}"
     );
+    // ... as the last thing the daemon says: it left the group (revoking its Kafka
+    // partitions) before.
+    let last = first_log.lines().rev().find(|l| !l.trim().is_empty());
+    assert!(
+        last.is_some_and(|l| l.contains("stopped cleanly")),
+        "the clean stop is the log's last line:\n{first_log}"
+    );
+    let revoked = first_log.rfind("Kafka partitions revoked");
+    assert!(
+        revoked.is_some_and(|at| at < first_log.rfind("stopped cleanly").unwrap_or(0)),
+        "the stop revokes the Kafka partitions before it is logged:\n{first_log}"
+    );
     let committed = committed_offsets(&broker.brokers(), "restart", "in", KAFKA_PARTITIONS);
     out.read_to_end();
     let by_first = out.records.len();
