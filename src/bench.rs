@@ -331,6 +331,8 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         );
     }
     let bundle = Arc::new(work.bundle);
+    // As `serve` does with the bundle it loads.
+    bundle.into_huge_pages();
     let loaded_rss = memory::rss();
     let mut lines: Vec<Vec<u8>> = work.events.lines().map(|l| l.as_bytes().to_vec()).collect();
     let schema_file = std::env::temp_dir().join(format!("manymodel-bench-{run_id}.avsc"));

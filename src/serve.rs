@@ -349,7 +349,11 @@ pub async fn serve(config_path: &std::path::Path) -> Result<()> {
             let (bundles, thread) = crate::control::reader::start(options, local, stop);
             (bundles, Some(thread))
         }
-        (None, Some(local)) => (crate::control::fixed(Arc::new(local.bundle)), None),
+        (None, Some(local)) => {
+            // Before the pipeline starts, so nothing waits for it.
+            local.bundle.into_huge_pages();
+            (crate::control::fixed(Arc::new(local.bundle)), None)
+        }
         (None, None) => {
             return Err(Error::Usage(
                 "nothing to serve: set [model] bundle or [kafka] control_topic".into(),

@@ -410,6 +410,7 @@ impl ControlReader {
             .as_ref()
             .is_some_and(|b| Arc::ptr_eq(b, &active));
         if !same {
+            active.into_huge_pages();
             self.tx.send_replace(Some(active));
         }
     }

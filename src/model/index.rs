@@ -118,6 +118,11 @@ impl PartitionIndex {
         self.slots.len().wrapping_sub(1)
     }
 
+    /// Where its slots are: their address and length in bytes.
+    pub fn memory_range(&self) -> (usize, usize) {
+        (self.slots.as_ptr() as usize, self.memory_bytes())
+    }
+
     /// Bytes it holds.
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of_val(&*self.slots)
