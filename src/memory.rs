@@ -17,8 +17,13 @@ pub fn rss() -> Option<u64> {
 }
 
 fn status_kib(field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
+    kib_in("/proc/self/status", field)
+}
+
+/// The KiB figure of `field` in a /proc file of `field value kB` lines.
+fn kib_in(path: &str, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -203,12 +208,7 @@ mod tests {
     /// Anonymous memory in huge pages, KiB.
     #[cfg(target_os = "linux")]
     fn anon_huge_kib() -> u64 {
-        let rollup = std::fs::read_to_string("/proc/self/smaps_rollup").unwrap_or_default();
-        rollup
-            .lines()
-            .find(|l| l.starts_with("AnonHugePages:"))
-            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-            .unwrap_or(0)
+        kib_in("/proc/self/smaps_rollup", "AnonHugePages:").unwrap_or(0)
     }
 
     #[test]

@@ -410,8 +410,10 @@ impl ControlReader {
             .as_ref()
             .is_some_and(|b| Arc::ptr_eq(b, &active));
         if !same {
+            self.tx.send_replace(Some(active.clone()));
+            // After the hand-over, so the swap does not wait for it: the move changes how the
+            // bundle's memory is backed, never what the consumer loop reads from it.
             active.into_huge_pages();
-            self.tx.send_replace(Some(active));
         }
     }
 
