@@ -38,19 +38,26 @@ use crate::serve::{self, Mode};
 pub enum LatencyRate {
     /// This many events per second.
     PerSecond(u64),
-    /// Half the scoring pipeline's throughput, as measured by the throughput runs.
+    /// Half the highest rate the scoring pipeline keeps up with while the bench's loader
+    /// streams into it on the same machine (see [`streamed_max`]).
     HalfMax,
+    /// Half the scoring pipeline's drain throughput, as the throughput runs measured it: the
+    /// meaning of `half` until 5 December 2026. The loader is idle while a backlog drains, so
+    /// on a machine that also runs the loader (and the broker) this rate loads it far more
+    /// than half.
+    HalfDrain,
 }
 
 impl LatencyRate {
-    /// Parses `half` or a number of events per second.
+    /// Parses `half`, `half-drain` or a number of events per second.
     pub fn parse(s: &str) -> std::result::Result<Self, String> {
         match s {
             "half" => Ok(LatencyRate::HalfMax),
+            "half-drain" => Ok(LatencyRate::HalfDrain),
             n => match n.parse::<u64>() {
                 Ok(r) if r > 0 => Ok(LatencyRate::PerSecond(r)),
                 _ => Err(format!(
-                    "{n:?}: give events per second (at least 1), or `half` for half the scoring throughput"
+                    "{n:?}: give events per second (at least 1), `half` for half the highest rate the scoring pipeline keeps up with while the loader streams, or `half-drain` for half its drain throughput"
                 )),
             },
         }
@@ -302,10 +309,10 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     // the backlog's events again, as many as five seconds need.
     let fixed_live = match opts.latency_rate {
         LatencyRate::PerSecond(r) => (r * 5) as usize,
-        LatencyRate::HalfMax => 0,
+        LatencyRate::HalfMax | LatencyRate::HalfDrain => 0,
     };
     let t = |s: &str| format!("bench-{s}-{run_id}");
-    let kafka_partitions = partitions_for(mock.is_some(), opts, opts.events.max(fixed_live));
+    let kafka_partitions = partitions_for(mock.is_some(), opts, opts.events);
     let topics = [
         (t("in"), kafka_partitions),
         (t("out-score"), kafka_partitions),
@@ -423,14 +430,20 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         }
     }
     // Latency: events streamed at a steady rate through each pipeline.
-    let latency_rate = match opts.latency_rate {
-        LatencyRate::PerSecond(r) => r,
-        LatencyRate::HalfMax => ((median(&rates[1]) / 2.0) as u64).max(1),
+    let drain_rate = median(&rates[1]) as u64;
+    let (latency_rate, streamed) = match opts.latency_rate {
+        LatencyRate::PerSecond(r) => (r, None),
+        LatencyRate::HalfDrain => ((drain_rate / 2).max(1), None),
+        LatencyRate::HalfMax => {
+            let probes = streamed_max(&setup, &t, &lines, drain_rate, mock.as_ref(), opts).await?;
+            let kept = probes.kept_up();
+            ((kept / 2).max(1), Some(probes))
+        }
     };
     let live_events = (latency_rate * 5) as usize;
     let live: Arc<Vec<Vec<u8>>> =
         Arc::new(lines.iter().cycle().take(live_events).cloned().collect());
-    let live_partitions = partitions_for(mock.is_some(), opts, live_events);
+    let live_partitions = live_partitions(mock.is_some(), opts, latency_rate);
     let live_topics = [
         (t("live-score"), live_partitions),
         (t("live-pass"), live_partitions),
@@ -552,16 +565,27 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     );
     let _ = writeln!(
         out,
-        "latency measured at {} events/s{} over the last {} of {} events (the first fifth warms up), from produce timestamp to acknowledgement",
+        "latency measured at {} events/s{} over the last {} of {} events (the first fifth warms up), from produce timestamp to acknowledgement, {} Kafka partitions",
         latency_rate,
-        if opts.latency_rate == LatencyRate::HalfMax {
-            " (half the scoring throughput)"
-        } else {
-            ""
+        match opts.latency_rate {
+            LatencyRate::PerSecond(_) => "",
+            LatencyRate::HalfMax => " (half the highest rate scoring kept up with while the loader streamed)",
+            LatencyRate::HalfDrain => " (half the scoring pipeline's drain throughput)",
         },
         live_events - live_events / 5,
-        live_events
+        live_events,
+        live_partitions
     );
+    if let Some(probes) = &streamed {
+        let _ = writeln!(
+            out,
+            "streamed maximum: {} events/s, the highest rate at which the scoring pipeline acknowledged at least {:.0}% of what the loader streamed into it on this machine (probes of {} s, rate / acknowledged: {}); its drain rate, with the loader idle: {drain_rate}",
+            probes.kept_up(),
+            KEPT_UP * 100.0,
+            PROBE.as_secs_f64(),
+            probes.shown()
+        );
+    }
     if rates[0].len() > 1 {
         // The individual runs, `decimals` places each.
         let list = |runs: &[f64], decimals: usize| {
@@ -677,6 +701,27 @@ fn accuracy_bytes(bundle: &Bundle) -> usize {
     table.memory_bytes()
 }
 
+/// How much of a stream the MockCluster should hold in each Kafka partition of a latency
+/// run's input, seconds.
+const MOCK_HOLDS: f64 = 0.25;
+
+/// Kafka partitions for a latency run's input at `rate` events/s: `--kafka-partitions` on a
+/// broker. On the MockCluster, the fewest that hold about [`MOCK_HOLDS`] of the stream each
+/// (at most `--kafka-partitions`): its fetch looks for the offset asked for by walking every
+/// record batch a Kafka partition holds, from the oldest, so at a high rate a topic sized to
+/// keep the whole run would spend the mock's one thread walking, and measure that instead of
+/// the pipeline. It drops the oldest batches beyond about 5 MB per Kafka partition; a
+/// pipeline that falls that far behind loses events, and the run says so.
+fn live_partitions(mock: bool, opts: &BenchOptions, rate: u64) -> i32 {
+    match mock {
+        true => {
+            let bytes = rate as f64 * 200.0 * MOCK_HOLDS;
+            ((bytes / f64::from(4 << 20)).ceil() as i32).clamp(1, opts.kafka_partitions.max(1))
+        }
+        false => opts.kafka_partitions,
+    }
+}
+
 /// Kafka partitions for a topic of `events`: on the MockCluster, enough that none holds more
 /// than its 5 MB (it drops older records beyond that, which would strand a backlog).
 fn partitions_for(mock: bool, opts: &BenchOptions, events: usize) -> i32 {
@@ -781,6 +826,115 @@ async fn steady_latency(
     })
 }
 
+/// How long each probe of [`streamed_max`] streams.
+const PROBE: Duration = Duration::from_secs(3);
+
+/// The share of a probe's rate the pipeline must acknowledge to keep up.
+const KEPT_UP: f64 = 0.95;
+
+/// What [`streamed_max`] measured: (rate streamed, rate acknowledged) per probe, events/s.
+struct Probes(Vec<(u64, u64)>);
+
+impl Probes {
+    /// The highest rate a probe kept up with, else the last rate acknowledged.
+    fn kept_up(&self) -> u64 {
+        let kept = self
+            .0
+            .iter()
+            .filter(|(rate, acked)| *acked as f64 >= KEPT_UP * *rate as f64);
+        kept.map(|(rate, _)| *rate)
+            .max()
+            .or_else(|| self.0.last().map(|(_, acked)| *acked))
+            .unwrap_or(1)
+    }
+
+    fn shown(&self) -> String {
+        let each = self
+            .0
+            .iter()
+            .map(|(rate, acked)| format!("{rate} / {acked}"));
+        each.collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// The highest rate the scoring pipeline keeps up with while the bench's loader streams into
+/// it on the same machine. A drain measures the pipeline with the loader idle; streaming, the
+/// loader (and on the MockCluster or a local broker, the broker too) takes its share of the
+/// cores, so half the drain rate can load the machine nearly fully. Each probe streams for
+/// [`PROBE`] at a rate and measures what the pipeline acknowledged over its last two thirds:
+/// the first probe streams at the drain rate, each next one at the rate the one before
+/// acknowledged, until one keeps up ([`KEPT_UP`]) or four have run.
+async fn streamed_max(
+    setup: &Setup<'_>,
+    t: &dyn Fn(&str) -> String,
+    lines: &[Vec<u8>],
+    drain_rate: u64,
+    mock: Option<&MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
+    opts: &BenchOptions,
+) -> Result<Probes> {
+    let mut probes = Probes(Vec::new());
+    let mut rate = drain_rate.max(1);
+    for probe in 0..4 {
+        let input = t(&format!("probe-{probe}"));
+        let partitions = live_partitions(mock.is_some(), opts, rate);
+        create_topics(
+            mock,
+            setup.connection,
+            &[(input.clone(), partitions)],
+            opts.replication_factor,
+        )
+        .await?;
+        let n = (rate as f64 * PROBE.as_secs_f64()) as usize;
+        let events: Arc<Vec<Vec<u8>>> = Arc::new(lines.iter().cycle().take(n).cloned().collect());
+        let (stats, stop, handle) = setup
+            .start(Mode::Score, &input, &t("out-score"), None)
+            .await;
+        let producing = tokio::spawn(produce(
+            setup.connection.clone(),
+            input,
+            events,
+            Some(rate),
+            opts.records_per_batch,
+        ));
+        let acked = {
+            let stats = stats.clone();
+            tokio::task::spawn_blocking(move || acknowledged_rate(&stats))
+                .await
+                .map_err(|e| Error::Internal(format!("the bench's watcher failed: {e}")))??
+        };
+        producing
+            .await
+            .map_err(|e| Error::Internal(e.to_string()))??;
+        stop.cancel();
+        handle.await.map_err(|e| Error::Internal(e.to_string()))??;
+        probes.0.push((rate, acked));
+        if acked as f64 >= KEPT_UP * rate as f64 {
+            break;
+        }
+        rate = acked.max(1);
+    }
+    Ok(probes)
+}
+
+/// Events/s the pipeline acknowledged over the last two thirds of a probe, from its first
+/// record read; watched from a thread of its own, as [`watch`] does.
+fn acknowledged_rate(stats: &PipelineStats) -> Result<u64> {
+    let waiting = Instant::now();
+    while stats.consumed.load(Ordering::Relaxed) == 0 {
+        if waiting.elapsed() > NO_PROGRESS {
+            return Err(Error::Kafka(format!(
+                "no record read for {NO_PROGRESS:?} while probing the streamed maximum; is the broker up?"
+            )));
+        }
+        std::thread::sleep(WATCH_EVERY);
+    }
+    std::thread::sleep(PROBE / 3);
+    let (from, acked) = (Instant::now(), stats.produced.load(Ordering::Relaxed));
+    std::thread::sleep(PROBE * 2 / 3);
+    let more = stats.produced.load(Ordering::Relaxed).saturating_sub(acked);
+    Ok((more as f64 / from.elapsed().as_secs_f64()) as u64)
+}
+
 /// The largest bundle `--reload` publishes on the MockCluster, which keeps about 5 MB per
 /// Kafka partition.
 const MOCK_BUNDLE_BYTES: usize = 4 << 20;
@@ -880,4 +1034,61 @@ async fn reload_latency(
     handle.await.map_err(|e| Error::Internal(e.to_string()))??;
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
     Ok((p50_ms, p99_ms, swaps))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(kafka_partitions: i32) -> BenchOptions {
+        BenchOptions {
+            brokers: None,
+            kafka_options: BTreeMap::new(),
+            events: 200_000,
+            stores: 1000,
+            kafka_partitions,
+            latency_rate: LatencyRate::HalfMax,
+            reload: false,
+            format: Format::Json,
+            records_per_batch: None,
+            replication_factor: 1,
+            repeat: 3,
+        }
+    }
+
+    #[test]
+    fn a_latency_rate_is_a_number_half_or_half_drain() {
+        assert_eq!(LatencyRate::parse("2000"), Ok(LatencyRate::PerSecond(2000)));
+        assert_eq!(LatencyRate::parse("half"), Ok(LatencyRate::HalfMax));
+        assert_eq!(LatencyRate::parse("half-drain"), Ok(LatencyRate::HalfDrain));
+        for bad in ["0", "-5", "1.5", "halve", ""] {
+            let e = LatencyRate::parse(bad).expect_err(bad);
+            assert!(e.contains("half-drain"), "{bad}: {e}");
+        }
+    }
+
+    /// On the MockCluster a latency run's input holds about a quarter second per Kafka
+    /// partition: one at a few thousand events/s, more as the rate grows, never more than
+    /// `--kafka-partitions`; a real broker gets `--kafka-partitions`.
+    #[test]
+    fn the_mock_gets_the_fewest_kafka_partitions_that_hold_a_quarter_second() {
+        let opts = options(6);
+        assert_eq!(live_partitions(true, &opts, 5_000), 1);
+        assert_eq!(live_partitions(true, &opts, 100_000), 2);
+        assert_eq!(live_partitions(true, &opts, 200_000), 3);
+        assert_eq!(live_partitions(true, &opts, 2_000_000), 6);
+        assert_eq!(live_partitions(false, &opts, 5_000), 6);
+        assert_eq!(live_partitions(true, &options(1), 400_000), 1);
+    }
+
+    #[test]
+    fn the_streamed_maximum_is_the_highest_rate_a_probe_kept_up_with() {
+        let kept = Probes(vec![(600_000, 430_000), (430_000, 420_000)]);
+        assert_eq!(kept.kept_up(), 430_000, "420,000 is within 5% of 430,000");
+        assert_eq!(kept.shown(), "600000 / 430000, 430000 / 420000");
+        let never = Probes(vec![(600_000, 300_000), (300_000, 200_000)]);
+        assert_eq!(never.kept_up(), 200_000, "else the last rate acknowledged");
+        assert_eq!(Probes(vec![(1000, 1000)]).kept_up(), 1000);
+        assert_eq!(Probes(Vec::new()).kept_up(), 1);
+    }
 }

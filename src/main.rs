@@ -244,8 +244,10 @@ enum Command {
         /// mock's 5 MB (10 for 200,000 events).
         #[arg(long, default_value_t = 6)]
         kafka_partitions: i32,
-        /// Events per second for the latency runs (5 s each), or `half`: half the scoring
-        /// pipeline's throughput as the throughput runs measured it.
+        /// Events per second for the latency runs (5 s each); `half`: half the highest rate
+        /// the scoring pipeline keeps up with while the bench's loader streams into it on this
+        /// machine (measured first, and printed); `half-drain`: half the scoring pipeline's
+        /// drain throughput (the loader idle).
         #[arg(long, default_value = "5000", value_parser = manymodel::bench::LatencyRate::parse)]
         latency_rate: manymodel::bench::LatencyRate,
         /// Instead of the Kafka benchmark: score a synthetic ensemble of this many trees on

@@ -255,6 +255,54 @@ fn bench_against_a_real_broker_prints_both_pipelines_and_their_ratio() {
     );
 }
 
+/// `--latency-rate half` first finds the highest rate the scoring pipeline keeps up with while
+/// the bench's loader streams into it (probes that step down from the drain rate), prints it
+/// with the probes, and measures latency at half of it.
+#[test]
+fn bench_at_half_measures_latency_at_half_the_rate_scoring_kept_up_with_while_streaming() {
+    let broker = Broker::start();
+    let out = run_ok(&[
+        "bench",
+        "--brokers",
+        &broker.brokers(),
+        "--events",
+        "5000",
+        "--stores",
+        "20",
+        "--repeat",
+        "1",
+        "--latency-rate",
+        "half",
+    ]);
+    let number_after = |prefix: &str| -> u64 {
+        let at = out
+            .find(prefix)
+            .unwrap_or_else(|| panic!("{prefix:?} in {out}"));
+        let digits: String = out[at + prefix.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits
+            .parse()
+            .unwrap_or_else(|_| panic!("a number after {prefix:?}: {out}"))
+    };
+    let streamed = number_after("streamed maximum: ");
+    assert!(streamed > 0, "{out}");
+    assert!(
+        out.contains("the loader idle: ") && out.contains("rate / acknowledged: "),
+        "the probes and the drain rate beside it: {out}"
+    );
+    assert_eq!(
+        number_after("latency measured at "),
+        (streamed / 2).max(1),
+        "half of it: {out}"
+    );
+    assert!(
+        out.contains("(half the highest rate scoring kept up with while the loader streamed)"),
+        "{out}"
+    );
+}
+
 /// A producer sending ids never seen before (buggy or hostile) cannot make the daemon keep
 /// anything per id: every event is scored by the fallback, the actors stay one per core, and
 /// the process grows by less than 50 MiB.
