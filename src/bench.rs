@@ -129,8 +129,8 @@ struct Setup<'a> {
     /// Pipelines started so far: each gets a consumer group of its own, so every run reads
     /// its input from the beginning.
     started: std::sync::atomic::AtomicUsize,
-    /// `--records-per-batch`.
-    records_per_batch: Option<u32>,
+    /// What to suspect if a run stops acknowledging outputs.
+    suspect: Suspect,
 }
 
 impl Setup<'_> {
@@ -183,13 +183,12 @@ const WATCH_EVERY: Duration = Duration::from_micros(500);
 /// the wall time and the process CPU time between the two. It watches from a thread of its
 /// own: the runtime's workers are busy with the pipeline being measured, and a timer of theirs
 /// can fire hundreds of milliseconds late, which would cut the start of the drain out of the
-/// measurement. `one_per_batch`: the events were loaded one per record batch
-/// (`--records-per-batch 1`), so the tansu hint does not apply.
+/// measurement. `suspect` names the likely cause if outputs stop.
 async fn watch(
     stats: &Arc<PipelineStats>,
     n: u64,
     timeout: Duration,
-    one_per_batch: bool,
+    suspect: Suspect,
 ) -> Result<(Duration, Duration)> {
     let stats = stats.clone();
     tokio::task::spawn_blocking(move || {
@@ -205,21 +204,39 @@ async fn watch(
             std::thread::sleep(WATCH_EVERY);
         }
         let (started, cpu) = (Instant::now(), process_cpu());
-        wait_outputs(&stats, n, deadline, one_per_batch)?;
+        wait_outputs(&stats, n, deadline, suspect)?;
         Ok((started.elapsed(), process_cpu().saturating_sub(cpu)))
     })
     .await
     .map_err(|e| Error::Internal(format!("the bench's watcher failed: {e}")))?
 }
 
+/// What to suspect when a run stops acknowledging outputs, by the broker and how the events
+/// were loaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Suspect {
+    /// The MockCluster, which drops a Kafka partition's oldest record batches beyond about 5 MB:
+    /// a latency run's pipeline that fell further behind lost them.
+    MockDropped,
+    /// The broker itself: the events were loaded one per record batch.
+    Broker,
+    /// tansu 0.6.0, which cannot fetch from inside a record batch.
+    Tansu,
+}
+
+impl Suspect {
+    fn of(opts: &BenchOptions) -> Suspect {
+        match (opts.brokers.is_none(), opts.records_per_batch == Some(1)) {
+            (true, _) => Suspect::MockDropped,
+            (false, true) => Suspect::Broker,
+            (false, false) => Suspect::Tansu,
+        }
+    }
+}
+
 /// Blocks until `n` outputs are acknowledged, failing after [`NO_PROGRESS`] without one or at
 /// `deadline`.
-fn wait_outputs(
-    stats: &PipelineStats,
-    n: u64,
-    deadline: Instant,
-    one_per_batch: bool,
-) -> Result<()> {
+fn wait_outputs(stats: &PipelineStats, n: u64, deadline: Instant, suspect: Suspect) -> Result<()> {
     let mut report = Instant::now();
     let (mut last, mut progressed) = (stats.produced.load(Ordering::Relaxed), Instant::now());
     while stats.produced.load(Ordering::Relaxed) < n {
@@ -228,16 +245,22 @@ fn wait_outputs(
             (last, progressed) = (now, Instant::now());
         } else if progressed.elapsed() > NO_PROGRESS {
             let refused = stats.delivery_failures.load(Ordering::Relaxed);
-            let hint = match (refused, one_per_batch) {
+            let hint = match (refused, suspect) {
                 (1.., _) => {
                     "the broker refused outputs (see the log): if the cluster's \
                      min.insync.replicas is above the topics' replicas, give \
                      --replication-factor (-1 takes the broker's default)"
                 }
-                (0, true) => {
+                (0, Suspect::MockDropped) => {
+                    "the MockCluster keeps about 5 MB per Kafka partition and drops older record \
+                     batches, and a latency run's input holds about a quarter second in each: \
+                     the pipeline fell further behind and lost events; give a lower \
+                     --latency-rate"
+                }
+                (0, Suspect::Broker) => {
                     "is the broker up, and does it acknowledge what the pipeline produces?"
                 }
-                (0, false) => {
+                (0, Suspect::Tansu) => {
                     "on tansu 0.6.0 run with --records-per-batch 1 (it cannot fetch from inside \
                      a record batch, so a Kafka partition resumed mid-batch is never read again)"
                 }
@@ -413,7 +436,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         run_id,
         input,
         started: Default::default(),
-        records_per_batch: opts.records_per_batch,
+        suspect: Suspect::of(opts),
     };
     let modes = [
         (Mode::Passthrough, t("out-pass"), t("live-pass")),
@@ -627,12 +650,11 @@ async fn drain(
     events: usize,
 ) -> Result<(f64, f64)> {
     let (stats, stop, handle) = setup.start(mode, input, output, None).await;
-    let one_per_batch = setup.records_per_batch == Some(1);
     let watched = watch(
         &stats,
         events as u64,
         Duration::from_secs(600),
-        one_per_batch,
+        setup.suspect,
     )
     .await;
     let (elapsed, cpu) = match watched {
@@ -807,14 +829,14 @@ async fn steady_latency(
         opts.records_per_batch,
     ));
     let n = live.len() as u64;
-    let one_per_batch = opts.records_per_batch == Some(1);
-    watch(stats, n / 5, Duration::from_secs(120), one_per_batch).await?;
+    let suspect = Suspect::of(opts);
+    watch(stats, n / 5, Duration::from_secs(120), suspect).await?;
     stats.latency(true);
     stats.read_wait(true);
     producing
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
-    watch(stats, n, Duration::from_secs(120), one_per_batch).await?;
+    watch(stats, n, Duration::from_secs(120), suspect).await?;
     let missing = || Error::Internal("the bench's stats keep no latency histogram".into());
     let h = stats.latency(false).ok_or_else(missing)?;
     let w = stats.read_wait(false).ok_or_else(missing)?;
