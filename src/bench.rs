@@ -73,6 +73,9 @@ pub struct BenchOptions {
     /// consumers and producers, the admin client, the control topic's publisher and reader):
     /// TLS and SASL for a secured broker, or settings such as `linger.ms` to try.
     pub kafka_options: BTreeMap<String, String>,
+    /// librdkafka options for the loader only, after `kafka_options`: the loader stands for
+    /// the producers of the events, whose batching counts in the latency.
+    pub loader_options: BTreeMap<String, String>,
     /// Events for the throughput run.
     pub events: usize,
     /// Stores in the generated data.
@@ -292,9 +295,10 @@ fn wait_outputs(stats: &PipelineStats, n: u64, deadline: Instant, suspect: Suspe
 
 /// Produces `payloads` to `topic`, keyed by store, at `rate` events/s (or as fast as possible),
 /// `records_per_batch` records per batch (`None`: as librdkafka batches).
-/// The `-X` options win over the loader's own.
+/// The `-X` options win over the loader's own, and `loader` (`--loader-option`) over those.
 async fn produce(
     connection: Connection,
+    loader: BTreeMap<String, String>,
     topic: String,
     payloads: Arc<Vec<Vec<u8>>>,
     rate: Option<u64>,
@@ -304,7 +308,28 @@ async fn produce(
         .map(|n| vec![("batch.num.messages".to_owned(), n.to_string())])
         .unwrap_or_default();
     options.extend(connection.options.clone());
+    options.extend(loader);
     local::produce_events_with(&connection.brokers, &topic, payloads, rate, options).await
+}
+
+/// Parses `--loader-option KEY=VALUE` flags and checks them as librdkafka would.
+pub fn loader_options(flags: &[String]) -> Result<BTreeMap<String, String>> {
+    let mut options = BTreeMap::new();
+    for flag in flags {
+        match flag.split_once('=') {
+            Some((k, v)) if !k.trim().is_empty() => {
+                options.insert(k.trim().to_owned(), v.trim().to_owned());
+            }
+            _ => {
+                return Err(Error::Usage(format!(
+                    "--loader-option takes KEY=VALUE (a librdkafka producer option), got {flag:?}"
+                )))
+            }
+        }
+    }
+    crate::kafka::connection::check_options(&options)
+        .map_err(|what| Error::Usage(format!("--loader-option: {what}")))?;
+    Ok(options)
 }
 
 /// Runs the benchmark and prints its table to `out`.
@@ -414,9 +439,17 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             shown_options(&connection.options)
         );
     }
+    if !opts.loader_options.is_empty() {
+        let _ = writeln!(
+            out,
+            "librdkafka options of the loader only (--loader-option): {}",
+            shown_options(&opts.loader_options)
+        );
+    }
     let load = Instant::now();
     produce(
         connection.clone(),
+        opts.loader_options.clone(),
         t("in"),
         backlog.clone(),
         None,
@@ -823,6 +856,7 @@ async fn steady_latency(
 ) -> Result<Latency> {
     let producing = tokio::spawn(produce(
         connection.clone(),
+        opts.loader_options.clone(),
         input.to_owned(),
         live.clone(),
         Some(rate),
@@ -913,6 +947,7 @@ async fn streamed_max(
             .await;
         let producing = tokio::spawn(produce(
             setup.connection.clone(),
+            opts.loader_options.clone(),
             input,
             events,
             Some(rate),
@@ -1066,6 +1101,7 @@ mod tests {
         BenchOptions {
             brokers: None,
             kafka_options: BTreeMap::new(),
+            loader_options: BTreeMap::new(),
             events: 200_000,
             stores: 1000,
             kafka_partitions,

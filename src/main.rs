@@ -231,6 +231,11 @@ enum Command {
         /// as -X linger.ms=1.
         #[command(flatten)]
         kafka: KafkaOptionArgs,
+        /// A librdkafka option for the bench's loader only, the stand-in for your producers
+        /// (repeatable; wins over -X for the loader): -X linger.ms=0.5 --loader-option
+        /// linger.ms=2 tries manymodel's output at 0.5 ms with producers that batch for 2.
+        #[arg(long, value_name = "KEY=VALUE")]
+        loader_option: Vec<String>,
         /// Events to load for the throughput run.
         #[arg(long, default_value_t = 200_000, value_parser = at_least_one::<usize>)]
         events: usize,
@@ -678,6 +683,7 @@ fn run(command: Command) -> manymodel::Result<()> {
             records_per_batch,
             repeat,
             kafka,
+            loader_option,
             replication_factor,
             trees: None,
             ..
@@ -686,6 +692,7 @@ fn run(command: Command) -> manymodel::Result<()> {
                 kafka_options: kafka
                     .connection(brokers.as_deref().unwrap_or_default())?
                     .options,
+                loader_options: manymodel::bench::loader_options(&loader_option)?,
                 brokers,
                 events,
                 stores,

@@ -221,7 +221,8 @@ fn refused(args: &[&str], needle: &str) {
 /// `bench` refuses settings that cannot work before it starts anything: a topic needs at least
 /// one replica (or -1, the broker's default), a run at least one event, one run per pipeline
 /// and one record per batch, a latency rate is events/s, `half` or `half-drain`, and a
-/// librdkafka option is KEY=VALUE with a name and value librdkafka takes.
+/// librdkafka option (-X, or --loader-option for the loader alone) is KEY=VALUE with a name
+/// and value librdkafka takes.
 #[test]
 fn bench_refuses_impossible_settings_before_it_starts() {
     for bad in ["0", "-2", "32768", "two"] {
@@ -237,6 +238,11 @@ fn bench_refuses_impossible_settings_before_it_starts() {
     refused(&["bench", "--latency-rate", "halve"], "`half-drain`");
     refused(&["bench", "--latency-rate", "0"], "at least 1");
     refused(&["bench", "-X", "linger.ms"], "KEY=VALUE");
+    refused(&["bench", "--loader-option", "=2"], "KEY=VALUE");
+    refused(
+        &["bench", "--loader-option", "linger.ms=abc"],
+        "--loader-option: linger.ms=abc: Invalid value",
+    );
     refused(&["bench", "-X", "=5"], "the key is empty");
     // librdkafka checks names and values before anything starts.
     refused(

@@ -257,7 +257,7 @@ fn bench_against_a_real_broker_prints_both_pipelines_and_their_ratio() {
 
 /// `--latency-rate half` first finds the highest rate the scoring pipeline keeps up with while
 /// the bench's loader streams into it (probes that step down from the drain rate), prints it
-/// with the probes, and measures latency at half of it.
+/// with the probes, and measures latency at half of it. `--loader-option` sets the loader alone.
 #[test]
 fn bench_at_half_measures_latency_at_half_the_rate_scoring_kept_up_with_while_streaming() {
     let broker = Broker::start();
@@ -273,6 +273,8 @@ fn bench_at_half_measures_latency_at_half_the_rate_scoring_kept_up_with_while_st
         "1",
         "--latency-rate",
         "half",
+        "--loader-option",
+        "linger.ms=2",
     ]);
     let number_after = |prefix: &str| -> u64 {
         let at = out
@@ -286,6 +288,10 @@ fn bench_at_half_measures_latency_at_half_the_rate_scoring_kept_up_with_while_st
             .parse()
             .unwrap_or_else(|_| panic!("a number after {prefix:?}: {out}"))
     };
+    assert!(
+        out.contains("librdkafka options of the loader only (--loader-option): linger.ms=2"),
+        "{out}"
+    );
     let streamed = number_after("streamed maximum: ");
     assert!(streamed > 0, "{out}");
     assert!(
