@@ -243,10 +243,12 @@ enum Command {
         #[arg(long, default_value_t = 1000)]
         stores: usize,
         /// Kafka partitions of the input topic. The run creates its topics (bench-in-*,
-        /// bench-out-*, bench-live-*, bench-dlq-*, bench-control-*, named with a timestamp);
-        /// on a real broker they stay behind, to be deleted afterwards (all match `bench-.*`).
-        /// On the MockCluster it is raised so that no Kafka partition holds more than the
-        /// mock's 5 MB (10 for 200,000 events).
+        /// bench-out-*, bench-live-*, bench-probe-*, bench-dlq-*, bench-control-*, named with
+        /// a timestamp); on a real broker they stay behind, to be deleted afterwards (all match
+        /// `bench-.*`). On the MockCluster it is raised so that no Kafka partition holds more
+        /// than the mock's 5 MB (10 for 200,000 events), and a latency run's input gets the
+        /// fewest, up to this many, that hold a quarter second each (the mock's fetch walks
+        /// every record batch a Kafka partition holds).
         #[arg(long, default_value_t = 6)]
         kafka_partitions: i32,
         /// Events per second for the latency runs (5 s each); `half`: half the highest rate
