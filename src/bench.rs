@@ -118,6 +118,9 @@ pub struct Figures {
     /// Of the latency, the part before the pipeline read the event (the loader's batching, the
     /// broker, the fetch): median and 99th percentile, ms.
     pub read_wait_ms: (f64, f64),
+    /// Of the latency, the part from the read to the acknowledgement (the pipeline, its
+    /// producer's batching, the broker's acknowledgement): median and 99th percentile, ms.
+    pub after_read_ms: (f64, f64),
     /// Resident memory while the pipeline runs at the steady rate, bytes.
     pub steady_rss: Option<u64>,
 }
@@ -523,8 +526,12 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         let (stats, stop, handle) = setup.start(*mode, live_in, output, None).await;
         let latency =
             steady_latency(&stats, &connection, live_in, &live, latency_rate, opts).await?;
-        (f.p50_ms, f.p99_ms, f.read_wait_ms) =
-            (latency.p50_ms, latency.p99_ms, latency.read_wait_ms);
+        (f.p50_ms, f.p99_ms, f.read_wait_ms, f.after_read_ms) = (
+            latency.p50_ms,
+            latency.p99_ms,
+            latency.read_wait_ms,
+            latency.after_read_ms,
+        );
         f.steady_rss = memory::rss();
         stop.cancel();
         handle.await.map_err(|e| Error::Internal(e.to_string()))??;
@@ -565,6 +572,18 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         out,
         "of that latency, before the pipeline read the event (the loader's batching, the broker, the fetch), p50 / p99 ms: {}",
         waits.join(", ")
+    );
+    let after: Vec<String> = figures
+        .iter()
+        .map(|(mode, f)| {
+            let (p50, p99) = f.after_read_ms;
+            format!("{} {p50:.1} / {p99:.1}", pipeline_name(*mode))
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "and from the read to the acknowledgement (the pipeline, its producer's batching, the broker's acknowledgement), p50 / p99 ms: {}",
+        after.join(", ")
     );
     if let Some((p50, p99, swaps)) = reload {
         let _ = writeln!(
@@ -842,6 +861,8 @@ struct Latency {
     p99_ms: f64,
     /// p50 and p99 of the part before the pipeline read the event.
     read_wait_ms: (f64, f64),
+    /// p50 and p99 from the read to the acknowledgement.
+    after_read_ms: (f64, f64),
 }
 
 /// Produces the live events at the steady rate and returns the latency; the first fifth warms
@@ -867,6 +888,7 @@ async fn steady_latency(
     watch(stats, n / 5, Duration::from_secs(120), suspect).await?;
     stats.latency(true);
     stats.read_wait(true);
+    stats.after_read(true);
     producing
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
@@ -874,11 +896,13 @@ async fn steady_latency(
     let missing = || Error::Internal("the bench's stats keep no latency histogram".into());
     let h = stats.latency(false).ok_or_else(missing)?;
     let w = stats.read_wait(false).ok_or_else(missing)?;
+    let a = stats.after_read(false).ok_or_else(missing)?;
     let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Ok(Latency {
         p50_ms: ms(&h, 0.5),
         p99_ms: ms(&h, 0.99),
         read_wait_ms: (ms(&w, 0.5), ms(&w, 0.99)),
+        after_read_ms: (ms(&a, 0.5), ms(&a, 0.99)),
     })
 }
 

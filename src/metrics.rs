@@ -511,6 +511,10 @@ pub struct PipelineStats {
     /// latency spent before the pipeline: the producer's batching, the broker, the fetch),
     /// for the benchmark to print beside `latency_us`; kept only with it.
     read_wait_us: Option<Mutex<Histogram<u64>>>,
+    /// The consumer loop reading a record to its output acknowledged, in microseconds (the
+    /// part the pipeline, its producer and the broker's acknowledgement add), for the
+    /// benchmark to print beside `latency_us`; kept only with it.
+    after_read_us: Option<Mutex<Histogram<u64>>>,
     handles: Handles,
     /// What the health endpoints report.
     pub health: crate::health::Health,
@@ -545,6 +549,7 @@ impl Default for PipelineStats {
             actuals: AtomicU64::new(0),
             latency_us: None,
             read_wait_us: None,
+            after_read_us: None,
             handles: Handles {
                 consumed: counter!(EVENTS_CONSUMED),
                 scored_partition: counter!(EVENTS_SCORED, "model" => "partition"),
@@ -579,6 +584,7 @@ impl PipelineStats {
         PipelineStats {
             latency_us: histogram(),
             read_wait_us: histogram(),
+            after_read_us: histogram(),
             ..PipelineStats::default()
         }
     }
@@ -591,6 +597,19 @@ impl PipelineStats {
             return;
         };
         let us = (crate::clock::now_ms() - t).max(0) as u64 * 1000;
+        if let Ok(mut h) = h.lock() {
+            h.saturating_record(us.max(1));
+        }
+    }
+
+    /// An output whose input was read at `read_at` was acknowledged now: the other half of the
+    /// benchmark's split. Does nothing (no clock, no lock) unless made with
+    /// [`PipelineStats::printing_latency`].
+    pub fn acknowledged_after_read(&self, read_at: Option<std::time::Instant>) {
+        let (Some(h), Some(read_at)) = (self.after_read_us.as_ref(), read_at) else {
+            return;
+        };
+        let us = read_at.elapsed().as_micros() as u64;
         if let Ok(mut h) = h.lock() {
             h.saturating_record(us.max(1));
         }
@@ -702,6 +721,12 @@ impl PipelineStats {
     pub fn read_wait(&self, reset: bool) -> Option<Histogram<u64>> {
         copy(self.read_wait_us.as_ref()?, reset)
     }
+
+    /// A copy of the histogram of read to acknowledgement (microseconds), cleared with
+    /// `reset`; `None` unless made with [`PipelineStats::printing_latency`].
+    pub fn after_read(&self, reset: bool) -> Option<Histogram<u64>> {
+        copy(self.after_read_us.as_ref()?, reset)
+    }
 }
 
 /// A copy of `histogram`, cleared afterwards with `reset`.
@@ -715,4 +740,35 @@ fn copy(histogram: &Mutex<Histogram<u64>>, reset: bool) -> Option<Histogram<u64>
         h.reset();
     }
     Some(copy)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The benchmark's split of the latency at the read: kept by printing stats only, and
+    /// counting from the read that each output names.
+    #[test]
+    fn the_part_after_the_read_is_kept_only_for_printing() {
+        let quiet = PipelineStats::default();
+        quiet.acknowledged_after_read(Some(std::time::Instant::now()));
+        assert!(quiet.after_read(false).is_none());
+
+        let printing = PipelineStats::printing_latency();
+        let read_at = std::time::Instant::now() - std::time::Duration::from_millis(3);
+        printing.acknowledged_after_read(Some(read_at));
+        printing.acknowledged_after_read(None);
+        let h = printing.after_read(true).expect("kept");
+        assert_eq!(h.len(), 1, "one output with a read time");
+        assert!(
+            h.max() >= 3_000,
+            "at least the 3 ms since the read: {}",
+            h.max()
+        );
+        assert_eq!(
+            printing.after_read(false).map(|h| h.len()),
+            Some(0),
+            "reset"
+        );
+    }
 }

@@ -336,7 +336,12 @@ impl PartitionActor {
             key: VERSION_HEADER,
             value: Some(bundle.version.as_str()),
         });
-        let delivery = Delivery::new(job.ack, Output::Prediction(source), job.timestamp_ms);
+        let delivery = Delivery::new(
+            job.ack,
+            Output::Prediction(source),
+            job.timestamp_ms,
+            Some(job.read_at),
+        );
         let refused = self
             .ctx
             .producer

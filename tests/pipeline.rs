@@ -250,7 +250,8 @@ fn bench_against_a_real_broker_prints_both_pipelines_and_their_ratio() {
         "prints the goal's figure: {out}"
     );
     assert!(
-        out.contains("before the pipeline read the event"),
+        out.contains("before the pipeline read the event")
+            && out.contains("from the read to the acknowledgement"),
         "splits the latency at the read: {out}"
     );
 }

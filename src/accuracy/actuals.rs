@@ -370,7 +370,7 @@ impl ActualsActor {
                 tracing::debug!(topic = %self.topic, kafka_partition = ack.partition(), offset = ack.offset(), %error, "dead-lettering actual");
                 let headers =
                     OutputProducer::dead_letter_headers(&self.topic, &error, &ack, m.headers());
-                let delivery = Delivery::new(ack, Output::DeadLetter(error.kind), None);
+                let delivery = Delivery::new(ack, Output::DeadLetter(error.kind), None, None);
                 self.producer
                     .send(
                         &self.dlq_topic,
@@ -466,7 +466,7 @@ impl ActualsActor {
         match (&self.drift_topic, report) {
             (Some(topic), Some(report)) => {
                 let value = serde_json::to_vec(&report).unwrap_or_default();
-                let delivery = Delivery::new(ack, Output::Drift(started), None);
+                let delivery = Delivery::new(ack, Output::Drift(started), None, None);
                 self.producer
                     .send(topic, Some(id.as_bytes()), Some(&value), None, delivery)
                     .await;

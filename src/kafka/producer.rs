@@ -51,17 +51,27 @@ pub struct Delivery {
     pub output: Output,
     /// The input record's Kafka timestamp (ms), for end-to-end latency.
     pub source_timestamp_ms: Option<i64>,
+    /// When the input record was read, for the benchmark's split of the latency: the part from
+    /// the read to the acknowledgement is what the pipeline, this producer and the broker's
+    /// acknowledgement add.
+    pub read_at: Option<std::time::Instant>,
     /// Times the broker refused this output so far.
     pub attempts: u32,
 }
 
 impl Delivery {
-    /// A first attempt at delivering `output` for `ack`.
-    pub fn new(ack: Ack, output: Output, source_timestamp_ms: Option<i64>) -> Box<Self> {
+    /// A first attempt at delivering `output` for `ack`, whose input was read at `read_at`.
+    pub fn new(
+        ack: Ack,
+        output: Output,
+        source_timestamp_ms: Option<i64>,
+        read_at: Option<std::time::Instant>,
+    ) -> Box<Self> {
         Box::new(Delivery {
             ack,
             output,
             source_timestamp_ms,
+            read_at,
             attempts: 0,
         })
     }
@@ -162,12 +172,19 @@ impl ProducerContext for DeliveryContext {
                     ack,
                     output,
                     source_timestamp_ms,
+                    read_at,
                     attempts,
                 } = *delivery;
                 let latency_us = source_timestamp_ms.map(|t| (now_ms() - t).max(0) as u64 * 1000);
                 match output {
-                    Output::Prediction(source) => self.stats.produced(source, latency_us),
-                    Output::Copy => self.stats.produced(ModelSource::Partition, latency_us),
+                    Output::Prediction(source) => {
+                        self.stats.produced(source, latency_us);
+                        self.stats.acknowledged_after_read(read_at);
+                    }
+                    Output::Copy => {
+                        self.stats.produced(ModelSource::Partition, latency_us);
+                        self.stats.acknowledged_after_read(read_at);
+                    }
                     Output::Drift(started) => crate::metrics::drift_record(started),
                     Output::DeadLetter(kind) => {
                         self.stats.dead_lettered(kind);

@@ -316,7 +316,7 @@ impl Reader<'_> {
         let payload = m.payload();
         let k = &self.config.kafka;
         if self.mode == Mode::Passthrough {
-            let delivery = Delivery::new(ack, Output::Copy, timestamp_ms);
+            let delivery = Delivery::new(ack, Output::Copy, timestamp_ms, Some(self.turn_started));
             let topic = k.output_topic.clone();
             self.produce(consumer, &topic, m.key(), payload, None, delivery);
             return;
@@ -405,7 +405,7 @@ impl Reader<'_> {
                 );
                 let headers =
                     OutputProducer::dead_letter_headers(&k.input_topic, &error, &ack, headers());
-                let delivery = Delivery::new(ack, Output::DeadLetter(error.kind), None);
+                let delivery = Delivery::new(ack, Output::DeadLetter(error.kind), None, None);
                 let topic = k.dlq_topic.clone();
                 self.produce(consumer, &topic, key, payload, Some(headers), delivery);
                 return;
