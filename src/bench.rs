@@ -312,6 +312,9 @@ async fn produce(
         .unwrap_or_default();
     options.extend(connection.options.clone());
     options.extend(loader);
+    // A consumer's option given with -X for every client is no business of the loader's
+    // (librdkafka would warn that it ignores it).
+    options.retain(|(k, _)| crate::kafka::connection::is_producer_option(k));
     local::produce_events_with(&connection.brokers, &topic, payloads, rate, options).await
 }
 
@@ -489,7 +492,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         }
     }
     // Latency: events streamed at a steady rate through each pipeline.
-    let drain_rate = median(&rates[1]) as u64;
+    let drain_rate = median(&rates[1]).round() as u64;
     let (latency_rate, streamed) = match opts.latency_rate {
         LatencyRate::PerSecond(r) => (r, None),
         LatencyRate::HalfDrain => ((drain_rate / 2).max(1), None),
@@ -640,7 +643,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     );
     let _ = writeln!(
         out,
-        "latency measured at {} events/s{} over the last {} of {} events (the first fifth warms up), from produce timestamp to acknowledgement, {} Kafka partitions",
+        "latency measured at {} events/s{} over the last {} of {} events (the first fifth warms up), from produce timestamp to acknowledgement, {}",
         latency_rate,
         match opts.latency_rate {
             LatencyRate::PerSecond(_) => "",
@@ -649,7 +652,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         },
         live_events - live_events / 5,
         live_events,
-        live_partitions
+        crate::plural::count(live_partitions as usize, "Kafka partition")
     );
     if let Some(probes) = &streamed {
         let _ = writeln!(

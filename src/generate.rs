@@ -380,8 +380,7 @@ pub fn stream(opts: &StreamOptions) -> Result<u64> {
     opts.drift.validate()?;
     let producer: BaseProducer = opts
         .connection
-        .client_config()
-        .set("linger.ms", "5")
+        .producer_side_config(&[("linger.ms", "5")])
         .create()
         .map_err(|e| Error::Kafka(format!("producer for {}: {e}", opts.connection.brokers)))?;
     let mut rng = StdRng::seed_from_u64(opts.seed);

@@ -32,7 +32,7 @@ pub async fn create_topics_with(
 ) -> Result<()> {
     let brokers = &connection.brokers;
     let admin: AdminClient<DefaultClientContext> = connection
-        .client_config()
+        .producer_side_config(&[])
         .create()
         .map_err(|e| Error::Kafka(format!("admin client for {brokers}: {e}")))?;
     let new: Vec<NewTopic<'_>> = topics

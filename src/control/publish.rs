@@ -256,7 +256,7 @@ impl ControlProducer {
     fn new(connection: &Connection, topic: &str, chunk_bytes: usize) -> Result<Self> {
         let brokers = &connection.brokers;
         let producer: BaseProducer<FirstError> = connection
-            .client_config()
+            .producer_side_config(&[])
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .set("message.timeout.ms", "30000")

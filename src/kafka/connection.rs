@@ -78,6 +78,39 @@ impl Connection {
         }
         config
     }
+
+    /// A configuration for a producer or an admin client (librdkafka handles of the producer
+    /// kind): `defaults` first, then every option that is not a consumer's own over them
+    /// (librdkafka would warn that it ignores those).
+    pub fn producer_side_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", &self.brokers);
+        for (k, v) in defaults {
+            config.set(*k, *v);
+        }
+        for (k, v) in &self.options {
+            if is_producer_option(k) {
+                config.set(k, v);
+            }
+        }
+        config
+    }
+}
+
+/// Options that only make sense on a consumer are not given to the producer, and vice versa,
+/// so one `librdkafka_options` table can serve both without warnings.
+pub fn is_producer_option(key: &str) -> bool {
+    !(key.starts_with("fetch.")
+        || key.starts_with("group.")
+        || key.starts_with("session.")
+        || key.starts_with("heartbeat.")
+        || key.starts_with("auto.")
+        || key.starts_with("enable.auto.")
+        || key.starts_with("max.poll.")
+        || key.starts_with("partition.assignment.")
+        || key.starts_with("isolation.")
+        || key.starts_with("queued.")
+        || key == "check.crcs")
 }
 
 /// The SASL mechanisms this build of librdkafka has a provider for. librdkafka takes any
@@ -184,6 +217,28 @@ pub fn parse_properties(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A producer or an admin client gets its defaults, the user's options over them, and
+    /// none of a consumer's own options.
+    #[test]
+    fn a_producer_side_config_leaves_out_the_consumers_options() {
+        let connection = Connection::new(
+            "127.0.0.1:9092",
+            None,
+            &[
+                "linger.ms=1".to_owned(),
+                "fetch.wait.max.ms=2".to_owned(),
+                "security.protocol=PLAINTEXT".to_owned(),
+            ],
+        )
+        .unwrap();
+        let config = connection.producer_side_config(&[("linger.ms", "5"), ("acks", "all")]);
+        assert_eq!(config.get("linger.ms"), Some("1"), "the user's option wins");
+        assert_eq!(config.get("acks"), Some("all"), "a default stays");
+        assert_eq!(config.get("security.protocol"), Some("PLAINTEXT"));
+        assert_eq!(config.get("fetch.wait.max.ms"), None, "a consumer's own");
+        assert_eq!(config.get("bootstrap.servers"), Some("127.0.0.1:9092"));
+    }
 
     #[test]
     fn properties_and_flags_make_one_table_with_flags_winning() {

@@ -260,27 +260,11 @@ pub fn producer_config(
         .set("queue.buffering.max.messages", "200000")
         .set("compression.type", "none");
     for (k, v) in options {
-        if is_producer_option(k) {
+        if crate::kafka::connection::is_producer_option(k) {
             config.set(k, v);
         }
     }
     config
-}
-
-/// Options that only make sense on a consumer are not given to the producer, and vice versa,
-/// so one `librdkafka_options` table can serve both without warnings.
-fn is_producer_option(key: &str) -> bool {
-    !(key.starts_with("fetch.")
-        || key.starts_with("group.")
-        || key.starts_with("session.")
-        || key.starts_with("heartbeat.")
-        || key.starts_with("auto.")
-        || key.starts_with("enable.auto.")
-        || key.starts_with("max.poll.")
-        || key.starts_with("partition.assignment.")
-        || key.starts_with("isolation.")
-        || key.starts_with("queued.")
-        || key == "check.crcs")
 }
 
 impl OutputProducer {
