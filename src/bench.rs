@@ -564,29 +564,23 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             f.steady_rss.map_or(f64::NAN, memory::mib)
         );
     }
-    let waits: Vec<String> = figures
-        .iter()
-        .map(|(mode, f)| {
-            let (p50, p99) = f.read_wait_ms;
+    // One side of the latency's split at the read, per pipeline.
+    let split = |side: fn(&Figures) -> (f64, f64)| {
+        let each = figures.iter().map(|(mode, f)| {
+            let (p50, p99) = side(f);
             format!("{} {p50:.1} / {p99:.1}", pipeline_name(*mode))
-        })
-        .collect();
+        });
+        each.collect::<Vec<_>>().join(", ")
+    };
     let _ = writeln!(
         out,
         "of that latency, before the pipeline read the event (the loader's batching, the broker, the fetch), p50 / p99 ms: {}",
-        waits.join(", ")
+        split(|f| f.read_wait_ms)
     );
-    let after: Vec<String> = figures
-        .iter()
-        .map(|(mode, f)| {
-            let (p50, p99) = f.after_read_ms;
-            format!("{} {p50:.1} / {p99:.1}", pipeline_name(*mode))
-        })
-        .collect();
     let _ = writeln!(
         out,
         "and from the read to the acknowledgement (the pipeline, its producer's batching, the broker's acknowledgement), p50 / p99 ms: {}",
-        after.join(", ")
+        split(|f| f.after_read_ms)
     );
     if let Some((p50, p99, swaps)) = reload {
         let _ = writeln!(

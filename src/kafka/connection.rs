@@ -113,6 +113,22 @@ pub fn is_producer_option(key: &str) -> bool {
         || key == "check.crcs")
 }
 
+/// Options that only make sense on a producer are not given to a consumer: the twin of
+/// [`is_producer_option`].
+pub fn is_consumer_option(key: &str) -> bool {
+    !(key.starts_with("linger.")
+        || key.starts_with("batch.")
+        || key.starts_with("queue.buffering.")
+        || key.starts_with("message.timeout.")
+        || key.starts_with("compression.")
+        || key.starts_with("acks")
+        || key.starts_with("request.required.acks")
+        || key.starts_with("enable.idempotence")
+        || key.starts_with("transactional.")
+        || key.starts_with("retries")
+        || key.starts_with("max.in.flight"))
+}
+
 /// The SASL mechanisms this build of librdkafka has a provider for. librdkafka takes any
 /// `sasl.mechanism` value as it is set and refuses an unknown one only when a client starts,
 /// after first asking for credentials the mechanism may not even use.

@@ -307,7 +307,7 @@ pub fn create_for(
         client.set("isolation.level", "read_committed");
     }
     for (key, v) in &k.librdkafka_options {
-        if is_consumer_option(key) {
+        if crate::kafka::connection::is_consumer_option(key) {
             client.set(key, v);
         }
     }
@@ -332,20 +332,6 @@ pub fn create_for(
         consumer.context().stats.health.subscribed();
     }
     Ok(consumer)
-}
-
-fn is_consumer_option(key: &str) -> bool {
-    !(key.starts_with("linger.")
-        || key.starts_with("batch.")
-        || key.starts_with("queue.buffering.")
-        || key.starts_with("message.timeout.")
-        || key.starts_with("compression.")
-        || key.starts_with("acks")
-        || key.starts_with("request.required.acks")
-        || key.starts_with("enable.idempotence")
-        || key.starts_with("transactional.")
-        || key.starts_with("retries")
-        || key.starts_with("max.in.flight"))
 }
 
 /// Commits `positions` (Kafka partition, next offset) of `topic`.
