@@ -121,6 +121,10 @@ pub struct Figures {
     /// Of the latency, the part from the read to the acknowledgement (the pipeline, its
     /// producer's batching, the broker's acknowledgement): median and 99th percentile, ms.
     pub after_read_ms: (f64, f64),
+    /// Of the part before the read, the time until the broker acknowledged the event to the
+    /// loader (the loader's batching, the broker's append): median and 99th percentile, ms;
+    /// `None` where the broker returns its append time instead of the loader's timestamp.
+    pub input_acked_ms: Option<(f64, f64)>,
     /// Resident memory while the pipeline runs at the steady rate, bytes.
     pub steady_rss: Option<u64>,
 }
@@ -299,6 +303,7 @@ fn wait_outputs(stats: &PipelineStats, n: u64, deadline: Instant, suspect: Suspe
 /// Produces `payloads` to `topic`, keyed by store, at `rate` events/s (or as fast as possible),
 /// `records_per_batch` records per batch (`None`: as librdkafka batches).
 /// The `-X` options win over the loader's own, and `loader` (`--loader-option`) over those.
+/// `acked`, when given, hears when the broker acknowledged each event.
 async fn produce(
     connection: Connection,
     loader: BTreeMap<String, String>,
@@ -306,6 +311,7 @@ async fn produce(
     payloads: Arc<Vec<Vec<u8>>>,
     rate: Option<u64>,
     records_per_batch: Option<u32>,
+    acked: Option<Arc<PipelineStats>>,
 ) -> Result<()> {
     let mut options: Vec<(String, String)> = records_per_batch
         .map(|n| vec![("batch.num.messages".to_owned(), n.to_string())])
@@ -315,7 +321,7 @@ async fn produce(
     // A consumer's option given with -X for every client is no business of the loader's
     // (librdkafka would warn that it ignores it).
     options.retain(|(k, _)| crate::kafka::connection::is_producer_option(k));
-    local::produce_events_with(&connection.brokers, &topic, payloads, rate, options).await
+    local::produce_events_with(&connection.brokers, &topic, payloads, rate, options, acked).await
 }
 
 /// Parses `--loader-option KEY=VALUE` flags and checks them as librdkafka would.
@@ -460,6 +466,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         backlog.clone(),
         None,
         opts.records_per_batch,
+        None,
     )
     .await?;
     let _ = writeln!(
@@ -529,11 +536,11 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         let (stats, stop, handle) = setup.start(*mode, live_in, output, None).await;
         let latency =
             steady_latency(&stats, &connection, live_in, &live, latency_rate, opts).await?;
-        (f.p50_ms, f.p99_ms, f.read_wait_ms, f.after_read_ms) = (
-            latency.p50_ms,
-            latency.p99_ms,
+        (f.p50_ms, f.p99_ms) = (latency.p50_ms, latency.p99_ms);
+        (f.read_wait_ms, f.after_read_ms, f.input_acked_ms) = (
             latency.read_wait_ms,
             latency.after_read_ms,
+            latency.input_acked_ms,
         );
         f.steady_rss = memory::rss();
         stop.cancel();
@@ -577,6 +584,13 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         "of that latency, before the pipeline read the event (the loader's batching, the broker, the fetch), p50 / p99 ms: {}",
         split(|f| f.read_wait_ms)
     );
+    if figures.iter().all(|(_, f)| f.input_acked_ms.is_some()) {
+        let _ = writeln!(
+            out,
+            "  of which until the broker acknowledged the event to the loader (its batching, the broker's append, seen on the loader's next tick), p50 / p99 ms: {}",
+            split(|f| f.input_acked_ms.unwrap_or_default())
+        );
+    }
     let _ = writeln!(
         out,
         "and from the read to the acknowledgement (the pipeline, its producer's batching, the broker's acknowledgement), p50 / p99 ms: {}",
@@ -860,6 +874,9 @@ struct Latency {
     read_wait_ms: (f64, f64),
     /// p50 and p99 from the read to the acknowledgement.
     after_read_ms: (f64, f64),
+    /// p50 and p99 until the broker acknowledged the event to the loader; `None` when the
+    /// broker returned its append time instead of the loader's timestamp (the MockCluster).
+    input_acked_ms: Option<(f64, f64)>,
 }
 
 /// Produces the live events at the steady rate and returns the latency; the first fifth warms
@@ -879,6 +896,7 @@ async fn steady_latency(
         live.clone(),
         Some(rate),
         opts.records_per_batch,
+        Some(stats.clone()),
     ));
     let n = live.len() as u64;
     let suspect = Suspect::of(opts);
@@ -886,6 +904,7 @@ async fn steady_latency(
     stats.latency(true);
     stats.read_wait(true);
     stats.after_read(true);
+    stats.input_acked(true);
     producing
         .await
         .map_err(|e| Error::Internal(e.to_string()))??;
@@ -894,12 +913,14 @@ async fn steady_latency(
     let h = stats.latency(false).ok_or_else(missing)?;
     let w = stats.read_wait(false).ok_or_else(missing)?;
     let a = stats.after_read(false).ok_or_else(missing)?;
+    let i = stats.input_acked(false).ok_or_else(missing)?;
     let ms = |h: &hdrhistogram::Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1000.0;
     Ok(Latency {
         p50_ms: ms(&h, 0.5),
         p99_ms: ms(&h, 0.99),
         read_wait_ms: (ms(&w, 0.5), ms(&w, 0.99)),
         after_read_ms: (ms(&a, 0.5), ms(&a, 0.99)),
+        input_acked_ms: (!i.is_empty()).then(|| (ms(&i, 0.5), ms(&i, 0.99))),
     })
 }
 
@@ -973,6 +994,7 @@ async fn streamed_max(
             events,
             Some(rate),
             opts.records_per_batch,
+            None,
         ));
         let acked = {
             let stats = stats.clone();

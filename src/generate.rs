@@ -371,6 +371,7 @@ pub struct StreamOptions {
 /// Streams events, timestamped now, at a steady rate to a Kafka topic, keyed by store, each
 /// followed by its actual on `actuals_topic` when given.
 pub fn stream(opts: &StreamOptions) -> Result<u64> {
+    use crate::pacing::{serve_reports, Reports};
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
     if opts.stores == 0 || opts.rate == 0 {
         return Err(Error::Usage(
@@ -378,10 +379,10 @@ pub fn stream(opts: &StreamOptions) -> Result<u64> {
         ));
     }
     opts.drift.validate()?;
-    let producer: BaseProducer = opts
+    let producer: BaseProducer<Reports> = opts
         .connection
         .producer_side_config(&[("linger.ms", "5")])
-        .create()
+        .create_with_context(Reports::default())
         .map_err(|e| Error::Kafka(format!("producer for {}: {e}", opts.connection.brokers)))?;
     let mut rng = StdRng::seed_from_u64(opts.seed);
     let mut population = Population::new(stores(opts.stores, &mut rng), opts.seed, opts.drift);
@@ -400,7 +401,7 @@ pub fn stream(opts: &StreamOptions) -> Result<u64> {
     let mut sent: u64 = 0;
     let mut last_report = std::time::Instant::now();
     while opts.events.is_none_or(|n| (sent as usize) < n) {
-        pacer.wait_serving(sent, || producer.poll(std::time::Duration::ZERO));
+        pacer.wait_serving(sent, || serve_reports(&producer));
         let store = rng.random_range(0..population.stores.len());
         let ts = opening_hours(crate::clock::now_ms());
         let id = format!("gen-{}-{sent}", opts.seed);

@@ -2,6 +2,7 @@
 //! creation, loading events, reading a topic back. Never used by `serve`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -17,6 +18,8 @@ use crate::clock::now_ms;
 use crate::config::{KafkaConfig, MetricsConfig, ModelConfig, PipelineConfig, ServeConfig};
 use crate::error::{Error, Result};
 use crate::kafka::connection::Connection;
+use crate::metrics::PipelineStats;
+use crate::pacing::{serve_reports, Reports};
 
 /// Creates topics with the given Kafka partition counts; existing topics are left as they are.
 pub async fn create_topics(brokers: &str, topics: &[(&str, i32)]) -> Result<()> {
@@ -77,6 +80,20 @@ pub fn produce_with(
     rate: Option<u64>,
     options: &[(&str, &str)],
 ) -> Result<()> {
+    produce_acked(brokers, topic, payloads, key, rate, options, None)
+}
+
+/// [`produce_with`] that tells `acked`, when given, when the broker acknowledged each record
+/// ([`PipelineStats::input_acknowledged`]).
+fn produce_acked(
+    brokers: &str,
+    topic: &str,
+    payloads: &[Vec<u8>],
+    key: impl Fn(&[u8]) -> Option<Vec<u8>>,
+    rate: Option<u64>,
+    options: &[(&str, &str)],
+    acked: Option<Arc<PipelineStats>>,
+) -> Result<()> {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", brokers)
@@ -85,8 +102,8 @@ pub fn produce_with(
     for (k, v) in options {
         config.set(*k, *v);
     }
-    let producer: BaseProducer = config
-        .create()
+    let producer: BaseProducer<Reports> = config
+        .create_with_context(Reports::new(acked))
         .map_err(|e| Error::Kafka(format!("producer for {brokers}: {e}")))?;
     // The keys are worked out before the clock starts: at a steady rate the loader should
     // cost the machine no more than sending does, or it takes the CPU the pipeline it loads
@@ -95,9 +112,9 @@ pub fn produce_with(
     let pacer = rate.map(crate::pacing::Pacer::new);
     for (i, (payload, k)) in payloads.iter().zip(&keys).enumerate() {
         match &pacer {
-            Some(pacer) => pacer.wait_serving(i as u64, || producer.poll(Duration::ZERO)),
+            Some(pacer) => pacer.wait_serving(i as u64, || serve_reports(&producer)),
             // As fast as possible: delivery reports are served before every event.
-            None => producer.poll(Duration::ZERO),
+            None => serve_reports(&producer),
         }
         let mut record = BaseRecord::<[u8], [u8]>::to(topic)
             .payload(payload.as_slice())
@@ -128,16 +145,18 @@ pub async fn produce_events(
     payloads: std::sync::Arc<Vec<Vec<u8>>>,
     rate: Option<u64>,
 ) -> Result<()> {
-    produce_events_with(brokers, topic, payloads, rate, Vec::new()).await
+    produce_events_with(brokers, topic, payloads, rate, Vec::new(), None).await
 }
 
-/// [`produce_events`] with extra librdkafka producer `options`.
+/// [`produce_events`] with extra librdkafka producer `options`, telling `acked`, when given,
+/// when the broker acknowledged each event.
 pub async fn produce_events_with(
     brokers: &str,
     topic: &str,
     payloads: std::sync::Arc<Vec<Vec<u8>>>,
     rate: Option<u64>,
     options: Vec<(String, String)>,
+    acked: Option<Arc<PipelineStats>>,
 ) -> Result<()> {
     let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
@@ -145,13 +164,14 @@ pub async fn produce_events_with(
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        produce_with(
+        produce_acked(
             &brokers,
             &topic,
             &payloads,
             json_key("store_id"),
             rate,
             &options,
+            acked,
         )
     })
     .await

@@ -515,6 +515,10 @@ pub struct PipelineStats {
     /// part the pipeline, its producer and the broker's acknowledgement add), for the
     /// benchmark to print beside `latency_us`; kept only with it.
     after_read_us: Option<Mutex<Histogram<u64>>>,
+    /// Event timestamp to the broker acknowledging the event to its producer (the bench's
+    /// loader), in microseconds: of the part before the read, what the producer's batching and
+    /// the broker's append took, for the benchmark to print; kept only with `latency_us`.
+    input_acked_us: Option<Mutex<Histogram<u64>>>,
     handles: Handles,
     /// What the health endpoints report.
     pub health: crate::health::Health,
@@ -550,6 +554,7 @@ impl Default for PipelineStats {
             latency_us: None,
             read_wait_us: None,
             after_read_us: None,
+            input_acked_us: None,
             handles: Handles {
                 consumed: counter!(EVENTS_CONSUMED),
                 scored_partition: counter!(EVENTS_SCORED, "model" => "partition"),
@@ -585,6 +590,7 @@ impl PipelineStats {
             latency_us: histogram(),
             read_wait_us: histogram(),
             after_read_us: histogram(),
+            input_acked_us: histogram(),
             ..PipelineStats::default()
         }
     }
@@ -593,13 +599,14 @@ impl PipelineStats {
     /// the latency into before and inside the pipeline. Does nothing (no clock, no lock) unless
     /// made with [`PipelineStats::printing_latency`].
     pub fn read_after(&self, timestamp_ms: Option<i64>) {
-        let (Some(h), Some(t)) = (self.read_wait_us.as_ref(), timestamp_ms) else {
-            return;
-        };
-        let us = (crate::clock::now_ms() - t).max(0) as u64 * 1000;
-        if let Ok(mut h) = h.lock() {
-            h.saturating_record(us.max(1));
-        }
+        since_timestamp(self.read_wait_us.as_ref(), timestamp_ms);
+    }
+
+    /// The broker acknowledged to its producer (the bench's loader) an input record with Kafka
+    /// timestamp `timestamp_ms` now: splits the part before the read into the producing and the
+    /// fetching. Does nothing unless made with [`PipelineStats::printing_latency`].
+    pub fn input_acknowledged(&self, timestamp_ms: Option<i64>) {
+        since_timestamp(self.input_acked_us.as_ref(), timestamp_ms);
     }
 
     /// An output whose input was read at `read_at` was acknowledged now: the other half of the
@@ -726,6 +733,25 @@ impl PipelineStats {
     /// `reset`; `None` unless made with [`PipelineStats::printing_latency`].
     pub fn after_read(&self, reset: bool) -> Option<Histogram<u64>> {
         copy(self.after_read_us.as_ref()?, reset)
+    }
+
+    /// A copy of the histogram of event timestamp to the input's acknowledgement to its
+    /// producer (microseconds), cleared with `reset`; `None` unless made with
+    /// [`PipelineStats::printing_latency`].
+    pub fn input_acked(&self, reset: bool) -> Option<Histogram<u64>> {
+        copy(self.input_acked_us.as_ref()?, reset)
+    }
+}
+
+/// Records in `histogram`, when kept, the time from Kafka timestamp `timestamp_ms` to now
+/// (microseconds, at the timestamp's millisecond resolution).
+fn since_timestamp(histogram: Option<&Mutex<Histogram<u64>>>, timestamp_ms: Option<i64>) {
+    let (Some(h), Some(t)) = (histogram, timestamp_ms) else {
+        return;
+    };
+    let us = (crate::clock::now_ms() - t).max(0) as u64 * 1000;
+    if let Ok(mut h) = h.lock() {
+        h.saturating_record(us.max(1));
     }
 }
 

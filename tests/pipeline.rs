@@ -254,6 +254,10 @@ fn bench_against_a_real_broker_prints_both_pipelines_and_their_ratio() {
             && out.contains("from the read to the acknowledgement"),
         "splits the latency at the read: {out}"
     );
+    assert!(
+        out.contains("until the broker acknowledged the event to the loader"),
+        "splits the part before the read at the input's acknowledgement: {out}"
+    );
 }
 
 /// `--latency-rate half` first finds the highest rate the scoring pipeline keeps up with while
