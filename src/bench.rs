@@ -111,20 +111,8 @@ pub struct Figures {
     /// CPU time of the whole process per event while draining, µs (with the MockCluster, the
     /// broker's share is in it too).
     pub cpu_us_per_event: f64,
-    /// Median latency at the steady rate, ms.
-    pub p50_ms: f64,
-    /// 99th percentile latency at the steady rate, ms.
-    pub p99_ms: f64,
-    /// Of the latency, the part before the pipeline read the event (the loader's batching, the
-    /// broker, the fetch): median and 99th percentile, ms.
-    pub read_wait_ms: (f64, f64),
-    /// Of the latency, the part from the read to the acknowledgement (the pipeline, its
-    /// producer's batching, the broker's acknowledgement): median and 99th percentile, ms.
-    pub after_read_ms: (f64, f64),
-    /// Of the part before the read, the time until the broker acknowledged the event to the
-    /// loader (the loader's batching, the broker's append): median and 99th percentile, ms;
-    /// `None` where the broker returns its append time instead of the loader's timestamp.
-    pub input_acked_ms: Option<(f64, f64)>,
+    /// The latency at the steady rate.
+    pub latency: Latency,
     /// Resident memory while the pipeline runs at the steady rate, bytes.
     pub steady_rss: Option<u64>,
 }
@@ -534,14 +522,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             ..Figures::default()
         };
         let (stats, stop, handle) = setup.start(*mode, live_in, output, None).await;
-        let latency =
-            steady_latency(&stats, &connection, live_in, &live, latency_rate, opts).await?;
-        (f.p50_ms, f.p99_ms) = (latency.p50_ms, latency.p99_ms);
-        (f.read_wait_ms, f.after_read_ms, f.input_acked_ms) = (
-            latency.read_wait_ms,
-            latency.after_read_ms,
-            latency.input_acked_ms,
-        );
+        f.latency = steady_latency(&stats, &connection, live_in, &live, latency_rate, opts).await?;
         f.steady_rss = memory::rss();
         stop.cancel();
         handle.await.map_err(|e| Error::Internal(e.to_string()))??;
@@ -565,16 +546,16 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             out,
             "{name:<12} {:>12.0} {:>10.1} {:>10.1} {:>14.2} {:>16.1}",
             f.events_per_sec,
-            f.p50_ms,
-            f.p99_ms,
+            f.latency.p50_ms,
+            f.latency.p99_ms,
             f.cpu_us_per_event,
             f.steady_rss.map_or(f64::NAN, memory::mib)
         );
     }
     // One side of the latency's split at the read, per pipeline.
-    let split = |side: fn(&Figures) -> (f64, f64)| {
+    let split = |side: fn(&Latency) -> (f64, f64)| {
         let each = figures.iter().map(|(mode, f)| {
-            let (p50, p99) = side(f);
+            let (p50, p99) = side(&f.latency);
             format!("{} {p50:.1} / {p99:.1}", pipeline_name(*mode))
         });
         each.collect::<Vec<_>>().join(", ")
@@ -584,7 +565,10 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         "of that latency, before the pipeline read the event (the loader's batching, the broker, the fetch), p50 / p99 ms: {}",
         split(|f| f.read_wait_ms)
     );
-    if figures.iter().all(|(_, f)| f.input_acked_ms.is_some()) {
+    if figures
+        .iter()
+        .all(|(_, f)| f.latency.input_acked_ms.is_some())
+    {
         let _ = writeln!(
             out,
             "  of which until the broker acknowledged the event to the loader (its batching, the broker's append, seen on the loader's next tick), p50 / p99 ms: {}",
@@ -866,17 +850,25 @@ fn pipeline_name(mode: Mode) -> &'static str {
     }
 }
 
-/// What [`steady_latency`] measured, ms.
-struct Latency {
-    p50_ms: f64,
-    p99_ms: f64,
-    /// p50 and p99 of the part before the pipeline read the event.
-    read_wait_ms: (f64, f64),
-    /// p50 and p99 from the read to the acknowledgement.
-    after_read_ms: (f64, f64),
-    /// p50 and p99 until the broker acknowledged the event to the loader; `None` when the
-    /// broker returned its append time instead of the loader's timestamp (the MockCluster).
-    input_acked_ms: Option<(f64, f64)>,
+/// What [`steady_latency`] measured, ms: from the event's produce timestamp to the
+/// acknowledgement of its output, and that split at the read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Latency {
+    /// Median, ms.
+    pub p50_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// The part before the pipeline read the event (the loader's batching, the broker, the
+    /// fetch): median and 99th percentile, ms.
+    pub read_wait_ms: (f64, f64),
+    /// The part from the read to the acknowledgement (the pipeline, its producer's batching,
+    /// the broker's acknowledgement): median and 99th percentile, ms.
+    pub after_read_ms: (f64, f64),
+    /// Of the part before the read, the time until the broker acknowledged the event to the
+    /// loader (the loader's batching, the broker's append): median and 99th percentile, ms;
+    /// `None` where the broker returns its append time instead of the loader's timestamp (the
+    /// MockCluster).
+    pub input_acked_ms: Option<(f64, f64)>,
 }
 
 /// Produces the live events at the steady rate and returns the latency; the first fifth warms
