@@ -68,24 +68,12 @@ pub fn produce(
     key: impl Fn(&[u8]) -> Option<Vec<u8>>,
     rate: Option<u64>,
 ) -> Result<()> {
-    produce_with(brokers, topic, payloads, key, rate, &[])
+    produce_with(brokers, topic, payloads, key, rate, &[], None)
 }
 
-/// [`produce`] with extra librdkafka producer `options`.
+/// [`produce`] with extra librdkafka producer `options`, telling `acked`, when given, when
+/// the broker acknowledged each record ([`PipelineStats::input_acknowledged`]).
 pub fn produce_with(
-    brokers: &str,
-    topic: &str,
-    payloads: &[Vec<u8>],
-    key: impl Fn(&[u8]) -> Option<Vec<u8>>,
-    rate: Option<u64>,
-    options: &[(&str, &str)],
-) -> Result<()> {
-    produce_acked(brokers, topic, payloads, key, rate, options, None)
-}
-
-/// [`produce_with`] that tells `acked`, when given, when the broker acknowledged each record
-/// ([`PipelineStats::input_acknowledged`]).
-fn produce_acked(
     brokers: &str,
     topic: &str,
     payloads: &[Vec<u8>],
@@ -164,7 +152,7 @@ pub async fn produce_events_with(
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        produce_acked(
+        produce_with(
             &brokers,
             &topic,
             &payloads,

@@ -205,6 +205,7 @@ async fn input_batches_in_every_compression_codec_are_scored() {
                 local::json_key("store_id"),
                 None,
                 &[("compression.type", codec)],
+                None,
             )
         })
         .await
@@ -266,6 +267,7 @@ fn a_batch_that_cannot_be_decoded_makes_the_daemon_unready_and_counted_never_sil
             local::json_key("store_id"),
             None,
             &[("compression.type", "gzip"), ("linger.ms", "100")],
+            None,
         )
         .expect("produced");
     }
