@@ -83,18 +83,28 @@ impl Connection {
     /// kind): `defaults` first, then every option that is not a consumer's own over them
     /// (librdkafka would warn that it ignores those).
     pub fn producer_side_config(&self, defaults: &[(&str, &str)]) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.brokers);
-        for (k, v) in defaults {
-            config.set(*k, *v);
-        }
-        for (k, v) in &self.options {
-            if is_producer_option(k) {
-                config.set(k, v);
-            }
-        }
-        config
+        producer_side_config(&self.brokers, defaults, &self.options)
     }
+}
+
+/// A configuration for a librdkafka handle of the producer kind on `brokers`: `defaults`
+/// first, then every one of `options` that is not a consumer's own over them.
+pub fn producer_side_config(
+    brokers: &str,
+    defaults: &[(&str, &str)],
+    options: &BTreeMap<String, String>,
+) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers);
+    for (k, v) in defaults {
+        config.set(*k, *v);
+    }
+    for (k, v) in options {
+        if is_producer_option(k) {
+            config.set(k, v);
+        }
+    }
+    config
 }
 
 /// Options that only make sense on a consumer are not given to the producer, and vice versa,

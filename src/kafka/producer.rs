@@ -251,20 +251,14 @@ pub fn producer_config(
     brokers: &str,
     options: &std::collections::BTreeMap<String, String>,
 ) -> ClientConfig {
-    let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
+    let defaults = [
         // Keep per-key order through retries.
-        .set("enable.idempotence", "true")
-        .set("linger.ms", "2")
-        .set("queue.buffering.max.messages", "200000")
-        .set("compression.type", "none");
-    for (k, v) in options {
-        if crate::kafka::connection::is_producer_option(k) {
-            config.set(k, v);
-        }
-    }
-    config
+        ("enable.idempotence", "true"),
+        ("linger.ms", "2"),
+        ("queue.buffering.max.messages", "200000"),
+        ("compression.type", "none"),
+    ];
+    crate::kafka::connection::producer_side_config(brokers, &defaults, options)
 }
 
 impl OutputProducer {
