@@ -82,8 +82,12 @@ pub struct BenchOptions {
     pub stores: usize,
     /// Kafka partitions of the input topics.
     pub kafka_partitions: i32,
-    /// The rate of the latency run (5 seconds of it).
+    /// The rate of the latency runs.
     pub latency_rate: LatencyRate,
+    /// Seconds each latency run streams (the first fifth warms up). A p99 over five seconds
+    /// is decided by whether one stall of the broker (a collection, a burst of writeback)
+    /// falls in them; thirty seconds average over several.
+    pub latency_seconds: u64,
     /// Also measure latency while a new bundle is published and swapped in every second.
     pub reload: bool,
     /// The input format: JSON, or Avro with Confluent framing (schema id 1 =
@@ -288,7 +292,7 @@ fn wait_outputs(stats: &PipelineStats, n: u64, deadline: Instant, suspect: Suspe
     Ok(())
 }
 
-/// Produces `payloads` to `topic`, keyed by store, at `rate` events/s (or as fast as possible),
+/// Produces `payloads` (as [`local::Cycle`] counts them) to `topic`, keyed by store, at `rate` events/s (or as fast as possible),
 /// `records_per_batch` records per batch (`None`: as librdkafka batches).
 /// The `-X` options win over the loader's own, and `loader` (`--loader-option`) over those.
 /// `acked`, when given, hears when the broker acknowledged each event.
@@ -296,7 +300,7 @@ async fn produce(
     connection: Connection,
     loader: BTreeMap<String, String>,
     topic: String,
-    payloads: Arc<Vec<Vec<u8>>>,
+    payloads: local::Cycle,
     rate: Option<u64>,
     records_per_batch: Option<u32>,
     acked: Option<Arc<PipelineStats>>,
@@ -353,12 +357,6 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         },
         options: opts.kafka_options.clone(),
     };
-    // With a fixed rate the live events are known now; at half the measured maximum they are
-    // the backlog's events again, as many as five seconds need.
-    let fixed_live = match opts.latency_rate {
-        LatencyRate::PerSecond(r) => (r * 5) as usize,
-        LatencyRate::HalfMax | LatencyRate::HalfDrain => 0,
-    };
     let t = |s: &str| format!("bench-{s}-{run_id}");
     let kafka_partitions = partitions_for(mock.is_some(), opts, opts.events);
     let topics = [
@@ -373,7 +371,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     let work = local::workload(
         opts.stores,
         14,
-        opts.events.max(fixed_live),
+        opts.events,
         11,
         "bench",
         Default::default(),
@@ -414,7 +412,11 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             }
         }
     };
-    let backlog = Arc::new(lines[..opts.events].to_vec());
+    let lines = Arc::new(lines);
+    let backlog = local::Cycle {
+        distinct: lines.clone(),
+        count: opts.events,
+    };
 
     let _ = writeln!(
         out,
@@ -497,9 +499,12 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
             ((kept / 2).max(1), Some(probes))
         }
     };
-    let live_events = (latency_rate * 5) as usize;
-    let live: Arc<Vec<Vec<u8>>> =
-        Arc::new(lines.iter().cycle().take(live_events).cloned().collect());
+    // The backlog's events again, as many as the latency runs need.
+    let live_events = (latency_rate * opts.latency_seconds.max(1)) as usize;
+    let live = local::Cycle {
+        distinct: lines.clone(),
+        count: live_events,
+    };
     let live_partitions = live_partitions(mock.is_some(), opts, latency_rate);
     let live_topics = [
         (t("live-score"), live_partitions),
@@ -877,7 +882,7 @@ async fn steady_latency(
     stats: &Arc<PipelineStats>,
     connection: &Connection,
     input: &str,
-    live: &Arc<Vec<Vec<u8>>>,
+    live: &local::Cycle,
     rate: u64,
     opts: &BenchOptions,
 ) -> Result<Latency> {
@@ -890,7 +895,7 @@ async fn steady_latency(
         opts.records_per_batch,
         Some(stats.clone()),
     ));
-    let n = live.len() as u64;
+    let n = live.count as u64;
     let suspect = Suspect::of(opts);
     watch(stats, n / 5, Duration::from_secs(120), suspect).await?;
     stats.latency(true);
@@ -957,7 +962,7 @@ impl Probes {
 async fn streamed_max(
     setup: &Setup<'_>,
     t: &dyn Fn(&str) -> String,
-    lines: &[Vec<u8>],
+    lines: &Arc<Vec<Vec<u8>>>,
     drain_rate: u64,
     mock: Option<&MockCluster<'static, rdkafka::producer::DefaultProducerContext>>,
     opts: &BenchOptions,
@@ -975,7 +980,10 @@ async fn streamed_max(
         )
         .await?;
         let n = (rate as f64 * PROBE.as_secs_f64()) as usize;
-        let events: Arc<Vec<Vec<u8>>> = Arc::new(lines.iter().cycle().take(n).cloned().collect());
+        let events = local::Cycle {
+            distinct: lines.clone(),
+            count: n,
+        };
         let (stats, stop, handle) = setup
             .start(Mode::Score, &input, &t("out-score"), None)
             .await;
@@ -1036,11 +1044,11 @@ const MOCK_BUNDLE_BYTES: usize = 4 << 20;
 async fn reload_latency(
     setup: &Setup<'_>,
     t: &dyn Fn(&str) -> String,
-    live: &Arc<Vec<Vec<u8>>>,
+    live: &local::Cycle,
     rate: u64,
     opts: &BenchOptions,
 ) -> Result<(f64, f64, usize)> {
-    let seconds = (live.len() as u64 / rate.max(1)) as usize + 10;
+    let seconds = (live.count as u64 / rate.max(1)) as usize + 10;
     let first = local::reversioned(&setup.bundle, "bench-reload-000")?;
     if opts.brokers.is_none() && first.len() > MOCK_BUNDLE_BYTES {
         return Err(Error::Usage(format!(
@@ -1141,6 +1149,7 @@ mod tests {
             stores: 1000,
             kafka_partitions,
             latency_rate: LatencyRate::HalfMax,
+            latency_seconds: 5,
             reload: false,
             format: Format::Json,
             records_per_batch: None,

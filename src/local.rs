@@ -58,6 +58,63 @@ pub async fn create_topics_with(
     Ok(())
 }
 
+/// Records for a producer to send: the `distinct` ones in turn until `count` have gone, so a
+/// long stream holds only its distinct records in memory (the bench's 30-second latency runs
+/// would otherwise hold millions, and count them in the RSS they print).
+#[derive(Debug, Clone, Copy)]
+pub struct Records<'a> {
+    /// The records, sent in this order, again from the first when `count` is larger.
+    pub distinct: &'a [Vec<u8>],
+    /// How many to send in all.
+    pub count: usize,
+}
+
+impl<'a> From<&'a [Vec<u8>]> for Records<'a> {
+    /// Each record once.
+    fn from(distinct: &'a [Vec<u8>]) -> Self {
+        Records {
+            distinct,
+            count: distinct.len(),
+        }
+    }
+}
+
+impl<'a> From<&'a Vec<Vec<u8>>> for Records<'a> {
+    /// Each record once.
+    fn from(distinct: &'a Vec<Vec<u8>>) -> Self {
+        Records::from(distinct.as_slice())
+    }
+}
+
+impl<'a> From<&'a Cycle> for Records<'a> {
+    fn from(cycle: &'a Cycle) -> Self {
+        Records {
+            distinct: &cycle.distinct,
+            count: cycle.count,
+        }
+    }
+}
+
+/// [`Records`] that own their distinct records, for producers on another thread.
+#[derive(Debug, Clone)]
+pub struct Cycle {
+    /// The records, sent in this order, again from the first when `count` is larger.
+    pub distinct: Arc<Vec<Vec<u8>>>,
+    /// How many to send in all.
+    pub count: usize,
+}
+
+impl Cycle {
+    /// Each record once.
+    pub fn once(records: Arc<Vec<Vec<u8>>>) -> Self {
+        let count = records.len();
+        Cycle {
+            distinct: records,
+            count,
+        }
+    }
+}
+
 /// Produces each payload to `topic` with the current time as its timestamp, keyed by
 /// `key(payload)`, at most `rate` per second when given (the events due within a
 /// [`crate::pacing::TICK`] go together); returns once all are acknowledged.
@@ -73,10 +130,10 @@ pub fn produce(
 
 /// [`produce`] with extra librdkafka producer `options`, telling `acked`, when given, when
 /// the broker acknowledged each record ([`PipelineStats::input_acknowledged`]).
-pub fn produce_with(
+pub fn produce_with<'a>(
     brokers: &str,
     topic: &str,
-    payloads: &[Vec<u8>],
+    payloads: impl Into<Records<'a>>,
     key: impl Fn(&[u8]) -> Option<Vec<u8>>,
     rate: Option<u64>,
     options: &[(&str, &str)],
@@ -96,9 +153,11 @@ pub fn produce_with(
     // The keys are worked out before the clock starts: at a steady rate the loader should
     // cost the machine no more than sending does, or it takes the CPU the pipeline it loads
     // is measured on.
-    let keys: Vec<Option<Vec<u8>>> = payloads.iter().map(|p| key(p)).collect();
+    let Records { distinct, count } = payloads.into();
+    let keys: Vec<Option<Vec<u8>>> = distinct.iter().map(|p| key(p)).collect();
     let pacer = rate.map(crate::pacing::Pacer::new);
-    for (i, (payload, k)) in payloads.iter().zip(&keys).enumerate() {
+    let stream = distinct.iter().zip(&keys).cycle().take(count);
+    for (i, (payload, k)) in stream.enumerate() {
         match &pacer {
             Some(pacer) => pacer.wait_serving(i as u64, || serve_reports(&producer)),
             // As fast as possible: delivery reports are served before every event.
@@ -133,15 +192,23 @@ pub async fn produce_events(
     payloads: std::sync::Arc<Vec<Vec<u8>>>,
     rate: Option<u64>,
 ) -> Result<()> {
-    produce_events_with(brokers, topic, payloads, rate, Vec::new(), None).await
+    produce_events_with(
+        brokers,
+        topic,
+        Cycle::once(payloads),
+        rate,
+        Vec::new(),
+        None,
+    )
+    .await
 }
 
-/// [`produce_events`] with extra librdkafka producer `options`, telling `acked`, when given,
-/// when the broker acknowledged each event.
+/// [`produce_events`] of a [`Cycle`], with extra librdkafka producer `options`, telling
+/// `acked`, when given, when the broker acknowledged each event.
 pub async fn produce_events_with(
     brokers: &str,
     topic: &str,
-    payloads: std::sync::Arc<Vec<Vec<u8>>>,
+    payloads: Cycle,
     rate: Option<u64>,
     options: Vec<(String, String)>,
     acked: Option<Arc<PipelineStats>>,
@@ -451,6 +518,44 @@ mod tests {
             let value: serde_json::Value = serde_json::from_slice(&r.value).expect("json");
             let i = value["i"].as_u64().expect("i");
             assert_eq!(r.key.as_deref(), Some(format!("S{}", i % 7).as_bytes()));
+        }
+    }
+
+    /// A cycle sends its distinct records in turn, each with its own key, until its count has
+    /// gone: more than once when the count is larger, a prefix when it is smaller.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cycle_sends_its_records_in_turn_until_its_count() {
+        let mock = rdkafka::mocking::MockCluster::new(1).expect("mock cluster");
+        let brokers = mock.bootstrap_servers();
+        let distinct: Arc<Vec<Vec<u8>>> = Arc::new(
+            (0..3)
+                .map(|i| format!(r#"{{"store_id":"S{i}","i":{i}}}"#).into_bytes())
+                .collect(),
+        );
+        for (topic, count) in [("more", 7), ("fewer", 2)] {
+            mock.create_topic(topic, 1, 1).expect("topic");
+            let cycle = Cycle {
+                distinct: distinct.clone(),
+                count,
+            };
+            produce_events_with(&brokers, topic, cycle, None, Vec::new(), None)
+                .await
+                .expect("produced");
+            let records = read(&brokers, topic, count, Duration::from_secs(30))
+                .await
+                .expect("read back");
+            let sent: Vec<(String, u64)> = records
+                .iter()
+                .map(|r| {
+                    let value: serde_json::Value = serde_json::from_slice(&r.value).expect("json");
+                    let key = String::from_utf8(r.key.clone().expect("a key")).expect("utf-8");
+                    (key, value["i"].as_u64().expect("i"))
+                })
+                .collect();
+            let expected: Vec<(String, u64)> = (0..count as u64)
+                .map(|n| (format!("S{}", n % 3), n % 3))
+                .collect();
+            assert_eq!(sent, expected, "{topic}");
         }
     }
 }

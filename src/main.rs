@@ -251,12 +251,17 @@ enum Command {
         /// every record batch a Kafka partition holds).
         #[arg(long, default_value_t = 6)]
         kafka_partitions: i32,
-        /// Events per second for the latency runs (5 s each); `half`: half the highest rate
+        /// Events per second for the latency runs (--latency-seconds each); `half`: half the highest rate
         /// the scoring pipeline keeps up with while the bench's loader streams into it on this
         /// machine (measured first, and printed); `half-drain`: half the scoring pipeline's
         /// drain throughput (the loader idle).
         #[arg(long, default_value = "5000", value_parser = manymodel::bench::LatencyRate::parse)]
         latency_rate: manymodel::bench::LatencyRate,
+        /// Seconds each latency run streams; the first fifth warms up. On a real broker, 30
+        /// gives a p99 that one stall of the broker (a garbage collection, a burst of
+        /// writeback) does not decide alone.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        latency_seconds: u64,
         /// Instead of the Kafka benchmark: score a synthetic ensemble of this many trees on
         /// one core and print predictions per second.
         #[arg(long)]
@@ -680,6 +685,7 @@ fn run(command: Command) -> manymodel::Result<()> {
             stores,
             kafka_partitions,
             latency_rate,
+            latency_seconds,
             reload,
             format,
             records_per_batch,
@@ -700,6 +706,7 @@ fn run(command: Command) -> manymodel::Result<()> {
                 stores,
                 kafka_partitions,
                 latency_rate,
+                latency_seconds,
                 reload,
                 format: if format == "avro" {
                     manymodel::codec::Format::Avro
