@@ -640,7 +640,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
     );
     let _ = writeln!(
         out,
-        "latency measured at {} events/s{} over the last {} of {} events (the first fifth warms up), from produce timestamp to acknowledgement, {}",
+        "latency measured at {} events/s{} over the last {} of {} events ({} s, the first fifth warming up), from produce timestamp to acknowledgement, {}",
         latency_rate,
         match opts.latency_rate {
             LatencyRate::PerSecond(_) => "",
@@ -649,6 +649,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         },
         live_events - live_events / 5,
         live_events,
+        opts.latency_seconds.max(1),
         crate::plural::count(live_partitions as usize, "Kafka partition")
     );
     if let Some(probes) = &streamed {

@@ -220,7 +220,8 @@ fn refused(args: &[&str], needle: &str) {
 
 /// `bench` refuses settings that cannot work before it starts anything: a topic needs at least
 /// one replica (or -1, the broker's default), a run at least one event, one run per pipeline
-/// and one record per batch, a latency rate is events/s, `half` or `half-drain`, and a
+/// and one record per batch, a latency rate is events/s, `half` or `half-drain`, a latency run
+/// lasts 1 to 3,600 seconds, and a
 /// librdkafka option (-X, or --loader-option for the loader alone) is KEY=VALUE with a name
 /// and value librdkafka takes.
 #[test]
@@ -237,6 +238,7 @@ fn bench_refuses_impossible_settings_before_it_starts() {
     }
     refused(&["bench", "--latency-rate", "halve"], "`half-drain`");
     refused(&["bench", "--latency-rate", "0"], "at least 1");
+    refused(&["bench", "--latency-seconds", "0"], "1..=3600");
     refused(&["bench", "-X", "linger.ms"], "KEY=VALUE");
     refused(&["bench", "--loader-option", "=2"], "KEY=VALUE");
     refused(
@@ -253,4 +255,34 @@ fn bench_refuses_impossible_settings_before_it_starts() {
         &["bench", "-X", "no.such.option=1"],
         "No such configuration property",
     );
+}
+
+/// A latency run streams `--latency-rate` events a second for `--latency-seconds`, the
+/// backlog's events again in turn when it needs more than the backlog holds (here 400 from
+/// 300), and every one of them is scored (MockCluster).
+#[test]
+fn bench_streams_for_the_latency_seconds_given() {
+    let out = run_ok(&[
+        "bench",
+        "--events",
+        "300",
+        "--stores",
+        "10",
+        "--repeat",
+        "1",
+        "--latency-rate",
+        "200",
+        "--latency-seconds",
+        "2",
+    ]);
+    assert!(
+        out.contains("latency measured at 200 events/s over the last 320 of 400 events (2 s,"),
+        "{out}"
+    );
+    for pipeline in ["passthrough", "scoring"] {
+        assert!(
+            common::bench_rate(&out, pipeline) > 0.0,
+            "{pipeline}: {out}"
+        );
+    }
 }
