@@ -292,8 +292,9 @@ fn wait_outputs(stats: &PipelineStats, n: u64, deadline: Instant, suspect: Suspe
     Ok(())
 }
 
-/// Produces `payloads` (as [`local::Cycle`] counts them) to `topic`, keyed by store, at `rate` events/s (or as fast as possible),
-/// `records_per_batch` records per batch (`None`: as librdkafka batches).
+/// Produces `payloads` (its distinct events in turn, as many as it counts) to `topic`, keyed
+/// by store, at `rate` events/s (or as fast as possible), `records_per_batch` records per
+/// batch (`None`: as librdkafka batches).
 /// The `-X` options win over the loader's own, and `loader` (`--loader-option`) over those.
 /// `acked`, when given, hears when the broker acknowledged each event.
 async fn produce(
