@@ -257,9 +257,9 @@ enum Command {
         /// drain throughput (the loader idle).
         #[arg(long, default_value = "5000", value_parser = manymodel::bench::LatencyRate::parse)]
         latency_rate: manymodel::bench::LatencyRate,
-        /// Seconds each latency run streams; the first fifth warms up. On a real broker, 30
-        /// gives a p99 that one stall of the broker (a garbage collection, a burst of
-        /// writeback) does not decide alone.
+        /// Seconds each latency run streams, 1 to 3,600; the first fifth warms up. On a real
+        /// broker, 30 gives a p99 that one stall of the broker (a garbage collection, a burst
+        /// of writeback) does not decide alone.
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
         latency_seconds: u64,
         /// Instead of the Kafka benchmark: score a synthetic ensemble of this many trees on
