@@ -209,9 +209,18 @@ mod tests {
                 .timestamp(timestamp);
             producer.send(record).map_err(|(e, _)| e).expect("queued");
         }
-        // The mock acknowledges each one-record batch within milliseconds; the reports wait
-        // on the producer's queue until served.
-        std::thread::sleep(Duration::from_secs(2));
+        // The reports wait on the producer's queue until served. librdkafka's out-queue
+        // length counts each record until its report is served, plus each report waiting:
+        // at twice the records, every batch has been acknowledged.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while producer.in_flight_count() < 100 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the mock acknowledged the batches: out queue {}",
+                producer.in_flight_count()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         serve_reports(&producer);
         assert_eq!(producer.context().served(), 50, "served in one call");
         let acked = stats.input_acked(false).expect("kept by printing stats");
