@@ -501,7 +501,8 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         }
     };
     // The backlog's events again, as many as the latency runs need.
-    let live_events = (latency_rate * opts.latency_seconds.max(1)) as usize;
+    let latency_seconds = opts.latency_seconds.max(1);
+    let live_events = (latency_rate * latency_seconds) as usize;
     let live = local::Cycle {
         distinct: lines.clone(),
         count: live_events,
@@ -650,7 +651,7 @@ pub async fn run(opts: &BenchOptions, out: &mut dyn Write) -> Result<()> {
         },
         live_events - live_events / 5,
         live_events,
-        opts.latency_seconds.max(1),
+        latency_seconds,
         crate::plural::count(live_partitions as usize, "Kafka partition")
     );
     if let Some(probes) = &streamed {
